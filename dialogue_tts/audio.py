@@ -1,0 +1,76 @@
+"""Sample conversion for the wire: gain, clipping, PCM formats, WAV and OGG files."""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Iterator
+from typing import Final
+
+import numpy as np
+import soundfile
+
+__all__ = [
+    "DEFAULT_CHUNK_SAMPLES",
+    "apply_gain",
+    "encode_file",
+    "encode_stream_chunk",
+    "split_samples",
+    "wav_bytes",
+]
+
+DEFAULT_CHUNK_SAMPLES: Final = 4096
+"""Samples per audio event (~0.19 s at 22.05 kHz): small enough that a client's buffer
+holds little when a line is skipped, large enough that framing costs nothing."""
+_INT16_MAX: Final = 32767
+
+
+def apply_gain(samples: np.ndarray, gain: float) -> np.ndarray:
+    """Scale float samples and clip them to [-1, 1], so loud settings saturate, never wrap."""
+    if gain != 1.0:
+        samples = samples * np.float32(gain)
+    return np.clip(samples, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def to_int16(samples: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(samples, -1.0, 1.0) * _INT16_MAX).astype("<i2")
+
+
+def wav_bytes(samples: np.ndarray, sample_rate: int) -> bytes:
+    """A complete mono 16-bit WAV file (44-byte header, then PCM)."""
+    pcm = to_int16(samples).tobytes()
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF", 36 + len(pcm), b"WAVE",
+        b"fmt ", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16,
+        b"data", len(pcm),
+    )  # fmt: skip
+    return header + pcm
+
+
+def encode_stream_chunk(samples: np.ndarray, stream_format: str, sample_rate: int) -> bytes:
+    """Encode float samples for an audio event in the line's stream format."""
+    if stream_format == "s16le":
+        return to_int16(samples).tobytes()
+    if stream_format == "f32le":
+        return samples.astype("<f4", copy=False).tobytes()
+    if stream_format == "wav":
+        return wav_bytes(samples, sample_rate)
+    raise ValueError(f"unknown stream format {stream_format!r}")
+
+
+def encode_file(samples: np.ndarray, file_format: str, sample_rate: int) -> bytes:
+    """A whole line as one file: "wav" (16-bit PCM) or "ogg" (Vorbis)."""
+    if file_format == "wav":
+        return wav_bytes(samples, sample_rate)
+    if file_format == "ogg":
+        buffer = io.BytesIO()
+        soundfile.write(buffer, samples, sample_rate, format="OGG", subtype="VORBIS")
+        return buffer.getvalue()
+    raise ValueError(f"unknown file format {file_format!r}")
+
+
+def split_samples(samples: np.ndarray, size: int = DEFAULT_CHUNK_SAMPLES) -> Iterator[np.ndarray]:
+    """Consecutive slices of at most ``size`` samples."""
+    for start in range(0, len(samples), size):
+        yield samples[start : start + size]

@@ -1,0 +1,298 @@
+"""A small asyncio client for dialogue-tts.
+
+    async with await Client.connect() as client:
+        line = await client.say("guard", "Halt! Who goes there?")
+        async for event in line.events():
+            ...  # Started, then Audio chunks, then Finished
+
+Replies are matched to requests by "id"; a line's events go to its ``LineHandle``;
+anything else (an error with no id, say) lands in ``Client.unsolicited``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from .messages import (
+    PROTOCOL_VERSION,
+    Audio,
+    AudioFile,
+    Bye,
+    Cancel,
+    Cancelled,
+    Clear,
+    Cleared,
+    Error,
+    Event,
+    Finished,
+    Hello,
+    LineId,
+    Pause,
+    Paused,
+    Ping,
+    Queued,
+    Request,
+    Resume,
+    Resumed,
+    Say,
+    Skip,
+    Skipped,
+    Started,
+    StatusReport,
+    StatusRequest,
+    Synthesize,
+    VoiceList,
+    VoicesRequest,
+    Welcome,
+)
+from .protocol import CLOSED, DEFAULT_HOST, DEFAULT_PORT, NEED_DATA, Connection, Role
+
+__all__ = ["Client", "LineHandle", "LineResult", "ServerError"]
+
+
+class ServerError(Exception):
+    """The server answered a request with an error event."""
+
+    def __init__(self, error: Error) -> None:
+        super().__init__(f"{error.code}: {error.message}")
+        self.code = error.code
+        self.message = error.message
+        self.error = error
+
+
+@dataclass
+class LineResult:
+    """Everything a line produced, gathered by ``LineHandle.wait``."""
+
+    finished: Finished
+    started: Started | None = None
+    audio: bytearray = field(default_factory=bytearray)
+    seqs: list[int] = field(default_factory=list)
+
+
+class LineHandle:
+    """The events of one queued line, in order, ending with its Finished."""
+
+    def __init__(self, queued: Queued) -> None:
+        self.queued = queued
+        self.line: LineId = queued.line
+        self.speaker = queued.speaker
+        self._events: asyncio.Queue[Event | None] = asyncio.Queue()
+
+    def _put(self, event: Event | None) -> None:
+        self._events.put_nowait(event)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Started, Audio..., then Finished (always last). Raises ConnectionError if cut off."""
+        while True:
+            event = await self._events.get()
+            if event is None:
+                raise ConnectionError(f"connection lost before line {self.line!r} finished")
+            yield event
+            if isinstance(event, Finished):
+                return
+
+    async def wait(self) -> LineResult:
+        """Collect the line's audio until it finishes."""
+        started: Started | None = None
+        audio = bytearray()
+        seqs: list[int] = []
+        async for event in self.events():
+            if isinstance(event, Started):
+                started = event
+            elif isinstance(event, Audio):
+                audio += event.data
+                seqs.append(event.seq)
+            elif isinstance(event, Finished):
+                return LineResult(event, started, audio, seqs)
+        raise AssertionError("events() always ends with Finished")
+
+
+class Client:
+    """One connection to a dialogue-tts server."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._connection = Connection(Role.CLIENT)
+        self._ids = itertools.count(1)
+        self._pending: dict[int | str, asyncio.Future[Event]] = {}
+        self._lines: dict[LineId, LineHandle] = {}
+        self.unsolicited: asyncio.Queue[Event] = asyncio.Queue()
+        """Events that answer no request and belong to no known line."""
+        self.welcome: Welcome | None = None
+        self._reader_task = asyncio.create_task(self._read_loop(), name="dialogue-tts-client")
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        *,
+        unix_path: str | Path | None = None,
+        client_name: str = "dialogue-tts-python",
+        pace: bool = True,
+        hello: bool = True,
+    ) -> Self:
+        """Connect and (unless ``hello`` is False) do the handshake."""
+        if unix_path is not None:
+            reader, writer = await asyncio.open_unix_connection(str(unix_path))
+        else:
+            reader, writer = await asyncio.open_connection(host, port)
+        client = cls(reader, writer)
+        if hello:
+            try:
+                await client.hello(client_name, pace=pace)
+            except BaseException:
+                await client.close(bye=False)
+                raise
+        return client
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        await self.close()
+
+    # --- requests -----------------------------------------------------------------------
+
+    async def request(self, message: Request) -> Event:
+        """Send a request with a fresh id and return its reply (raises ServerError)."""
+        request_id = next(self._ids)
+        message = replace(message, id=request_id)
+        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            self.send(message)
+            return await future
+        finally:
+            self._pending.pop(request_id, None)
+
+    def send(self, message: Request) -> None:
+        """Send without waiting for a reply."""
+        self._writer.write(self._connection.send(message))
+
+    def send_bytes(self, data: bytes) -> None:
+        """Write raw bytes (for tests of malformed input)."""
+        self._writer.write(data)
+
+    async def hello(
+        self, client_name: str = "dialogue-tts-python", *, pace: bool = True
+    ) -> Welcome:
+        reply = await self.request(Hello(protocol=PROTOCOL_VERSION, client=client_name, pace=pace))
+        assert isinstance(reply, Welcome)
+        self.welcome = reply
+        return reply
+
+    async def say(self, speaker: str, text: str, **options: Any) -> LineHandle:
+        """Queue a line; options are Say's fields (line, voice, interrupt, format, ...)."""
+        reply = await self.request(Say(speaker=speaker, text=text, **options))
+        assert isinstance(reply, Queued)
+        return self._lines[reply.line]
+
+    async def skip(self, speaker: str) -> Skipped:
+        return _expect(await self.request(Skip(speaker=speaker)), Skipped)
+
+    async def cancel(self, line: LineId) -> Cancelled:
+        return _expect(await self.request(Cancel(line=line)), Cancelled)
+
+    async def clear(self, speaker: str | None = None) -> Cleared:
+        return _expect(await self.request(Clear(speaker=speaker)), Cleared)
+
+    async def pause(self, speaker: str | None = None) -> Paused:
+        return _expect(await self.request(Pause(speaker=speaker)), Paused)
+
+    async def resume(self, speaker: str | None = None) -> Resumed:
+        return _expect(await self.request(Resume(speaker=speaker)), Resumed)
+
+    async def voices(self) -> list[dict[str, Any]]:
+        return _expect(await self.request(VoicesRequest()), VoiceList).voices
+
+    async def status(self) -> dict[str, Any]:
+        return _expect(await self.request(StatusRequest()), StatusReport).speakers
+
+    async def synthesize(self, text: str, **options: Any) -> AudioFile:
+        """A whole line as one file; options are Synthesize's fields (voice, format, ...)."""
+        return _expect(await self.request(Synthesize(text=text, **options)), AudioFile)
+
+    async def ping(self) -> float:
+        """Round-trip time in seconds."""
+        started = time.perf_counter()
+        await self.request(Ping())
+        return time.perf_counter() - started
+
+    async def close(self, *, bye: bool = True) -> None:
+        if bye and not self._writer.is_closing():
+            with contextlib.suppress(ConnectionError):
+                self.send(Bye())
+                await self._writer.drain()
+        self._writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.wait_closed()
+        self._reader_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader_task
+
+    # --- receiving ----------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                data = await self._reader.read(64 * 1024)
+                self._connection.receive_data(data)
+                while (event := self._connection.next_message()) is not NEED_DATA:
+                    if event is CLOSED:
+                        return
+                    assert isinstance(event, Event)
+                    self._dispatch(event)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._connection_lost()
+
+    def _dispatch(self, event: Event) -> None:
+        request_id = getattr(event, "id", None)
+        future = self._pending.get(request_id) if request_id is not None else None
+        if future is not None and not future.done():
+            if isinstance(event, Error):
+                future.set_exception(ServerError(event))
+                return
+            if isinstance(event, Queued):
+                self._lines[event.line] = LineHandle(event)
+            future.set_result(event)
+            return
+        handle = self._lines.get(getattr(event, "line", None)) if hasattr(event, "line") else None
+        if handle is not None and isinstance(event, Started | Audio | Finished):
+            handle._put(event)
+            if isinstance(event, Finished):
+                del self._lines[event.line]
+            return
+        self.unsolicited.put_nowait(event)
+
+    def _connection_lost(self) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError("connection closed"))
+        for handle in self._lines.values():
+            handle._put(None)
+        self._lines.clear()
+
+
+_EventT = TypeVar("_EventT", bound=Event)
+
+
+def _expect(event: Event, expected: type[_EventT]) -> _EventT:
+    if not isinstance(event, expected):
+        raise TypeError(f"expected {expected.TYPE}, got {event.TYPE}")
+    return event

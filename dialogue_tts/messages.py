@@ -1,0 +1,485 @@
+"""Wire messages: one frozen dataclass per message type, in each direction.
+
+Each class declares ``TYPE`` (its wire name) and its fields with type hints; ``from_dict``
+validates a decoded msgpack map against those hints, so a class is nothing but its fields.
+Requests go client -> server (``REQUEST_TYPES``); events and replies go server -> client
+(``EVENT_TYPES``). "voices" and "status" are both a request and its reply, hence two tables.
+
+Unknown keys are ignored so that newer peers can add optional fields. ``None`` fields are
+left out of the encoded map, except those listed in a class's ``KEEP_NONE``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, ClassVar, Literal, Self, Union
+
+from . import errors
+
+__all__ = [
+    "EVENT_TYPES",
+    "PROTOCOL_VERSION",
+    "REQUEST_TYPES",
+    "Audio",
+    "AudioFile",
+    "Bye",
+    "Cancel",
+    "Cancelled",
+    "Clear",
+    "Cleared",
+    "Error",
+    "Event",
+    "Finished",
+    "Hello",
+    "InvalidMessage",
+    "LineId",
+    "Message",
+    "Pause",
+    "Paused",
+    "Ping",
+    "Pong",
+    "Queued",
+    "Request",
+    "Resume",
+    "Resumed",
+    "Say",
+    "Skip",
+    "Skipped",
+    "Started",
+    "StatusReport",
+    "StatusRequest",
+    "Synthesize",
+    "VoiceList",
+    "VoicesRequest",
+    "Welcome",
+]
+
+PROTOCOL_VERSION: typing.Final = 1
+MAX_NAME_CHARS: typing.Final = 256
+"""Longest speaker name, voice name, line id string or client name."""
+
+LineId = int | str
+StreamFormat = Literal["s16le", "f32le", "wav"]
+FileFormat = Literal["wav", "ogg"]
+Markup = Literal["plain", "renpy", "bbcode"]
+FinishStatus = Literal["done", "skipped", "cancelled", "error"]
+
+
+class InvalidMessage(ValueError):
+    """A decoded map does not form a valid message; ``code`` is the wire error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _bounded(max_chars: int = MAX_NAME_CHARS) -> dict[str, int]:
+    return {"max_chars": max_chars}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Message:
+    """Base of every wire message."""
+
+    TYPE: ClassVar[str] = ""
+    KEEP_NONE: ClassVar[frozenset[str]] = frozenset()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The msgpack map for this message, "type" first."""
+        data: dict[str, Any] = {"type": self.TYPE}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None or f.name in self.KEEP_NONE:
+                data[f.name] = value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Validate a decoded map and build the message; raises ``InvalidMessage``."""
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in data:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    raise InvalidMessage(errors.INVALID_FIELD, f"{cls.TYPE}: missing '{f.name}'")
+                continue
+            hint = _field_hints(cls)[f.name]
+            value = _check_value(f"{cls.TYPE}.{f.name}", data[f.name], hint)
+            max_chars = f.metadata.get("max_chars")
+            if max_chars is not None and isinstance(value, str) and len(value) > max_chars:
+                raise InvalidMessage(
+                    errors.INVALID_FIELD,
+                    f"{cls.TYPE}.{f.name}: longer than {max_chars} characters",
+                )
+            kwargs[f.name] = value
+        message = cls(**kwargs)
+        message.check()
+        return message
+
+    def check(self) -> None:
+        """Checks beyond field types; raises ``InvalidMessage``. Override where needed."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Request(Message):
+    """A client -> server message. The reply, and any error about it, echo ``id``."""
+
+    id: int | str | None = field(default=None, metadata=_bounded())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event(Message):
+    """A server -> client message."""
+
+
+def _check_rate_volume(message: Say | Synthesize) -> None:
+    if not 0.1 <= message.rate <= 10.0:
+        raise InvalidMessage(errors.INVALID_FIELD, f"{message.TYPE}.rate: must be 0.1 to 10")
+    if not 0.0 <= message.volume <= 10.0:
+        raise InvalidMessage(errors.INVALID_FIELD, f"{message.TYPE}.volume: must be 0 to 10")
+    if not message.text.strip():
+        raise InvalidMessage(errors.EMPTY_TEXT, f"{message.TYPE}.text: empty or only whitespace")
+
+
+# --- requests ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hello(Request):
+    """First frame of every connection."""
+
+    TYPE: ClassVar[str] = "hello"
+    protocol: int
+    client: str = field(metadata=_bounded())
+    pace: bool = True
+    """False: a line finishes as soon as its audio is sent, not when it would have played."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Say(Request):
+    """Queue a line for a speaker."""
+
+    TYPE: ClassVar[str] = "say"
+    speaker: str = field(metadata=_bounded())
+    text: str
+    line: LineId | None = field(default=None, metadata=_bounded())
+    voice: str | None = field(default=None, metadata=_bounded())
+    interrupt: bool = False
+    format: StreamFormat = "s16le"
+    markup: Markup = "plain"
+    rate: float = 1.0
+    """Speaking-rate multiplier: 2.0 is twice as fast."""
+    volume: float = 1.0
+    """Linear gain; samples are clipped, never wrapped."""
+
+    def check(self) -> None:
+        _check_rate_volume(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Skip(Request):
+    """End the speaker's current line at once and start its next one."""
+
+    TYPE: ClassVar[str] = "skip"
+    speaker: str = field(metadata=_bounded())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cancel(Request):
+    """Cancel one line, queued or current."""
+
+    TYPE: ClassVar[str] = "cancel"
+    line: LineId = field(metadata=_bounded())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Clear(Request):
+    """Cancel the current and queued lines of one speaker, or of all when speaker is absent."""
+
+    TYPE: ClassVar[str] = "clear"
+    speaker: str | None = field(default=None, metadata=_bounded())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pause(Request):
+    """Stop sending audio and stop the line clock, for one speaker or all."""
+
+    TYPE: ClassVar[str] = "pause"
+    speaker: str | None = field(default=None, metadata=_bounded())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resume(Request):
+    """Undo pause, for one speaker or all."""
+
+    TYPE: ClassVar[str] = "resume"
+    speaker: str | None = field(default=None, metadata=_bounded())
+
+
+@dataclass(frozen=True, kw_only=True)
+class VoicesRequest(Request):
+    """Ask for the voice list."""
+
+    TYPE: ClassVar[str] = "voices"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatusRequest(Request):
+    """Ask for the state of this connection's speakers."""
+
+    TYPE: ClassVar[str] = "status"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Synthesize(Request):
+    """Render a whole line to one audio file, outside any queue."""
+
+    TYPE: ClassVar[str] = "synthesize"
+    text: str
+    voice: str | None = field(default=None, metadata=_bounded())
+    format: FileFormat = "wav"
+    markup: Markup = "plain"
+    rate: float = 1.0
+    volume: float = 1.0
+
+    def check(self) -> None:
+        _check_rate_volume(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ping(Request):
+    TYPE: ClassVar[str] = "ping"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bye(Request):
+    """The server cancels this connection's lines and closes it."""
+
+    TYPE: ClassVar[str] = "bye"
+
+
+# --- events and replies -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Welcome(Event):
+    TYPE: ClassVar[str] = "welcome"
+    id: int | str | None = None
+    protocol: int
+    server: str
+    voices: list[dict[str, Any]]
+    default_voice: str
+    max_frame: int
+    max_text: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Queued(Event):
+    TYPE: ClassVar[str] = "queued"
+    id: int | str | None = None
+    line: LineId
+    speaker: str
+    position: int
+    """Lines ahead of this one for its speaker, counting the current line."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Started(Event):
+    TYPE: ClassVar[str] = "started"
+    line: LineId
+    speaker: str
+    voice: str
+    sample_rate: int
+    channels: int = 1
+    format: StreamFormat
+
+
+@dataclass(frozen=True, kw_only=True)
+class Audio(Event):
+    TYPE: ClassVar[str] = "audio"
+    line: LineId
+    speaker: str
+    seq: int
+    data: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class Finished(Event):
+    TYPE: ClassVar[str] = "finished"
+    line: LineId
+    speaker: str
+    status: FinishStatus
+    samples: int
+    """Samples actually sent for this line."""
+    message: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Skipped(Event):
+    TYPE: ClassVar[str] = "skipped"
+    KEEP_NONE: ClassVar[frozenset[str]] = frozenset({"line"})
+    id: int | str | None = None
+    speaker: str
+    line: LineId | None
+    """The line that was skipped, or nil when the speaker had no current line."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cancelled(Event):
+    TYPE: ClassVar[str] = "cancelled"
+    id: int | str | None = None
+    line: LineId
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cleared(Event):
+    TYPE: ClassVar[str] = "cleared"
+    id: int | str | None = None
+    speaker: str | None = None
+    lines: list[LineId]
+    """The lines that were cancelled, current one first."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Paused(Event):
+    TYPE: ClassVar[str] = "paused"
+    id: int | str | None = None
+    speaker: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resumed(Event):
+    TYPE: ClassVar[str] = "resumed"
+    id: int | str | None = None
+    speaker: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class VoiceList(Event):
+    TYPE: ClassVar[str] = "voices"
+    id: int | str | None = None
+    voices: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatusReport(Event):
+    TYPE: ClassVar[str] = "status"
+    id: int | str | None = None
+    speakers: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AudioFile(Event):
+    TYPE: ClassVar[str] = "audio_file"
+    id: int | str | None = None
+    format: FileFormat
+    data: bytes
+    duration: float
+    """Seconds."""
+    sample_rate: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pong(Event):
+    TYPE: ClassVar[str] = "pong"
+    id: int | str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Error(Event):
+    TYPE: ClassVar[str] = "error"
+    id: int | str | None = None
+    code: str
+    message: str
+
+
+REQUEST_TYPES: typing.Final[dict[str, type[Request]]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello, Say, Skip, Cancel, Clear, Pause, Resume, VoicesRequest, StatusRequest,
+        Synthesize, Ping, Bye,
+    )
+}  # fmt: skip
+EVENT_TYPES: typing.Final[dict[str, type[Event]]] = {
+    cls.TYPE: cls
+    for cls in (
+        Welcome, Queued, Started, Audio, Finished, Skipped, Cancelled, Cleared, Paused,
+        Resumed, VoiceList, StatusReport, AudioFile, Pong, Error,
+    )
+}  # fmt: skip
+
+
+# --- validation from type hints ---------------------------------------------------------
+
+
+@cache
+def _field_hints(cls: type[Message]) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_value(name: str, value: Any, hint: Any) -> Any:
+    """Return ``value`` (floats normalised) if it fits ``hint``, else raise InvalidMessage."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _check_value(name, value, option)
+            except InvalidMessage:
+                continue
+        raise _type_error(name, value, hint)
+    if origin is Literal:
+        if isinstance(value, str) and value in typing.get_args(hint):
+            return value
+        raise _type_error(name, value, hint)
+    if hint is type(None):
+        if value is None:
+            return None
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint is bytes:
+        if isinstance(value, bytes | bytearray):
+            return bytes(value)
+    elif origin is list:
+        if isinstance(value, list):
+            return value
+    elif origin is dict:
+        if isinstance(value, dict):
+            return value
+    elif hint is Any:
+        return value
+    raise _type_error(name, value, hint)
+
+
+def _type_error(name: str, value: Any, hint: Any) -> InvalidMessage:
+    return InvalidMessage(
+        errors.INVALID_FIELD, f"{name}: expected {_describe(hint)}, got {type(value).__name__}"
+    )
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(option) for option in typing.get_args(hint))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(choice) for choice in typing.get_args(hint))
+    if hint is type(None):
+        return "nil"
+    if origin is not None:
+        return origin.__name__
+    return {str: "string", int: "integer", float: "number", bytes: "binary"}.get(
+        hint, getattr(hint, "__name__", str(hint))
+    )

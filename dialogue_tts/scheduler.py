@@ -1,0 +1,526 @@
+"""Per-speaker line queues for one connection.
+
+Each speaker of a connection has a ``SpeakerQueue``: lines play strictly in order, one at a
+time, while different speakers run concurrently. A line moves QUEUED -> STARTED -> FINISHED
+(or QUEUED -> FINISHED when it is cancelled or fails before its first audio); the allowed
+moves are the ``_TRANSITIONS`` table. ``Line.finish`` is the only way into FINISHED and sends
+the one finished event a line ever gets; audio goes out only through ``_send_audio``, which
+refuses a finished line. Those two places carry the ordering guarantees of PROTOCOL.md.
+
+A line becomes current ("started") as soon as it reaches the head of its speaker's queue,
+while its first audio is still being synthesized, so that a skip right after a say ends the
+line the player is looking at (and aborts its ONNX call). The pacing clock starts with the
+first audio sent, which is when playback can begin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol
+
+import numpy as np
+
+from . import errors
+from .audio import DEFAULT_CHUNK_SAMPLES, encode_stream_chunk, split_samples
+from .engine import (
+    CancelToken,
+    SynthesisCancelled,
+    SynthesisError,
+    SynthesisRequest,
+    UnknownVoice,
+    VoiceInfo,
+)
+from .errors import RemoteProtocolError
+from .messages import (
+    Audio,
+    Cancelled,
+    Cleared,
+    Event,
+    Finished,
+    LineId,
+    Queued,
+    Say,
+    Skipped,
+    Started,
+)
+from .text import prepare
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "ConnectionQueues",
+    "Limits",
+    "Line",
+    "LineState",
+    "Outbox",
+    "SpeakerQueue",
+    "Synthesizer",
+    "synthesis_request",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one connection may ask for."""
+
+    max_text_chars: int = 5000
+    """Per line; far below what fits in a 1 MiB frame."""
+    max_queue: int = 64
+    """Lines per speaker, counting the current one."""
+    max_speakers: int = 32
+    """Speakers per connection; idle speakers are forgotten to make room."""
+
+
+DEFAULT_LIMITS: Final = Limits()
+
+
+class Outbox(Protocol):
+    """Where a connection's events go (the transport)."""
+
+    def send(self, event: Event) -> None: ...
+
+    async def drain(self) -> None:
+        """Wait while the peer is behind on reading."""
+
+
+class _Catalog(Protocol):
+    default_voice: str
+
+    def info(self, name: str) -> VoiceInfo: ...
+
+
+class Synthesizer(Protocol):
+    """What the queues need of the engine (``engine.Engine``, or a fake in unit tests)."""
+
+    catalog: _Catalog
+
+    def stream(
+        self, request: SynthesisRequest, cancel: CancelToken
+    ) -> AsyncIterator[np.ndarray]: ...
+
+
+class LineState(enum.Enum):
+    QUEUED = "queued"
+    STARTED = "started"
+    FINISHED = "finished"
+
+
+_TRANSITIONS: Final[dict[LineState, frozenset[LineState]]] = {
+    LineState.QUEUED: frozenset({LineState.STARTED, LineState.FINISHED}),
+    LineState.STARTED: frozenset({LineState.FINISHED}),
+    LineState.FINISHED: frozenset(),
+}
+
+FinishStatus = Literal["done", "skipped", "cancelled", "error"]
+
+
+class _Clock:
+    """Seconds a line has been playing, with paused time left out."""
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+        self._paused_total = 0.0
+        self._paused_at: float | None = None
+
+    def pause(self) -> None:
+        if self._paused_at is None:
+            self._paused_at = time.monotonic()
+
+    def resume(self) -> None:
+        if self._paused_at is not None:
+            self._paused_total += time.monotonic() - self._paused_at
+            self._paused_at = None
+
+    def elapsed(self) -> float:
+        now = self._paused_at if self._paused_at is not None else time.monotonic()
+        return now - self._started - self._paused_total
+
+
+class Line:
+    """One queued line and everything the queue knows of it."""
+
+    def __init__(
+        self, line_id: LineId, say: Say, request: SynthesisRequest, voice: VoiceInfo
+    ) -> None:
+        self.id = line_id
+        self.say = say
+        self.request = request
+        self.voice = voice
+        self.state = LineState.QUEUED
+        self.cancel_token = CancelToken()
+        self.samples_sent = 0
+        self.next_seq = 0
+        self.clock: _Clock | None = None
+
+    @property
+    def speaker(self) -> str:
+        return self.say.speaker
+
+    @property
+    def finished(self) -> bool:
+        return self.state is LineState.FINISHED
+
+    def move_to(self, state: LineState) -> None:
+        if state not in _TRANSITIONS[self.state]:
+            raise errors.LocalProtocolError(
+                errors.INTERNAL_ERROR, f"line {self.id!r}: {self.state.value} -> {state.value}"
+            )
+        self.state = state
+
+
+def synthesis_request(
+    text: str,
+    markup: str,
+    voice: str,
+    rate: float,
+    volume: float,
+    limits: Limits,
+    request_id: int | str | None,
+) -> SynthesisRequest:
+    """Check a line's text against the limits and prepare it; raises RemoteProtocolError."""
+    if len(text) > limits.max_text_chars:
+        raise RemoteProtocolError(
+            errors.TEXT_TOO_LONG,
+            f"text has {len(text)} characters; the limit is {limits.max_text_chars}",
+            request_id,
+        )
+    parts = prepare(text, markup)
+    if not parts:
+        raise RemoteProtocolError(
+            errors.EMPTY_TEXT, "nothing to say once markup is removed", request_id
+        )
+    return SynthesisRequest(parts=parts, voice=voice, rate=rate, volume=volume)
+
+
+class SpeakerQueue:
+    """One speaker's lines: the current line, the queued ones, and the task that plays them."""
+
+    def __init__(self, name: str, owner: ConnectionQueues, paused: bool = False) -> None:
+        self.name = name
+        self._owner = owner
+        self.current: Line | None = None
+        self.queued: deque[Line] = deque()
+        self.paused = paused
+        self.explicitly_paused = False
+        """Paused by name, not by a pause of all speakers: such a speaker is never forgotten."""
+        self._changed = asyncio.Event()
+        self._unpaused = asyncio.Event()
+        if not paused:
+            self._unpaused.set()
+        self._active: Line | None = None
+        self._playing: asyncio.Task[None] | None = None
+        self._runner = asyncio.create_task(self._run(), name=f"speaker:{name}")
+
+    # --- requests -------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return len(self.queued) + (self.current is not None)
+
+    @property
+    def idle(self) -> bool:
+        return self.size == 0 and not self.explicitly_paused
+
+    def add(self, line: Line) -> int:
+        position = self.size
+        self.queued.append(line)
+        self._changed.set()
+        return position
+
+    def skip(self) -> LineId | None:
+        line = self.current
+        if line is None:
+            return None
+        self.finish(line, "skipped")
+        return line.id
+
+    def cancel_all(self) -> list[LineId]:
+        lines = ([self.current] if self.current else []) + list(self.queued)
+        for line in lines:
+            self.finish(line, "cancelled")
+        return [line.id for line in lines]
+
+    def pause(self, *, explicit: bool = True) -> None:
+        self.paused = True
+        self.explicitly_paused = self.explicitly_paused or explicit
+        self._unpaused.clear()
+        if self.current and self.current.clock:
+            self.current.clock.pause()
+
+    def resume(self) -> None:
+        self.paused = self.explicitly_paused = False
+        if self.current and self.current.clock:
+            self.current.clock.resume()
+        self._unpaused.set()
+        self._changed.set()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "current": self.current.id if self.current else None,
+            "queued": [line.id for line in self.queued],
+            "paused": self.paused,
+        }
+
+    def finish(self, line: Line, status: FinishStatus, message: str | None = None) -> None:
+        """End ``line`` with its one finished event; does nothing if it already ended."""
+        if line.finished:
+            return
+        line.move_to(LineState.FINISHED)
+        line.cancel_token.cancel()
+        if line is self.current:
+            self.current = None
+        else:
+            self.queued.remove(line)
+        self._owner.line_finished(line)
+        self._owner.outbox.send(
+            Finished(
+                line=line.id,
+                speaker=self.name,
+                status=status,
+                samples=line.samples_sent,
+                message=message,
+            )
+        )
+        playing = self._playing
+        if line is self._active and playing is not None and playing is not asyncio.current_task():
+            playing.cancel()
+        self._changed.set()
+
+    def close(self) -> None:
+        """Stop at once without sending anything (the connection is gone)."""
+        for line in ([self.current] if self.current else []) + list(self.queued):
+            line.cancel_token.cancel()
+            line.state = LineState.FINISHED
+            self._owner.line_finished(line)
+        self.current = None
+        self.queued.clear()
+        self._runner.cancel()
+        if self._playing is not None:
+            self._playing.cancel()
+
+    # --- playing ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            line = await self._next_line()
+            self._start(line)
+            self._active = line
+            self._playing = asyncio.create_task(self._play(line), name=f"line:{line.id}")
+            try:
+                await asyncio.wait([self._playing])
+            finally:
+                if not self._playing.done():
+                    self._playing.cancel()
+            self._active = self._playing = None
+            if not line.finished:  # a safety net: _play always finishes its line
+                self.finish(line, "error", "internal error")
+
+    async def _next_line(self) -> Line:
+        while not self.queued or self.paused:
+            self._changed.clear()
+            await self._changed.wait()
+        return self.queued[0]
+
+    async def _play(self, line: Line) -> None:
+        stream = self._owner.engine.stream(line.request, line.cancel_token)
+        try:
+            async for piece in stream:
+                for chunk in split_samples(piece, self._owner.chunk_samples):
+                    await self._unpaused.wait()
+                    self._send_audio(line, chunk)
+                    await self._owner.outbox.drain()
+            if self._owner.pace:
+                await self._wait_played(line)
+            self.finish(line, "done")
+        except SynthesisCancelled:
+            pass  # whoever cancelled it has finished it
+        except (SynthesisError, UnknownVoice) as exc:
+            self.finish(line, "error", str(exc))
+        except Exception as exc:  # keep serving the other lines whatever one does
+            _LOGGER.exception("Line %r failed", line.id)
+            self.finish(line, "error", f"internal error: {type(exc).__name__}")
+        finally:
+            line.cancel_token.cancel()
+            await stream.aclose()
+
+    def _start(self, line: Line) -> None:
+        line.move_to(LineState.STARTED)
+        self.queued.remove(line)
+        self.current = line
+        self._owner.outbox.send(
+            Started(
+                line=line.id,
+                speaker=self.name,
+                voice=line.voice.name,
+                sample_rate=line.voice.sample_rate,
+                channels=1,
+                format=line.say.format,
+            )
+        )
+
+    def _send_audio(self, line: Line, samples: np.ndarray) -> None:
+        if line.finished:
+            return
+        if line.clock is None:
+            line.clock = _Clock()
+        data = encode_stream_chunk(samples, line.say.format, line.voice.sample_rate)
+        self._owner.outbox.send(
+            Audio(line=line.id, speaker=self.name, seq=line.next_seq, data=data)
+        )
+        line.next_seq += 1
+        line.samples_sent += len(samples)
+
+    async def _wait_played(self, line: Line) -> None:
+        """Wait until the line's audio would have finished playing (paused time excluded)."""
+        if line.clock is None:
+            return  # nothing was sent
+        duration = line.samples_sent / line.voice.sample_rate
+        while True:
+            await self._unpaused.wait()
+            remaining = duration - line.clock.elapsed()
+            if remaining <= 0:
+                return
+            await asyncio.sleep(remaining)
+
+
+class ConnectionQueues:
+    """All speaker queues of one connection, and the line ids they use."""
+
+    def __init__(
+        self,
+        engine: Synthesizer,
+        outbox: Outbox,
+        *,
+        pace: bool = True,
+        limits: Limits = DEFAULT_LIMITS,
+        chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
+    ) -> None:
+        self.engine = engine
+        self.outbox = outbox
+        self.pace = pace
+        self.limits = limits
+        self.chunk_samples = chunk_samples
+        self.speakers: dict[str, SpeakerQueue] = {}
+        self._lines: dict[LineId, Line] = {}
+        self._line_ids: Callable[[], int] = itertools.count(1).__next__
+        self._all_paused = False
+
+    def say(self, say: Say) -> Queued:
+        """Queue a line (interrupting first if asked); raises RemoteProtocolError."""
+        voice_name = say.voice or self.engine.catalog.default_voice
+        try:
+            voice = self.engine.catalog.info(voice_name)
+        except UnknownVoice:
+            raise RemoteProtocolError(
+                errors.UNKNOWN_VOICE, f"no voice named {voice_name!r}", say.id
+            ) from None
+        request = synthesis_request(
+            say.text, say.markup, voice.name, say.rate, say.volume, self.limits, say.id
+        )
+        if say.line is not None and say.line in self._lines:
+            raise RemoteProtocolError(
+                errors.LINE_IN_USE, f"line {say.line!r} is still queued or playing", say.id
+            )
+        speaker = self._speaker(say.speaker, say.id)
+        if say.interrupt:
+            speaker.skip()
+            speaker.cancel_all()
+        elif speaker.size >= self.limits.max_queue:
+            raise RemoteProtocolError(
+                errors.QUEUE_FULL,
+                f"speaker {say.speaker!r} already has {self.limits.max_queue} lines",
+                say.id,
+            )
+        line = Line(self._new_line_id() if say.line is None else say.line, say, request, voice)
+        self._lines[line.id] = line
+        # The reply goes out before the line can start: the runner needs the loop to turn.
+        return Queued(id=say.id, line=line.id, speaker=say.speaker, position=speaker.add(line))
+
+    def skip(self, speaker_name: str, request_id: int | str | None = None) -> Skipped:
+        speaker = self.speakers.get(speaker_name)
+        skipped = speaker.skip() if speaker else None
+        return Skipped(id=request_id, speaker=speaker_name, line=skipped)
+
+    def cancel(self, line_id: LineId, request_id: int | str | None = None) -> Cancelled:
+        line = self._lines.get(line_id)
+        if line is None:
+            raise RemoteProtocolError(
+                errors.UNKNOWN_LINE, f"no queued or playing line {line_id!r}", request_id
+            )
+        self.speakers[line.speaker].finish(line, "cancelled")
+        return Cancelled(id=request_id, line=line_id)
+
+    def clear(self, speaker_name: str | None, request_id: int | str | None = None) -> Cleared:
+        cleared: list[LineId] = []
+        for speaker in self._selected(speaker_name):
+            cleared += speaker.cancel_all()
+        return Cleared(id=request_id, speaker=speaker_name, lines=cleared)
+
+    def pause(self, speaker_name: str | None, request_id: int | str | None = None) -> None:
+        if speaker_name is None:
+            self._all_paused = True
+            for speaker in self.speakers.values():
+                speaker.pause(explicit=False)
+        else:
+            self._speaker(speaker_name, request_id).pause()
+
+    def resume(self, speaker_name: str | None) -> None:
+        if speaker_name is None:
+            self._all_paused = False
+        for speaker in self._selected(speaker_name):
+            speaker.resume()
+
+    def status(self) -> dict[str, Any]:
+        return {name: speaker.status() for name, speaker in self.speakers.items()}
+
+    def finish_all(self) -> None:
+        """Cancel every line, sending their finished events (for "bye")."""
+        for speaker in self.speakers.values():
+            speaker.cancel_all()
+
+    def close(self) -> None:
+        """Stop everything without sending (the peer is gone)."""
+        for speaker in self.speakers.values():
+            speaker.close()
+        self.speakers.clear()
+
+    def line_finished(self, line: Line) -> None:
+        self._lines.pop(line.id, None)
+
+    def _selected(self, speaker_name: str | None) -> list[SpeakerQueue]:
+        if speaker_name is None:
+            return list(self.speakers.values())
+        speaker = self.speakers.get(speaker_name)
+        return [speaker] if speaker else []
+
+    def _speaker(self, name: str, request_id: int | str | None) -> SpeakerQueue:
+        speaker = self.speakers.get(name)
+        if speaker is not None:
+            return speaker
+        if len(self.speakers) >= self.limits.max_speakers:
+            idle = next((s for s in self.speakers.values() if s.idle), None)
+            if idle is None:
+                raise RemoteProtocolError(
+                    errors.TOO_MANY_SPEAKERS,
+                    f"this connection already has {self.limits.max_speakers} busy speakers",
+                    request_id,
+                )
+            idle.close()
+            del self.speakers[idle.name]
+        speaker = SpeakerQueue(name, self, paused=self._all_paused)
+        self.speakers[name] = speaker
+        return speaker
+
+    def _new_line_id(self) -> int:
+        while True:
+            line_id = self._line_ids()
+            if line_id not in self._lines:
+                return line_id

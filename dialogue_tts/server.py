@@ -1,0 +1,411 @@
+"""The asyncio transport: TCP on loopback and a Unix socket, one handler per connection.
+
+The handler moves bytes between the socket and a sans-I/O ``protocol.Connection``, answers
+requests, and is the ``Outbox`` of its connection's speaker queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from . import __version__, errors
+from .audio import encode_file
+from .engine import Engine, SynthesisError, SynthesisRequest, UnknownVoice
+from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from .messages import (
+    PROTOCOL_VERSION,
+    AudioFile,
+    Bye,
+    Cancel,
+    Clear,
+    Event,
+    Hello,
+    Message,
+    Pause,
+    Paused,
+    Ping,
+    Pong,
+    Resume,
+    Resumed,
+    Say,
+    Skip,
+    StatusReport,
+    StatusRequest,
+    Synthesize,
+    VoiceList,
+    VoicesRequest,
+    Welcome,
+)
+from .protocol import (
+    CLOSED,
+    DEFAULT_HOST,
+    DEFAULT_MAX_FRAME,
+    DEFAULT_PORT,
+    MAX_EVENT_FRAME,
+    NEED_DATA,
+    Connection,
+    Role,
+)
+from .scheduler import DEFAULT_LIMITS, ConnectionQueues, Limits, synthesis_request
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ConnectionHandler", "Server", "ServerConfig"]
+
+_LOGGER = logging.getLogger(__name__)
+
+_READ_SIZE: Final = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str | None = DEFAULT_HOST
+    """None: no TCP listener (Unix socket only)."""
+    port: int = DEFAULT_PORT
+    unix_path: Path | None = None
+    allow_remote: bool = False
+    """Binding to a non-loopback address needs this; the server warns loudly then."""
+    pace: bool = True
+    max_connections: int = 64
+    max_frame: int = DEFAULT_MAX_FRAME
+    hello_timeout: float = 10.0
+    """Seconds a new connection has to send hello before it is closed."""
+    max_write_buffer: int = 8 * 1024 * 1024
+    """Bytes queued for a client that does not read; past this the client is dropped."""
+    max_file_requests: int = 4
+    """synthesize requests in flight per connection."""
+    limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
+
+
+class Server:
+    """Serves one engine to many connections."""
+
+    def __init__(self, engine: Engine, config: ServerConfig | None = None) -> None:
+        self.engine = engine
+        self.config = config or ServerConfig()
+        self.handlers: set[ConnectionHandler] = set()
+        self._servers: list[asyncio.Server] = []
+        self.port: int | None = None
+        """The TCP port actually bound (useful with port 0)."""
+
+    async def start(self) -> None:
+        """Load and warm up the default voice, then listen."""
+        await self.engine.voice()
+        config = self.config
+        if config.host is not None:
+            if not _is_loopback(config.host) and not config.allow_remote:
+                raise ValueError(
+                    f"refusing to listen on {config.host}: not a loopback address "
+                    "(pass allow_remote / --allow-remote to do it anyway)"
+                )
+            if not _is_loopback(config.host):
+                _LOGGER.warning(
+                    "LISTENING ON %s: any machine that can reach it can use this server",
+                    config.host,
+                )
+            tcp = await asyncio.start_server(self._accept, config.host, config.port)
+            self.port = tcp.sockets[0].getsockname()[1]
+            self._servers.append(tcp)
+        if config.unix_path is not None:
+            self._servers.append(await _start_unix_server(self._accept, config.unix_path))
+
+    @property
+    def addresses(self) -> list[str]:
+        found = [f"{self.config.host}:{self.port}"] if self.port is not None else []
+        if self.config.unix_path is not None:
+            found.append(f"unix:{self.config.unix_path}")
+        return found
+
+    async def serve_forever(self) -> None:
+        await asyncio.gather(*(server.serve_forever() for server in self._servers))
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for handler in list(self.handlers):
+            handler.abort()
+        for server in self._servers:
+            await server.wait_closed()
+        if self.config.unix_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.config.unix_path.unlink()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = ConnectionHandler(self, reader, writer)
+        if len(self.handlers) >= self.config.max_connections:
+            handler.send_error(
+                RemoteProtocolError(errors.SERVER_BUSY, "too many connections; try again later")
+            )
+            await handler.close()
+            return
+        self.handlers.add(handler)
+        try:
+            await handler.run()
+        finally:
+            self.handlers.discard(handler)
+
+
+class ConnectionHandler:
+    """One client connection: reads requests, writes replies and line events."""
+
+    def __init__(
+        self, server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.server = server
+        self.config = server.config
+        self._reader = reader
+        self._writer = writer
+        self._connection = Connection(Role.SERVER, self.config.max_frame)
+        self.queues: ConnectionQueues | None = None
+        self._file_tasks: set[asyncio.Task[None]] = set()
+        self._handlers: dict[type[Message], Callable[..., Awaitable[bool]]] = {
+            Hello: self._hello, Say: self._say, Skip: self._skip, Cancel: self._cancel,
+            Clear: self._clear, Pause: self._pause, Resume: self._resume,
+            VoicesRequest: self._voices, StatusRequest: self._status,
+            Synthesize: self._synthesize, Ping: self._ping, Bye: self._bye,
+        }  # fmt: skip
+
+    # --- Outbox -------------------------------------------------------------------------
+
+    def send(self, event: Event) -> None:
+        if self._writer.is_closing():
+            return
+        try:
+            self._writer.write(self._connection.send(event))
+        except LocalProtocolError as exc:  # e.g. an audio_file too large for one frame
+            self.send_error(exc)
+            return
+        if self._writer.transport.get_write_buffer_size() > self.config.max_write_buffer:
+            _LOGGER.warning("Dropping a client that has stopped reading")
+            self.abort()
+
+    async def drain(self) -> None:
+        with contextlib.suppress(ConnectionError):
+            await self._writer.drain()
+
+    def send_error(self, exc: ProtocolError) -> None:
+        self.send(Connection.error_for(exc))
+
+    # --- lifetime -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            await self._read_loop()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except TimeoutError:
+            self.send_error(RemoteProtocolError(errors.TIMEOUT, "no hello in time"))
+        finally:
+            if self.queues is not None:
+                self.queues.close()
+            for task in self._file_tasks:
+                task.cancel()
+            await self.close()
+
+    async def _read_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        hello_deadline = loop.time() + self.config.hello_timeout
+        while True:
+            if self._connection.hello is None:
+                async with asyncio.timeout_at(hello_deadline):
+                    data = await self._reader.read(_READ_SIZE)
+            else:
+                data = await self._reader.read(_READ_SIZE)
+            self._connection.receive_data(data)
+            while True:
+                try:
+                    message = self._connection.next_message()
+                except RemoteProtocolError as exc:
+                    self.send_error(exc)
+                    if exc.fatal:
+                        return
+                    continue
+                if message is NEED_DATA:
+                    break
+                if message is CLOSED:
+                    return
+                if not await self.handle_message(message):
+                    return
+
+    async def handle_message(self, message: Message) -> bool:
+        """Answer one request; False closes the connection."""
+        try:
+            return await self._handlers[type(message)](message)
+        except RemoteProtocolError as exc:
+            self.send_error(exc)
+            return True
+
+    def abort(self) -> None:
+        self._writer.transport.abort()
+
+    async def close(self) -> None:
+        if not self._writer.is_closing():
+            self._writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.wait_closed()
+
+    # --- requests -----------------------------------------------------------------------
+
+    async def _hello(self, hello: Hello) -> bool:
+        engine = self.server.engine
+        self.queues = ConnectionQueues(
+            engine, self, pace=hello.pace and self.config.pace, limits=self.config.limits
+        )
+        self.send(
+            Welcome(
+                id=hello.id,
+                protocol=PROTOCOL_VERSION,
+                server=f"dialogue-tts {__version__}",
+                voices=[info.to_dict() for info in engine.catalog.infos()],
+                default_voice=engine.catalog.default_voice,
+                max_frame=self.config.max_frame,
+                max_text=self.config.limits.max_text_chars,
+            )
+        )
+        return True
+
+    @property
+    def _queues(self) -> ConnectionQueues:
+        assert self.queues is not None, "the protocol layer lets nothing but hello through first"
+        return self.queues
+
+    async def _say(self, say: Say) -> bool:
+        self.send(self._queues.say(say))
+        return True
+
+    async def _skip(self, skip: Skip) -> bool:
+        self.send(self._queues.skip(skip.speaker, skip.id))
+        return True
+
+    async def _cancel(self, cancel: Cancel) -> bool:
+        self.send(self._queues.cancel(cancel.line, cancel.id))
+        return True
+
+    async def _clear(self, clear: Clear) -> bool:
+        self.send(self._queues.clear(clear.speaker, clear.id))
+        return True
+
+    async def _pause(self, pause: Pause) -> bool:
+        self._queues.pause(pause.speaker, pause.id)
+        self.send(Paused(id=pause.id, speaker=pause.speaker))
+        return True
+
+    async def _resume(self, resume: Resume) -> bool:
+        self._queues.resume(resume.speaker)
+        self.send(Resumed(id=resume.id, speaker=resume.speaker))
+        return True
+
+    async def _voices(self, request: VoicesRequest) -> bool:
+        infos = self.server.engine.catalog.infos()
+        self.send(VoiceList(id=request.id, voices=[info.to_dict() for info in infos]))
+        return True
+
+    async def _status(self, request: StatusRequest) -> bool:
+        self.send(StatusReport(id=request.id, speakers=self._queues.status()))
+        return True
+
+    async def _synthesize(self, request: Synthesize) -> bool:
+        if len(self._file_tasks) >= self.config.max_file_requests:
+            raise RemoteProtocolError(
+                errors.QUEUE_FULL,
+                f"{self.config.max_file_requests} synthesize requests are already running",
+                request.id,
+            )
+        catalog = self.server.engine.catalog
+        voice = request.voice or catalog.default_voice
+        try:
+            catalog.info(voice)
+        except UnknownVoice:
+            raise RemoteProtocolError(
+                errors.UNKNOWN_VOICE, f"no voice named {voice!r}", request.id
+            ) from None
+        synthesis = synthesis_request(
+            request.text, request.markup, voice, request.rate, request.volume,
+            self.config.limits, request.id,
+        )  # fmt: skip
+        task = asyncio.create_task(self._render_file(request, synthesis))
+        self._file_tasks.add(task)
+        task.add_done_callback(self._file_tasks.discard)
+        return True
+
+    async def _render_file(self, request: Synthesize, synthesis: SynthesisRequest) -> None:
+        try:
+            audio, sample_rate = await self.server.engine.render(synthesis)
+            data = await asyncio.to_thread(encode_file, audio, request.format, sample_rate)
+        except SynthesisError as exc:
+            self.send_error(RemoteProtocolError(errors.SYNTHESIS_FAILED, str(exc), request.id))
+            return
+        if len(data) > MAX_EVENT_FRAME - 1024:
+            self.send_error(
+                RemoteProtocolError(
+                    errors.RESULT_TOO_LARGE,
+                    "the rendered file does not fit in one frame",
+                    request.id,
+                )
+            )
+            return
+        self.send(
+            AudioFile(
+                id=request.id,
+                format=request.format,
+                data=data,
+                duration=len(audio) / sample_rate,
+                sample_rate=sample_rate,
+            )
+        )
+
+    async def _ping(self, ping: Ping) -> bool:
+        self.send(Pong(id=ping.id))
+        return True
+
+    async def _bye(self, bye: Bye) -> bool:
+        self._queues.finish_all()
+        return False
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def _start_unix_server(
+    accept: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]], path: Path
+) -> asyncio.Server:
+    """Listen on a Unix socket that only this user can open (mode 0600 from the start)."""
+    _remove_stale_socket(path)
+    old_umask = os.umask(0o177)  # no window in which the socket is group/world accessible
+    try:
+        server = await asyncio.start_unix_server(accept, str(path))
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    return server
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Remove a socket left by a server that died; refuse to touch anything else."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(f"{path} exists and is not a socket")
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()
+            return
+    raise OSError(f"another server is listening on {path}")

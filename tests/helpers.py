@@ -1,0 +1,170 @@
+"""Shared test helpers: a real server in a thread or a subprocess, and small fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dialogue_tts.engine import CancelToken, Engine, SynthesisRequest, VoiceCatalog, VoiceInfo
+from dialogue_tts.messages import Event
+from dialogue_tts.server import Server, ServerConfig
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = REPO.parent / "shared" / "corpus"
+
+
+class ServerThread:
+    """A real server, with the real bundled voice, on its own event loop in a thread."""
+
+    def __init__(self, config: ServerConfig | None = None, workers: int | None = None) -> None:
+        self.config = config or ServerConfig(port=0)
+        self.workers = workers
+        self.loop = asyncio.new_event_loop()
+        self.server: Server | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="test-server", daemon=True)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None and self.server.port is not None
+        return self.server.port
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        self._ready.wait(120)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            engine = Engine(VoiceCatalog(), workers=self.workers)
+            self.server = Server(engine, self.config)
+            self.loop.run_until_complete(self.server.start())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+
+    def call(self, function: Any) -> Any:
+        """Run ``function()`` on the server's loop and return its result."""
+        future: Any = asyncio.run_coroutine_threadsafe(_call(function), self.loop)
+        return future.result(30)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(30)
+            self.server.engine.close()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(30)
+
+
+async def _call(function: Any) -> Any:
+    return function()
+
+
+@contextlib.contextmanager
+def server_process(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    """`dialogue-tts serve --port 0 ARGS` as a subprocess; yields (port, process)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dialogue_tts", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        output = []
+        for line in process.stdout:
+            output.append(line)
+            match = re.search(r"listening on [\d.]+:(\d+)", line)
+            if match:
+                break
+        else:
+            raise RuntimeError("server exited before listening:\n" + "".join(output))
+        threading.Thread(target=process.stdout.read, daemon=True).start()  # keep the pipe drained
+        yield int(match.group(1)), process
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+# --- fakes for unit tests of the queues -----------------------------------------------------
+
+
+@dataclass
+class FakeCatalog:
+    default_voice: str = "fake"
+    sample_rate: int = 1000
+
+    def info(self, name: str) -> VoiceInfo:
+        from dialogue_tts.engine import UnknownVoice
+
+        if name not in ("fake", "broken"):
+            raise UnknownVoice(name)
+        return VoiceInfo(name=name, language="xx", sample_rate=self.sample_rate, speakers=[])
+
+
+@dataclass
+class FakeEngine:
+    """Each word of the text becomes ``samples_per_word`` samples, produced after ``delay``
+    seconds per sentence ("." ends one). Voice "broken" fails mid-line."""
+
+    delay: float = 0.0
+    samples_per_word: int = 100
+    catalog: FakeCatalog = field(default_factory=FakeCatalog)
+
+    async def stream(self, request: SynthesisRequest, cancel: CancelToken) -> AsyncIterator[np.ndarray]:
+        from dialogue_tts.engine import SynthesisError
+
+        text = " ".join(part for part in request.parts if isinstance(part, str))
+        for index, sentence in enumerate(s for s in text.split(".") if s.strip()):
+            await asyncio.sleep(self.delay)
+            cancel.raise_if_cancelled()
+            if request.voice == "broken" and index == 1:
+                raise SynthesisError("the broken voice broke")
+            yield np.full(len(sentence.split()) * self.samples_per_word, 0.25, dtype=np.float32)
+
+
+class RecordingOutbox:
+    """Collects what the queues send; ``wait_for`` waits for an event."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._changed = asyncio.Event()
+
+    def send(self, event: Event) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    async def drain(self) -> None:
+        await asyncio.sleep(0)
+
+    async def wait_for(self, predicate: Any, timeout: float = 10) -> Event:
+        async with asyncio.timeout(timeout):
+            while True:
+                for event in self.events:
+                    if predicate(event):
+                        return event
+                self._changed.clear()
+                await self._changed.wait()
+
+    def of_type(self, type_name: str) -> list[Any]:
+        return [event for event in self.events if event.TYPE == type_name]
