@@ -90,6 +90,20 @@ class LineHandle:
     def _put(self, event: Event | None) -> None:
         self._events.put_nowait(event)
 
+    def poll(self) -> list[Event]:
+        """The events that have arrived, without waiting (for game loops); may be empty.
+
+        After the Finished event, returns []. Raises ConnectionError if the connection was
+        lost before the line finished.
+        """
+        arrived: list[Event] = []
+        while not self._events.empty():
+            event = self._events.get_nowait()
+            if event is None:
+                raise ConnectionError(f"connection lost before line {self.line!r} finished")
+            arrived.append(event)
+        return arrived
+
     async def events(self) -> AsyncIterator[Event]:
         """Started, Audio..., then Finished (always last). Raises ConnectionError if cut off."""
         while True:

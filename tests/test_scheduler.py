@@ -1,0 +1,248 @@
+"""Speaker queues against a fake engine: ordering, skip, cancel, clear, pause, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import defaultdict
+from typing import Any
+
+import pytest
+from helpers import FakeEngine, RecordingOutbox
+
+from dialogue_tts import errors
+from dialogue_tts.errors import RemoteProtocolError
+from dialogue_tts.messages import Say
+from dialogue_tts.scheduler import ConnectionQueues, Limits
+
+
+def make(
+    delay: float = 0.0, pace: bool = False, limits: Limits | None = None
+) -> tuple[ConnectionQueues, RecordingOutbox]:
+    outbox = RecordingOutbox()
+    queues = ConnectionQueues(
+        FakeEngine(delay=delay), outbox, pace=pace, limits=limits or Limits(), chunk_samples=64
+    )
+    return queues, outbox
+
+
+def finished(outbox: RecordingOutbox, line: Any) -> Any:
+    return outbox.wait_for(lambda e: e.TYPE == "finished" and e.line == line)
+
+
+def check_invariants(events: list[Any], queued_lines: set[Any]) -> None:
+    """The guarantees of PROTOCOL.md that hold for any sequence of requests."""
+    finished_count: dict[Any, int] = defaultdict(int)
+    started: set[Any] = set()
+    seqs: dict[Any, list[int]] = defaultdict(list)
+    samples: dict[Any, int] = defaultdict(int)
+    for event in events:
+        if event.TYPE == "started":
+            assert event.line not in started and finished_count[event.line] == 0
+            started.add(event.line)
+        elif event.TYPE == "audio":
+            assert event.line in started, "audio before started"
+            assert finished_count[event.line] == 0, "audio after finished"
+            seqs[event.line].append(event.seq)
+            samples[event.line] += len(event.data) // 2
+        elif event.TYPE == "finished":
+            finished_count[event.line] += 1
+            assert event.samples == samples[event.line]
+    assert set(finished_count) == queued_lines
+    assert all(count == 1 for count in finished_count.values())
+    assert all(seq == list(range(len(seq))) for seq in seqs.values())
+
+
+async def test_lines_play_in_order_per_speaker_and_interleave() -> None:
+    queues, outbox = make(delay=0.01)
+    lines = []
+    for index in range(3):
+        for speaker in ("anna", "bert"):
+            lines.append(queues.say(Say(speaker=speaker, text=f"Line {index}. Second part.")))
+    assert [q.position for q in lines] == [0, 0, 1, 1, 2, 2]
+    for queued in lines:
+        await finished(outbox, queued.line)
+    check_invariants(outbox.events, {q.line for q in lines})
+    for speaker in ("anna", "bert"):
+        order = [e.line for e in outbox.of_type("started") if e.speaker == speaker]
+        assert order == [q.line for q in lines if q.speaker == speaker]
+    # Concurrency: bert's first line started before anna's first finished.
+    types = [(e.TYPE, e.speaker) for e in outbox.events]
+    assert types.index(("started", "bert")) < types.index(("finished", "anna"))
+    assert {e.status for e in outbox.of_type("finished")} == {"done"}
+    assert all(e.samples == 400 for e in outbox.of_type("finished"))  # 4 words x 100
+
+
+async def test_skip_finishes_current_then_starts_next_with_no_late_audio() -> None:
+    queues, outbox = make(delay=0.05)
+    first = queues.say(Say(speaker="a", text="One two. Three four. Five six. Seven."))
+    second = queues.say(Say(speaker="a", text="Next line."))
+    await outbox.wait_for(lambda e: e.TYPE == "audio" and e.line == first.line)
+    skipped = queues.skip("a")
+    assert skipped.line == first.line
+    end = outbox.events.index(next(e for e in outbox.of_type("finished") if e.line == first.line))
+    assert outbox.events[end].status == "skipped"
+    await finished(outbox, second.line)
+    after = outbox.events[end + 1 :]
+    assert all(getattr(e, "line", None) != first.line for e in after)
+    assert after[0].TYPE == "started" and after[0].line == second.line
+    check_invariants(outbox.events, {first.line, second.line})
+
+
+async def test_skip_before_first_audio_ends_the_line_at_once() -> None:
+    queues, outbox = make(delay=5.0)  # synthesis would take 5 s
+    line = queues.say(Say(speaker="a", text="Slow line."))
+    await outbox.wait_for(lambda e: e.TYPE == "started")
+    assert queues.skip("a").line == line.line
+    done = await finished(outbox, line.line)
+    assert (done.status, done.samples) == ("skipped", 0)
+    assert queues.skip("a").line is None
+
+
+async def test_cancel_clear_and_interrupt() -> None:
+    queues, outbox = make(delay=0.05)
+    a1 = queues.say(Say(speaker="a", text="One. Two. Three."))
+    a2 = queues.say(Say(speaker="a", text="Queued.", line="mine"))
+    a3 = queues.say(Say(speaker="a", text="Also queued."))
+    b1 = queues.say(Say(speaker="b", text="Other speaker."))
+    assert a2.line == "mine"
+    assert queues.cancel("mine").line == "mine"
+    with pytest.raises(RemoteProtocolError) as caught:
+        queues.cancel("mine")
+    assert caught.value.code == errors.UNKNOWN_LINE
+    await outbox.wait_for(lambda e: e.TYPE == "started" and e.line == a1.line)
+    cleared = queues.clear("a")
+    assert cleared.lines == [a1.line, a3.line]
+    interrupting = queues.say(Say(speaker="b", text="Interrupt!", interrupt=True))
+    assert interrupting.position == 0
+    await finished(outbox, interrupting.line)
+    statuses = {e.line: e.status for e in outbox.of_type("finished")}
+    assert statuses == {
+        a1.line: "cancelled", "mine": "cancelled", a3.line: "cancelled",
+        b1.line: "skipped", interrupting.line: "done",
+    }  # fmt: skip
+    check_invariants(outbox.events, set(statuses))
+
+
+async def test_pause_holds_lines_and_resume_releases_them() -> None:
+    queues, outbox = make()
+    queues.pause("a")
+    line = queues.say(Say(speaker="a", text="Wait for me."))
+    other = queues.say(Say(speaker="b", text="I go."))
+    await finished(outbox, other.line)
+    assert not [e for e in outbox.events if getattr(e, "speaker", None) == "a"]
+    assert queues.status()["a"] == {"current": None, "queued": [line.line], "paused": True}
+    queues.resume("a")
+    assert (await finished(outbox, line.line)).status == "done"
+
+
+async def test_pause_all_holds_new_speakers_too() -> None:
+    queues, outbox = make()
+    queues.pause(None)
+    line = queues.say(Say(speaker="new", text="Hello."))
+    await asyncio.sleep(0.05)
+    assert outbox.of_type("started") == []
+    queues.resume(None)
+    assert (await finished(outbox, line.line)).status == "done"
+
+
+async def test_paced_line_finishes_no_earlier_than_its_audio_duration() -> None:
+    queues, outbox = make(pace=True)  # fake voice: 1000 samples/s, 100 samples/word
+    began = time.monotonic()
+    line = queues.say(Say(speaker="a", text="one two three"))  # 0.3 s of audio
+    await finished(outbox, line.line)
+    assert time.monotonic() - began >= 0.3
+
+
+async def test_paused_clock_stops() -> None:
+    queues, outbox = make(pace=True)
+    line = queues.say(Say(speaker="a", text="one two three"))  # 0.3 s
+    await outbox.wait_for(lambda e: e.TYPE == "audio")
+    began = time.monotonic()
+    queues.pause("a")
+    await asyncio.sleep(0.4)
+    assert not outbox.of_type("finished")  # the clock stood still while paused
+    queues.resume("a")
+    await finished(outbox, line.line)
+    assert time.monotonic() - began >= 0.4
+
+
+async def test_voice_error_finishes_line_with_error_and_next_line_plays() -> None:
+    queues, outbox = make()
+    broken = queues.say(Say(speaker="a", text="First part. Second part.", voice="broken"))
+    good = queues.say(Say(speaker="a", text="Fine."))
+    result = await finished(outbox, broken.line)
+    assert result.status == "error" and "broke" in result.message
+    assert result.samples == 200  # the first sentence was sent
+    assert (await finished(outbox, good.line)).status == "done"
+
+
+@pytest.mark.parametrize(
+    ("say", "code"),
+    [
+        (Say(speaker="a", text="x", voice="nobody"), errors.UNKNOWN_VOICE),
+        (Say(speaker="a", text="{w=1}{b}{/b}", markup="renpy"), errors.EMPTY_TEXT),
+        (Say(speaker="a", text="x" * 5001), errors.TEXT_TOO_LONG),
+    ],
+)
+async def test_say_refusals(say: Say, code: str) -> None:
+    queues, _ = make()
+    with pytest.raises(RemoteProtocolError) as caught:
+        queues.say(say)
+    assert caught.value.code == code
+
+
+async def test_limits() -> None:
+    queues, outbox = make(delay=1.0, limits=Limits(max_queue=2, max_speakers=2))
+    queues.say(Say(speaker="a", text="one", line=1))
+    with pytest.raises(RemoteProtocolError) as in_use:
+        queues.say(Say(speaker="b", text="same id", line=1))
+    assert in_use.value.code == errors.LINE_IN_USE
+    queues.say(Say(speaker="a", text="two"))
+    with pytest.raises(RemoteProtocolError) as full:
+        queues.say(Say(speaker="a", text="three"))
+    assert full.value.code == errors.QUEUE_FULL
+    queues.say(Say(speaker="b", text="b"))
+    with pytest.raises(RemoteProtocolError) as many:
+        queues.say(Say(speaker="c", text="c"))
+    assert many.value.code == errors.TOO_MANY_SPEAKERS
+    queues.clear("b")
+    await finished(outbox, 3)
+    queues.say(Say(speaker="c", text="idle b was forgotten to make room"))
+    assert set(queues.speakers) == {"a", "c"}
+    queues.close()
+
+
+async def test_randomized_requests_keep_every_guarantee() -> None:
+    rng = random.Random(20261121)
+    queues, outbox = make(delay=0.002)
+    queued: set[Any] = set()
+    speakers = ["a", "b", "c"]
+    for _ in range(400):
+        action = rng.random()
+        speaker = rng.choice(speakers)
+        try:
+            if action < 0.45:
+                words = " ".join(["word"] * rng.randint(1, 6))
+                reply = queues.say(
+                    Say(speaker=speaker, text=f"{words}. {words}.", interrupt=rng.random() < 0.1)
+                )
+                queued.add(reply.line)
+            elif action < 0.6:
+                queues.skip(speaker)
+            elif action < 0.7 and queued:
+                queues.cancel(rng.choice(sorted(queued, key=str)))
+            elif action < 0.75:
+                queues.clear(rng.choice([speaker, None]))
+            elif action < 0.8:
+                queues.pause(speaker)
+            elif action < 0.9:
+                queues.resume(rng.choice([speaker, None]))
+        except RemoteProtocolError as exc:
+            assert exc.code in (errors.UNKNOWN_LINE, errors.QUEUE_FULL)
+        await asyncio.sleep(rng.choice([0, 0, 0.001, 0.005]))
+    queues.resume(None)
+    for line in queued:
+        await finished(outbox, line)
+    check_invariants(outbox.events, queued)

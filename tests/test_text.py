@@ -1,0 +1,43 @@
+"""Markup stripping and pauses."""
+
+from __future__ import annotations
+
+import pytest
+
+from dialogue_tts.text import DEFAULT_CLICK_PAUSE, Pause, prepare
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Hello {b}there{/b}, friend.", ["Hello there, friend."]),
+        ("Wait{w=0.5} for it.", ["Wait", Pause(0.5), "for it."]),
+        ("One.{p}Two.{nw}", ["One.", Pause(DEFAULT_CLICK_PAUSE), "Two."]),
+        (
+            "{color=#f00}Red{/color} and {{braces} and [[brackets].",
+            ["Red and {braces} and [brackets]."],
+        ),
+        ("Hi [player_name], welcome.", ["Hi , welcome."]),
+        ("{w=2}Leading pause dropped{w=1}", ["Leading pause dropped"]),
+        ("Long{w=99} pause", ["Long", Pause(5.0), "pause"]),
+        ("{fast}{i}{/i}", []),
+    ],
+)
+def test_renpy(text: str, expected: list[object]) -> None:
+    assert prepare(text, "renpy") == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[b]Bold[/b] [color=red]move[/color]!", ["Bold move!"]),
+        ("Look [img=32]res://icon.png[/img] here [lb]1[rb].", ["Look here [1]."]),
+        ('[url={"a": 1}]link[/url] [font_size=20]big[/font_size]', ["link big"]),
+    ],
+)
+def test_bbcode(text: str, expected: list[str]) -> None:
+    assert prepare(text, "bbcode") == expected
+
+
+def test_plain_keeps_markup_and_collapses_space() -> None:
+    assert prepare("  {b}Hi{/b}\n\n there  ", "plain") == ["{b}Hi{/b} there"]
