@@ -92,6 +92,7 @@ class Server:
         self.engine = engine
         self.config = config or ServerConfig()
         self.handlers: set[ConnectionHandler] = set()
+        self._connection_tasks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
         self.port: int | None = None
         """The TCP port actually bound (useful with port 0)."""
@@ -132,6 +133,8 @@ class Server:
             server.close()
         for handler in list(self.handlers):
             handler.abort()
+        if self._connection_tasks:
+            await asyncio.wait(self._connection_tasks, timeout=5)
         for server in self._servers:
             await server.wait_closed()
         if self.config.unix_path is not None:
@@ -139,6 +142,10 @@ class Server:
                 self.config.unix_path.unlink()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connection_tasks.add(task)
+        task.add_done_callback(self._connection_tasks.discard)
         handler = ConnectionHandler(self, reader, writer)
         if len(self.handlers) >= self.config.max_connections:
             handler.send_error(

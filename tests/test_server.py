@@ -12,6 +12,7 @@ import shutil
 import stat
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -22,10 +23,10 @@ from test_scheduler import check_invariants
 
 from dialogue_tts import errors
 from dialogue_tts.client import Client, LineResult, ServerError
-from dialogue_tts.messages import Event, Hello, Ping, Say, Skip, VoicesRequest
+from dialogue_tts.messages import Event, Hello, Ping, Pong, Say, Skip
 from dialogue_tts.protocol import CLOSED, NEED_DATA, Connection, Role, encode_frame
 from dialogue_tts.scheduler import Limits
-from dialogue_tts.server import ServerConfig
+from dialogue_tts.server import ConnectionHandler, ServerConfig
 
 VECTORS = json.loads((REPO / "protocol" / "vectors.json").read_text(encoding="utf-8"))
 CORPUS_LINES = [json.loads(line) for line in (CORPUS / "dialogue-lines.jsonl").open()]
@@ -429,13 +430,35 @@ async def test_client_that_never_reads_gets_back_pressure(small_server: ServerTh
     greedy.writer.transport.abort()
 
 
-async def test_client_whose_replies_pile_up_is_dropped(small_server: ServerThread) -> None:
-    greedy = await RawPeer.open(small_server.port)
-    # Each 20-byte voices request asks for a 150-byte reply: one read of requests is
-    # enough to pass the 256 KiB limit of the small server.
-    assert await flood(greedy, encode_frame(VoicesRequest(id=1))) == "dropped"
-    async with await Client.connect(port=small_server.port) as polite:
-        assert await polite.ping() >= 0
+async def test_replies_piling_up_past_the_limit_drop_the_client() -> None:
+    """The safety net behind back-pressure, with a transport that never empties."""
+
+    class StuckTransport:
+        buffered = 0
+        aborted = False
+
+        def get_write_buffer_size(self) -> int:
+            return self.buffered
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    class StuckWriter:
+        transport = StuckTransport()
+
+        def is_closing(self) -> bool:
+            return self.transport.aborted
+
+        def write(self, data: bytes) -> None:
+            self.transport.buffered += len(data)
+
+    writer = StuckWriter()
+    server: Any = SimpleNamespace(config=ServerConfig(max_write_buffer=10_000))
+    handler = ConnectionHandler(server, asyncio.StreamReader(), writer)  # type: ignore[arg-type]
+    for _ in range(5000):
+        handler.send(Pong(id=1))
+    assert writer.transport.aborted
+    assert writer.transport.buffered <= 10_000 + len(encode_frame(Pong(id=1)))
 
 
 async def test_a_broken_voice_ends_its_line_with_an_error(small_server: ServerThread) -> None:
