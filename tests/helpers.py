@@ -21,7 +21,7 @@ from dialogue_tts.messages import Event
 from dialogue_tts.server import Server, ServerConfig
 
 REPO = Path(__file__).resolve().parent.parent
-CORPUS = REPO.parent / "shared" / "corpus"
+CORPUS = REPO / "tests" / "data"
 
 
 class ServerThread:
@@ -140,7 +140,7 @@ class FakeEngine:
     catalog: FakeCatalog = field(default_factory=FakeCatalog)
 
     async def stream(
-        self, request: SynthesisRequest, cancel: CancelToken
+        self, request: SynthesisRequest, cancel: CancelToken, priority: Any = None
     ) -> AsyncIterator[np.ndarray]:
         from dialogue_tts.engine import SynthesisError
 
