@@ -38,6 +38,8 @@ from .messages import (
     Pause,
     Paused,
     Ping,
+    Prepare,
+    Prepared,
     Queued,
     Request,
     Resume,
@@ -234,11 +236,20 @@ class Client:
         return _expect(await self.request(VoicesRequest()), VoiceList).voices
 
     async def status(self) -> dict[str, Any]:
-        return _expect(await self.request(StatusRequest()), StatusReport).speakers
+        """This connection's speakers: {name: {current, queued, paused}}."""
+        return (await self.status_report()).speakers
+
+    async def status_report(self) -> StatusReport:
+        """The whole status reply, with the server's cache counters."""
+        return _expect(await self.request(StatusRequest()), StatusReport)
 
     async def synthesize(self, text: str, **options: Any) -> AudioFile:
         """A whole line as one file; options are Synthesize's fields (voice, format, ...)."""
         return _expect(await self.request(Synthesize(text=text, **options)), AudioFile)
+
+    async def prepare(self, text: str, **options: Any) -> Prepared:
+        """Have a line synthesized ahead so that a later say of it starts at once."""
+        return _expect(await self.request(Prepare(text=text, **options)), Prepared)
 
     async def ping(self) -> float:
         """Round-trip time in seconds."""

@@ -412,6 +412,12 @@ class PreparedLines:
         self._entries.move_to_end(self._key(request))
         return pieces
 
+    def counters(self) -> dict[str, int]:
+        return {
+            "hits": self.hits, "misses": self.misses, "entries": len(self._entries),
+            "bytes": self._bytes,
+        }  # fmt: skip
+
     def put(self, request: SynthesisRequest, pieces: list[np.ndarray]) -> None:
         size = sum(piece.nbytes for piece in pieces)
         if size > self.max_bytes:

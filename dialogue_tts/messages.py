@@ -43,6 +43,8 @@ __all__ = [
     "Paused",
     "Ping",
     "Pong",
+    "Prepare",
+    "Prepared",
     "Queued",
     "Request",
     "Resume",
@@ -136,7 +138,7 @@ class Event(Message):
     """A server -> client message."""
 
 
-def _check_rate_volume(message: Say | Synthesize) -> None:
+def _check_rate_volume(message: Say | Synthesize | Prepare) -> None:
     if not 0.1 <= message.rate <= 10.0:
         raise InvalidMessage(errors.INVALID_FIELD, f"{message.TYPE}.rate: must be 0.1 to 10")
     if not 0.0 <= message.volume <= 10.0:
@@ -245,6 +247,22 @@ class Synthesize(Request):
     markup: Markup = "plain"
     rate: float = 1.0
     volume: float = 1.0
+
+    def check(self) -> None:
+        _check_rate_volume(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prepare(Request):
+    """Synthesize a line that will be said soon into the server's cache, without playing it."""
+
+    TYPE: ClassVar[str] = "prepare"
+    text: str
+    voice: str | None = field(default=None, metadata=_bounded())
+    markup: Markup = "plain"
+    rate: float = 1.0
+    volume: float = 1.0
+    """Accepted for symmetry with say; volume does not change what is cached."""
 
     def check(self) -> None:
         _check_rate_volume(self)
@@ -370,6 +388,8 @@ class StatusReport(Event):
     TYPE: ClassVar[str] = "status"
     id: int | str | None = None
     speakers: dict[str, Any]
+    cache: dict[str, int] | None = None
+    """Prepared-line cache counters: hits, misses, entries, bytes."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -381,6 +401,14 @@ class AudioFile(Event):
     duration: float
     """Seconds."""
     sample_rate: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prepared(Event):
+    TYPE: ClassVar[str] = "prepared"
+    id: int | str | None = None
+    duration: float
+    """Seconds of audio now ready for a say with the same text, voice and rate."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -401,14 +429,14 @@ REQUEST_TYPES: typing.Final[dict[str, type[Request]]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Say, Skip, Cancel, Clear, Pause, Resume, VoicesRequest, StatusRequest,
-        Synthesize, Ping, Bye,
+        Synthesize, Prepare, Ping, Bye,
     )
 }  # fmt: skip
 EVENT_TYPES: typing.Final[dict[str, type[Event]]] = {
     cls.TYPE: cls
     for cls in (
         Welcome, Queued, Started, Audio, Finished, Skipped, Cancelled, Cleared, Paused,
-        Resumed, VoiceList, StatusReport, AudioFile, Pong, Error,
+        Resumed, VoiceList, StatusReport, AudioFile, Prepared, Pong, Error,
     )
 }  # fmt: skip
 

@@ -396,6 +396,8 @@ class SpeakerQueue:
         while True:
             line = await self._next_line()
             self._start(line)
+            if line.audio is None:
+                line.audio = _LineAudio(line, self._owner.engine)
             self._prefetch()
             self._active = line
             self._playing = asyncio.create_task(self._play(line), name=f"line:{line.id}")
@@ -415,8 +417,7 @@ class SpeakerQueue:
         return self.queued[0]
 
     async def _play(self, line: Line) -> None:
-        if line.audio is None:
-            line.audio = _LineAudio(line, self._owner.engine)
+        assert line.audio is not None, "the runner starts a line's synthesis with the line"
         try:
             while (piece := await line.audio.next_piece()) is not None:
                 for chunk in split_samples(piece, self._owner.chunk_samples):

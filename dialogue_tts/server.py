@@ -13,10 +13,10 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from . import __version__, errors
 from .audio import encode_file
@@ -35,6 +35,8 @@ from .messages import (
     Paused,
     Ping,
     Pong,
+    Prepare,
+    Prepared,
     Resume,
     Resumed,
     Say,
@@ -177,7 +179,8 @@ class ConnectionHandler:
             Hello: self._hello, Say: self._say, Skip: self._skip, Cancel: self._cancel,
             Clear: self._clear, Pause: self._pause, Resume: self._resume,
             VoicesRequest: self._voices, StatusRequest: self._status,
-            Synthesize: self._synthesize, Ping: self._ping, Bye: self._bye,
+            Synthesize: self._synthesize, Prepare: self._prepare, Ping: self._ping,
+            Bye: self._bye,
         }  # fmt: skip
 
     # --- Outbox -------------------------------------------------------------------------
@@ -318,14 +321,24 @@ class ConnectionHandler:
         return True
 
     async def _status(self, request: StatusRequest) -> bool:
-        self.send(StatusReport(id=request.id, speakers=self._queues.status()))
+        cache = self.server.engine.cache.counters()
+        self.send(StatusReport(id=request.id, speakers=self._queues.status(), cache=cache))
         return True
 
     async def _synthesize(self, request: Synthesize) -> bool:
+        self._background(self._render_file(request, self._background_request(request)))
+        return True
+
+    async def _prepare(self, request: Prepare) -> bool:
+        self._background(self._prepare_line(request, self._background_request(request)))
+        return True
+
+    def _background_request(self, request: Synthesize | Prepare) -> SynthesisRequest:
+        """Check a synthesize or prepare request; raises RemoteProtocolError."""
         if len(self._file_tasks) >= self.config.max_file_requests:
             raise RemoteProtocolError(
                 errors.QUEUE_FULL,
-                f"{self.config.max_file_requests} synthesize requests are already running",
+                f"{self.config.max_file_requests} synthesize/prepare requests are already running",
                 request.id,
             )
         catalog = self.server.engine.catalog
@@ -336,14 +349,23 @@ class ConnectionHandler:
             raise RemoteProtocolError(
                 errors.UNKNOWN_VOICE, f"no voice named {voice!r}", request.id
             ) from None
-        synthesis = synthesis_request(
+        return synthesis_request(
             request.text, request.markup, voice, request.rate, request.volume,
             self.config.limits, request.id,
         )  # fmt: skip
-        task = asyncio.create_task(self._render_file(request, synthesis))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._file_tasks.add(task)
         task.add_done_callback(self._file_tasks.discard)
-        return True
+
+    async def _prepare_line(self, request: Prepare, synthesis: SynthesisRequest) -> None:
+        try:
+            duration = await self.server.engine.prepare(synthesis)
+        except SynthesisError as exc:
+            self.send_error(RemoteProtocolError(errors.SYNTHESIS_FAILED, str(exc), request.id))
+            return
+        self.send(Prepared(id=request.id, duration=duration))
 
     async def _render_file(self, request: Synthesize, synthesis: SynthesisRequest) -> None:
         try:

@@ -49,6 +49,7 @@ REQUESTS: list[tuple[str, m.Request]] = [
     ("ping_big_id", m.Ping(id=4_000_000_000)),
     ("ping_negative_id", m.Ping(id=-1)),
     ("bye", m.Bye()),
+    ("prepare", m.Prepare(id=20, text="Papers, please.", voice="en_US-joe-medium", rate=1.1)),
 ]
 
 VOICE = {
@@ -118,6 +119,13 @@ EVENTS: list[tuple[str, m.Event]] = [
     ("pong", m.Pong(id=19)),
     ("error", m.Error(id=7, code="unknown_voice", message="no voice named 'bob'")),
     ("error_no_id", m.Error(code="invalid_frame", message="frame is not valid msgpack")),
+    ("prepared", m.Prepared(id=20, duration=1.25)),
+    (
+        "status_with_cache",
+        m.StatusReport(
+            id=21, speakers={}, cache={"hits": 3, "misses": 5, "entries": 2, "bytes": 420000}
+        ),
+    ),
 ]
 
 # Frames a server must answer with an error (and, where "closes" is true, then close).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
 import threading
 from pathlib import Path
@@ -110,5 +111,34 @@ async def test_rate_is_calibrated_and_volume_is_linear() -> None:
         slow = [len((await engine.render(SynthesisRequest(text, DEFAULT_VOICE_NAME, rate=0.5)))[0])
                 for _ in range(3)]  # fmt: skip
         assert 1.7 < np.mean(slow) / np.mean(normal) < 2.3
+    finally:
+        engine.close()
+
+
+async def test_clause_pieces_sound_like_whole_sentences() -> None:
+    """Quality guard: cutting sentences into clauses keeps their length and joins cleanly."""
+    import json
+
+    from helpers import CORPUS
+
+    from dialogue_tts.audio import fade_edges
+
+    engine = Engine(VoiceCatalog(), workers=1)
+    try:
+        voice = await engine.voice()
+        lines = [json.loads(line)["text"] for line in (CORPUS / "dialogue-lines.jsonl").open()]
+        total_whole = total_pieces = 0
+        worst_join = 0.0
+        for text in lines:
+            whole = sum(len(voice.infer(ids)) for ids in voice.phoneme_ids(text))
+            pieces = [fade_edges(voice.infer(ids)) for ids in voice.pieces(text)]
+            joined = np.concatenate(pieces)
+            total_whole += whole
+            total_pieces += len(joined)
+            assert 0.85 < len(joined) / whole < 1.15, text  # noise_w makes lengths vary
+            for left, right in itertools.pairwise(pieces):
+                worst_join = max(worst_join, abs(float(right[0]) - float(left[-1])))
+        assert 0.95 < total_pieces / total_whole < 1.05
+        assert worst_join < 0.01  # faded edges: no step, no click
     finally:
         engine.close()

@@ -246,3 +246,35 @@ async def test_randomized_requests_keep_every_guarantee() -> None:
     for line in queued:
         await finished(outbox, line)
     check_invariants(outbox.events, queued)
+
+
+class RecordingEngine(FakeEngine):
+    """Records when each line's synthesis starts."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay=delay)
+        self.started: list[str] = []
+
+    def stream(self, request: Any, cancel: Any, priority: Any = None) -> Any:
+        self.started.append(str(request.parts[0]))
+        return super().stream(request, cancel, priority)
+
+
+async def test_next_line_is_synthesized_while_the_current_one_plays() -> None:
+    outbox = RecordingOutbox()
+    engine = RecordingEngine(delay=0.05)
+    queues = ConnectionQueues(engine, outbox, pace=True, chunk_samples=64)
+    first = queues.say(Say(speaker="a", text="one two three four five six"))  # 0.6 s paced
+    second = queues.say(Say(speaker="a", text="next"))
+    third = queues.say(Say(speaker="a", text="after"))
+    await outbox.wait_for(lambda e: e.TYPE == "audio" and e.line == first.line)
+    await asyncio.sleep(0.1)  # synthesis of "next" takes 0.05 s; line one plays 0.6 s
+    assert engine.started == ["one two three four five six", "next"]  # one line ahead only
+    assert not [e for e in outbox.events if getattr(e, "line", None) == second.line][1:]
+    queues.skip("a")
+    await finished(outbox, third.line)
+    # Its synthesis began before the skip (asserted above); it still plays in order.
+    after_skip = [e for e in outbox.events if getattr(e, "line", None) == second.line]
+    assert [e.TYPE for e in after_skip[:2]] == ["started", "audio"]
+    assert engine.started == ["one two three four five six", "next", "after"]
+    check_invariants(outbox.events, {first.line, second.line, third.line})

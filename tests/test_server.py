@@ -471,3 +471,18 @@ async def test_a_broken_voice_ends_its_line_with_an_error(small_server: ServerTh
         with pytest.raises(ServerError) as caught:
             await client.synthesize("Boo.", voice="corrupt")
         assert caught.value.code == errors.SYNTHESIS_FAILED
+
+
+async def test_prepare_then_say_streams_from_the_cache(client: Client) -> None:
+    text = "The stars are wrong tonight; the red one has moved two fingers closer to the moon."
+    prepared = await client.prepare(text, rate=1.1)
+    assert 2.0 < prepared.duration < 8.0
+    before = (await client.status_report()).cache
+    result = await (await client.say("sage", text, rate=1.1, volume=0.5)).wait()
+    after = (await client.status_report()).cache
+    assert before is not None and after is not None
+    assert after["hits"] == before["hits"] + 1  # volume is not part of the key
+    assert abs(result.finished.samples / SAMPLE_RATE - prepared.duration) < 0.01
+    with pytest.raises(ServerError) as caught:
+        await client.prepare("Hi.", voice="nobody")
+    assert caught.value.code == errors.UNKNOWN_VOICE
