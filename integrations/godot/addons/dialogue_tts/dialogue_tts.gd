@@ -1,0 +1,468 @@
+extends Node
+## Voices dialogue with a local dialogue-tts server: one queue per character, skip, and the
+## speech played inside the game's own audio mixer as it is synthesized.
+##
+## The plugin adds this script as the autoload [code]DialogueTTS[/code]. It connects to
+## [member host]:[member port] by itself, polls the socket every frame (never blocking), and
+## reconnects with a growing delay when the server is not running.
+## [codeblock]
+## DialogueTTS.line_finished.connect(_on_line_finished)
+## var line: int = DialogueTTS.speak("guard", "Halt! Who goes there?")
+## DialogueTTS.skip("guard")  # ends the guard's line at once, starts the next one
+## [/codeblock]
+## Every id [method speak] returns gets exactly one [signal line_finished], even when the
+## server rejects the line or the connection is lost (status [code]"error"[/code] then).
+
+## Emitted when the handshake is done and lines can be spoken.
+signal connected(server: String)
+## Emitted when the connection is lost, or a connection attempt fails (once per outage).
+## The node keeps retrying by itself.
+signal disconnected(reason: String)
+## Emitted when the server has queued [param line]; [param position] counts the lines ahead.
+signal line_queued(line: int, speaker: String, position: int)
+## Emitted when [param line] becomes its speaker's current line, before its first audio.
+signal line_started(line: int, speaker: String)
+## Emitted for each chunk of a line's audio (mono samples, -1..1), e.g. for lip-sync.
+signal audio_received(line: int, speaker: String, samples: PackedFloat32Array)
+## Emitted last for every line: [param status] is "done", "skipped", "cancelled" or "error".
+signal line_finished(line: int, speaker: String, status: String)
+## Emitted for every error the server reports, and for lines spoken while disconnected.
+signal error(code: String, message: String)
+
+enum State { DISCONNECTED, CONNECTING, HANDSHAKING, READY }
+
+const MsgPack := preload("msgpack.gd")
+const FrameReader := preload("frame_reader.gd")
+
+const PROTOCOL_VERSION: int = 1
+const DEFAULT_HOST: String = "127.0.0.1"
+const DEFAULT_PORT: int = 5757
+## Sample format requested: raw float32, which [method PackedByteArray.to_float32_array]
+## decodes in one call.
+const AUDIO_FORMAT: String = "f32le"
+## Seconds of audio each speaker's AudioStreamGenerator holds; more waits in [code]pending[/code].
+const BUFFER_SECONDS: float = 0.5
+const CONNECT_TIMEOUT_MSEC: int = 3000
+## Optional project settings that override [member host] and [member port].
+const HOST_SETTING: String = "dialogue_tts/host"
+const PORT_SETTING: String = "dialogue_tts/port"
+const MIN_RETRY_SECONDS: float = 0.5
+const MAX_RETRY_SECONDS: float = 8.0
+
+## Server address; change it before the first frame, or call [method connect_to_server].
+var host: String = DEFAULT_HOST
+var port: int = DEFAULT_PORT
+## Sent in the hello, for the server's logs.
+var client_name: String = "godot"
+## Audio bus of the players this node creates for speakers without their own player.
+var bus: StringName = &"Master"
+## When false, the node connects only when [method connect_to_server] is called.
+var auto_connect: bool = true
+
+var _state: State = State.DISCONNECTED
+var _tcp := StreamPeerTCP.new()
+var _reader := FrameReader.new()
+var _codec := MsgPack.new()
+var _outbox := PackedByteArray()
+var _connect_started_msec: int = 0
+var _retry_in: float = 0.0
+var _retry_delay: float = MIN_RETRY_SECONDS
+var _warned: bool = false  # "server not running" is reported once per outage
+var _welcome: Dictionary = {}
+var _next_id: int = 0
+var _next_line: int = 0
+var _says: Dictionary = {}  # request id -> line id, until "queued" or "error" answers it
+var _lines: Dictionary = {}  # line id -> speaker, for every line without line_finished yet
+var _speakers: Dictionary = {}  # speaker name -> Speaker
+var _all_paused: bool = false
+
+
+func _ready() -> void:
+	host = ProjectSettings.get_setting(HOST_SETTING, host)
+	port = ProjectSettings.get_setting(PORT_SETTING, port)
+	if auto_connect:
+		connect_to_server(host, port)
+
+
+func _process(delta: float) -> void:
+	match _state:
+		State.DISCONNECTED:
+			if auto_connect:
+				_retry_in -= delta
+				if _retry_in <= 0.0:
+					_start_connecting()
+		State.CONNECTING:
+			_tcp.poll()
+			var status: StreamPeerTCP.Status = _tcp.get_status()
+			if status == StreamPeerTCP.STATUS_CONNECTED:
+				_state = State.HANDSHAKING
+			elif status != StreamPeerTCP.STATUS_CONNECTING:
+				_drop("no dialogue-tts server at %s:%d" % [host, port])
+			elif Time.get_ticks_msec() - _connect_started_msec > CONNECT_TIMEOUT_MSEC:
+				_drop("timed out connecting to %s:%d" % [host, port])
+		_:
+			_tcp.poll()
+			if _tcp.get_status() != StreamPeerTCP.STATUS_CONNECTED:
+				_drop("connection to the dialogue-tts server lost")
+			else:
+				_send_outbox()
+				_receive()
+	for speaker: Speaker in _speakers.values():
+		_feed(speaker)
+
+
+func _exit_tree() -> void:
+	_tcp.disconnect_from_host()
+
+
+## (Re)connects to a server; lines spoken from now until the handshake wait for it.
+func connect_to_server(new_host: String = DEFAULT_HOST, new_port: int = DEFAULT_PORT) -> void:
+	host = new_host
+	port = new_port
+	if _state != State.DISCONNECTED:
+		_drop("reconnecting")
+	_start_connecting()
+
+
+## Returns true once the handshake is done.
+func is_server_ready() -> bool:
+	return _state == State.READY
+
+
+## Queues [param text] for [param speaker] and returns the line id that every signal about
+## this line carries. [param options]: [code]voice[/code] (a name from [method get_voices]),
+## [code]rate[/code] (0.1 to 10), [code]volume[/code] (0 to 10), [code]interrupt[/code]
+## (skip the speaker's current line and drop its queue first), [code]markup[/code]
+## ("plain", "bbcode" for RichTextLabel text, or "renpy").
+func speak(speaker: String, text: String, options: Dictionary = {}) -> int:
+	_next_line += 1
+	var line: int = _next_line
+	_lines[line] = speaker
+	if _state == State.DISCONNECTED:
+		_fail_line.call_deferred(line, "not_connected", "no dialogue-tts server connection")
+		return line
+	var request: Dictionary = {
+		"type": "say", "speaker": speaker, "text": text, "line": line, "format": AUDIO_FORMAT
+	}
+	for key: String in ["voice", "rate", "volume", "interrupt", "markup"]:
+		if options.has(key):
+			request[key] = options[key]
+	var target: Speaker = _get_speaker(speaker)  # created now, so pause() state applies
+	if options.get("interrupt", false):
+		_silence(target)
+	_says[_send(request)] = line
+	return line
+
+
+## Ends [param speaker]'s current line at once (status "skipped"); its next line starts.
+func skip(speaker: String) -> void:
+	if _speakers.has(speaker):
+		_silence(_speakers[speaker])
+	_send({"type": "skip", "speaker": speaker})
+
+
+## Cancels one line, queued or playing.
+func cancel(line: int) -> void:
+	var speaker: String = _lines.get(line, "")
+	if _speakers.has(speaker) and _speakers[speaker].current == line:
+		_silence(_speakers[speaker])
+	_send({"type": "cancel", "line": line})
+
+
+## Cancels the current and queued lines of [param speaker], or of everyone when empty.
+func clear(speaker: String = "") -> void:
+	for target: Speaker in _targets(speaker):
+		_silence(target)
+	_send({"type": "clear"} if speaker.is_empty() else {"type": "clear", "speaker": speaker})
+
+
+## Holds [param speaker] (everyone when empty): its audio stops where it is.
+func pause(speaker: String = "") -> void:
+	_set_paused(speaker, true)
+	_send({"type": "pause"} if speaker.is_empty() else {"type": "pause", "speaker": speaker})
+
+
+## Undoes [method pause].
+func resume(speaker: String = "") -> void:
+	_set_paused(speaker, false)
+	_send({"type": "resume"} if speaker.is_empty() else {"type": "resume", "speaker": speaker})
+
+
+## Returns the server's voices: dictionaries with "name", "language", "sample_rate" and
+## "speakers". Empty until connected.
+func get_voices() -> Array:
+	return _welcome.get("voices", [])
+
+
+## Returns true while [param speaker] (anyone when empty) has lines queued or playing, or
+## received audio still waiting to be played.
+func is_speaking(speaker: String = "") -> bool:
+	for target: Speaker in _targets(speaker):
+		if target.current != -1 or not target.pending.is_empty():
+			return true
+	if speaker.is_empty():
+		return not _lines.is_empty()
+	return _lines.values().has(speaker)
+
+
+## Plays [param speaker]'s voice through [param player] (an AudioStreamPlayer2D or 3D on the
+## character, for positional speech) instead of a plain AudioStreamPlayer.
+func set_speaker_player(speaker: String, player: Node) -> void:
+	var target: Speaker = _get_speaker(speaker)
+	if target.player != null and target.player.get_parent() == self:
+		target.player.queue_free()
+	target.player = player
+	if target.sample_rate > 0:
+		_start_player(target)
+
+
+func _start_connecting() -> void:
+	_tcp = StreamPeerTCP.new()
+	_reader = FrameReader.new()
+	_welcome = {}
+	_outbox = PackedByteArray()
+	if _tcp.connect_to_host(host, port) != OK:
+		_drop("cannot connect to %s:%d" % [host, port])
+		return
+	_tcp.set_no_delay(true)
+	_state = State.CONNECTING
+	_connect_started_msec = Time.get_ticks_msec()
+	_send({"type": "hello", "protocol": PROTOCOL_VERSION, "client": client_name})
+	if _all_paused:
+		_send({"type": "pause"})
+	for speaker: Speaker in _speakers.values():
+		if speaker.paused and not _all_paused:
+			_send({"type": "pause", "speaker": speaker.name})
+
+
+## Encodes [param request] with a fresh id and queues it for sending; returns the id.
+func _send(request: Dictionary) -> int:
+	_next_id += 1
+	request["id"] = _next_id
+	if _state != State.DISCONNECTED:
+		_outbox.append_array(_codec.encode_frame(request))
+	return _next_id
+
+
+func _send_outbox() -> void:
+	if _outbox.is_empty():
+		return
+	var result: Array = _tcp.put_partial_data(_outbox)
+	if result[0] != OK:
+		_drop("cannot send to the dialogue-tts server")
+		return
+	_outbox = _outbox.slice(result[1])
+
+
+func _receive() -> void:
+	var available: int = _tcp.get_available_bytes()
+	if available > 0:
+		var result: Array = _tcp.get_partial_data(available)
+		if result[0] != OK:
+			_drop("cannot read from the dialogue-tts server")
+			return
+		_reader.feed(result[1])
+	while _state != State.DISCONNECTED:
+		var message: Dictionary = _reader.next_message()
+		if not _reader.error_code.is_empty():
+			error.emit(_reader.error_code, _reader.error_message)
+			if _reader.fatal:
+				_drop(_reader.error_message)
+			continue
+		if message.is_empty():
+			return
+		_handle(message)
+
+
+func _handle(message: Dictionary) -> void:
+	match message["type"]:
+		"welcome":
+			_on_welcome(message)
+		"queued":
+			_says.erase(message.get("id"))
+			line_queued.emit(message["line"], message["speaker"], message["position"])
+		"started":
+			_on_started(message)
+		"audio":
+			_on_audio(message)
+		"finished":
+			_on_finished(message)
+		"voices":
+			_welcome["voices"] = message["voices"]
+		"error":
+			_on_error(message)
+
+
+func _on_welcome(message: Dictionary) -> void:
+	_welcome = message
+	_state = State.READY
+	_retry_delay = MIN_RETRY_SECONDS
+	_warned = false
+	connected.emit(str(message.get("server", "")))
+
+
+func _on_started(message: Dictionary) -> void:
+	var speaker: Speaker = _get_speaker(message["speaker"])
+	if speaker.sample_rate != message["sample_rate"]:
+		speaker.pending.clear()
+		speaker.sample_rate = message["sample_rate"]
+		_start_player(speaker)
+	speaker.current = message["line"]
+	line_started.emit(message["line"], message["speaker"])
+
+
+func _on_audio(message: Dictionary) -> void:
+	var speaker: Speaker = _get_speaker(message["speaker"])
+	if speaker.current != message["line"]:
+		return  # audio of a line skipped here, still in flight from the server
+	var samples: PackedFloat32Array = (message["data"] as PackedByteArray).to_float32_array()
+	# The generator plays stereo frames; this loop is the only per-sample work.
+	var frames := PackedVector2Array()
+	frames.resize(samples.size())
+	for i: int in samples.size():
+		frames[i] = Vector2(samples[i], samples[i])
+	speaker.pending.append(frames)
+	_feed(speaker)
+	audio_received.emit(message["line"], message["speaker"], samples)
+
+
+func _on_finished(message: Dictionary) -> void:
+	var speaker: Speaker = _get_speaker(message["speaker"])
+	if speaker.current == message["line"]:
+		speaker.current = -1
+		if message["status"] != "done":
+			_silence(speaker)
+	if _lines.has(message["line"]):
+		_lines.erase(message["line"])
+		line_finished.emit(message["line"], message["speaker"], message["status"])
+
+
+func _on_error(message: Dictionary) -> void:
+	var code: String = message.get("code", "")
+	var text: String = message.get("message", "")
+	push_warning("dialogue-tts: %s: %s" % [code, text])
+	error.emit(code, text)
+	var line: Variant = _says.get(message.get("id"))
+	if line != null:
+		_says.erase(message["id"])
+		_finish_line(line, "error")
+
+
+## Emits the error and line_finished for a line that never reached the server.
+func _fail_line(line: int, code: String, text: String) -> void:
+	error.emit(code, text)
+	_finish_line(line, "error")
+
+
+func _finish_line(line: int, status: String) -> void:
+	if _lines.has(line):
+		var speaker: String = _lines[line]
+		_lines.erase(line)
+		line_finished.emit(line, speaker, status)
+
+
+## Closes the connection; every unfinished line ends with status "error".
+func _drop(reason: String) -> void:
+	var was_connected: bool = _state == State.HANDSHAKING or _state == State.READY
+	_tcp.disconnect_from_host()
+	_state = State.DISCONNECTED
+	_retry_in = _retry_delay
+	_retry_delay = minf(_retry_delay * 2.0, MAX_RETRY_SECONDS)
+	_says.clear()
+	for speaker: Speaker in _speakers.values():
+		speaker.current = -1
+		_silence(speaker)
+	for line: int in _lines.keys():
+		_finish_line(line, "error")
+	if was_connected or not _warned:
+		_warned = true
+		var retrying: String = ", retrying" if auto_connect else ""
+		push_warning("dialogue-tts: %s%s (start it with `dialogue-tts serve`)" % [reason, retrying])
+		disconnected.emit(reason)
+
+
+func _get_speaker(speaker_name: String) -> Speaker:
+	if not _speakers.has(speaker_name):
+		var speaker := Speaker.new()
+		speaker.name = speaker_name
+		speaker.paused = _all_paused
+		_speakers[speaker_name] = speaker
+	return _speakers[speaker_name]
+
+
+## Returns [param speaker_name]'s Speaker, or every Speaker when the name is empty.
+func _targets(speaker_name: String) -> Array[Speaker]:
+	var targets: Array[Speaker] = []
+	if speaker_name.is_empty():
+		for speaker: Speaker in _speakers.values():
+			targets.append(speaker)
+	elif _speakers.has(speaker_name):
+		targets.append(_speakers[speaker_name])
+	return targets
+
+
+## Gives the speaker's player a generator at the voice's sample rate and starts it.
+func _start_player(speaker: Speaker) -> void:
+	if speaker.player == null:
+		var player := AudioStreamPlayer.new()
+		player.bus = bus
+		add_child(player)
+		speaker.player = player
+	var generator := AudioStreamGenerator.new()
+	generator.mix_rate = speaker.sample_rate
+	generator.buffer_length = BUFFER_SECONDS
+	speaker.player.set("stream", generator)
+	_restart_player(speaker)
+
+
+## Stops the player and plays it again: play() makes a new, empty playback, which is how a
+## generator's buffer is emptied at once (clear_buffer() refuses while it plays).
+func _restart_player(speaker: Speaker) -> void:
+	speaker.player.call("stop")
+	speaker.player.call("play")
+	speaker.playback = speaker.player.call("get_stream_playback")
+	speaker.player.set("stream_paused", speaker.paused)
+
+
+## Drops the speaker's received audio, buffered and pending, at once.
+func _silence(speaker: Speaker) -> void:
+	speaker.pending.clear()
+	speaker.current = -1
+	if speaker.playback != null:
+		_restart_player(speaker)
+
+
+func _set_paused(speaker_name: String, paused: bool) -> void:
+	if speaker_name.is_empty():
+		_all_paused = paused
+	var targets: Array[Speaker] = _targets(speaker_name)
+	if not speaker_name.is_empty() and targets.is_empty():
+		targets.append(_get_speaker(speaker_name))
+	for speaker: Speaker in targets:
+		speaker.paused = paused
+		if speaker.player != null:
+			speaker.player.set("stream_paused", paused)
+
+
+## Moves pending frames into the generator as far as its buffer has room.
+func _feed(speaker: Speaker) -> void:
+	while (
+		not speaker.pending.is_empty()
+		and speaker.playback != null
+		and speaker.playback.can_push_buffer(speaker.pending[0].size())
+	):
+		speaker.playback.push_buffer(speaker.pending.pop_front())
+
+
+## One character's playback: a player fed through an AudioStreamGenerator.
+class Speaker:
+	var name: String
+	## An AudioStreamPlayer, AudioStreamPlayer2D or AudioStreamPlayer3D.
+	var player: Node
+	var playback: AudioStreamGeneratorPlayback
+	var sample_rate: int = 0
+	## The line whose audio is accepted; -1 between lines and after a local skip.
+	var current: int = -1
+	## Stereo frames received but not yet pushed, oldest first.
+	var pending: Array[PackedVector2Array] = []
+	var paused: bool = false

@@ -1,0 +1,568 @@
+extends SceneTree
+## Headless test of the Godot 3 dialogue-tts addon, run by tests/test_godot.py:
+##
+##     godot3-server --path PROJECT -s res://tests/test_dialogue_tts.gd
+##
+## PROJECT holds this folder as tests/ and the addon as addons/dialogue_tts/. Environment:
+## DIALOGUE_TTS_VECTORS (path of protocol/vectors.json), DIALOGUE_TTS_PORT (a running server),
+## DIALOGUE_TTS_DEAD_PORT (a port where no server listens). Prints one GODOT_TEST_FAIL line per
+## failed check, then GODOT_TEST_OK n_checks=N (exit 0) or GODOT_TEST_FAILED (exit 1).
+
+const MsgPack = preload("res://addons/dialogue_tts/msgpack.gd")
+const FrameReader = preload("res://addons/dialogue_tts/frame_reader.gd")
+const DialogueTTS = preload("res://addons/dialogue_tts/dialogue_tts.gd")
+
+## Quits with a failure if the test is still running then (a hang guard, not a timing check).
+const WATCHDOG_SECONDS: float = 120.0
+## JSON has one number type; these are the protocol's only float fields.
+const FLOAT_FIELDS: Array = ["rate", "volume", "duration"]
+const FRAMING_ERRORS: Array = ["invalid_frame", "invalid_message", "frame_too_large"]
+const LONG_TEXT: String = (
+	"This is a long line of dialogue, long enough that it is still being spoken when the "
+	+ "player decides to skip it, and then it goes on for a while longer anyway."
+)
+
+var _checks: int = 0
+var _failures: int = 0
+var _elapsed: float = 0.0
+var _done: bool = false
+var _events: Array = []  # one Dictionary per DialogueTTS signal, in order
+
+
+func _initialize() -> void:
+	_run()
+
+
+func _idle(delta: float) -> bool:
+	_elapsed += delta
+	if not _done and _elapsed > WATCHDOG_SECONDS:
+		_check(false, "watchdog: still running after %d s" % WATCHDOG_SECONDS)
+		_finish()
+	return false
+
+
+func _run() -> void:
+	var vectors: Dictionary = _load_vectors(OS.get_environment("DIALOGUE_TTS_VECTORS"))
+	if not vectors.empty():
+		_test_message_vectors(vectors, "requests")
+		_test_message_vectors(vectors, "events")
+		_test_bad_frames(vectors)
+		_test_stream(vectors)
+	var dead_port: String = OS.get_environment("DIALOGUE_TTS_DEAD_PORT")
+	var port: String = OS.get_environment("DIALOGUE_TTS_PORT")
+	var have_ports: bool = _check(dead_port.is_valid_integer(), "DIALOGUE_TTS_DEAD_PORT is set")
+	have_ports = _check(port.is_valid_integer(), "DIALOGUE_TTS_PORT is set") and have_ports
+	if have_ports:
+		yield(_test_no_server(int(dead_port), int(port)), "completed")
+		yield(_test_wire_order(int(port)), "completed")
+		yield(_test_addon(int(port)), "completed")
+	_finish()
+
+
+# --- protocol vectors ------------------------------------------------------------------------
+
+
+func _load_vectors(path: String) -> Dictionary:
+	var file := File.new()
+	if not _check(file.open(path, File.READ) == OK, "open vectors " + path):
+		return {}
+	var parsed := JSON.parse(file.get_as_text())
+	file.close()
+	_check(parsed.error == OK, "vectors.json parses")
+	return parsed.result if parsed.error == OK else {}
+
+
+## Every vector frame decodes to its message, and the message encodes to exactly the frame.
+func _test_message_vectors(vectors: Dictionary, section: String) -> void:
+	var codec := MsgPack.new()
+	for vector in vectors[section]:
+		var frame: PoolByteArray = _hex_to_bytes(vector["frame_hex"])
+		var expected = _from_json(vector["message"], "")
+		var reader := FrameReader.new()
+		reader.feed(frame)
+		var decoded: Dictionary = reader.next_message()
+		_check(
+			_same(decoded, expected), "%s/%s decodes: got %s" % [section, vector["name"], decoded]
+		)
+		_check(reader.next_message().empty(), "%s/%s is one frame" % [section, vector["name"]])
+		var encoded: String = codec.encode_frame(expected).hex_encode()
+		_check(
+			encoded == vector["frame_hex"],
+			"%s/%s encodes: got %s" % [section, vector["name"], encoded]
+		)
+
+
+## Framing errors are reported with the vector's code; the other bad frames are well-formed
+## maps whose error is for the server to find (unknown type, bad field...).
+func _test_bad_frames(vectors: Dictionary) -> void:
+	for vector in vectors["bad_frames"]:
+		var reader := FrameReader.new()
+		reader.max_frame = 1024 * 1024  # the server's limit, which frame_too_large is about
+		reader.feed(_hex_to_bytes(vector["frame_hex"]))
+		var message: Dictionary = reader.next_message()
+		var what: String = "bad_frames/" + vector["name"]
+		if vector["error"] in FRAMING_ERRORS:
+			_check(message.empty(), what + " yields no message")
+			_check(
+				reader.error_code == vector["error"],
+				"%s: error %s, expected %s" % [what, reader.error_code, vector["error"]]
+			)
+			_check(reader.fatal == bool(vector.get("closes", false)), what + " fatal flag")
+		else:
+			_check(reader.error_code == "", what + " is a valid frame: " + reader.error_message)
+			_check(message.get("type") is String, what + " decodes to a map with a type")
+
+
+## The stream decodes to the same messages whole, split at every given offset list, and fed
+## one byte at a time.
+func _test_stream(vectors: Dictionary) -> void:
+	var stream: Dictionary = vectors["stream"]
+	var bytes: PoolByteArray = _hex_to_bytes(stream["hex"])
+	var expected: Array = []
+	for name in stream["names"]:
+		for vector in vectors["requests"]:
+			if vector["name"] == name:
+				expected.append(_from_json(vector["message"], ""))
+	_check(expected.size() == stream["names"].size(), "stream names are request vectors")
+	var whole: Array = _read_pieces(bytes, [])
+	_check(_same(whole, expected), "stream fed whole: %d messages" % whole.size())
+	for splits in stream["splits"]:
+		var offsets: Array = []
+		for offset in splits:
+			offsets.append(int(offset))
+		_check(_same(_read_pieces(bytes, offsets), expected), "stream split at %s" % [offsets])
+	var every_byte: Array = []
+	for i in range(1, bytes.size()):
+		every_byte.append(i)
+	_check(_same(_read_pieces(bytes, every_byte), expected), "stream fed byte by byte")
+
+
+## Feeds [param bytes] cut at [param offsets], reading messages after every piece.
+func _read_pieces(bytes: PoolByteArray, offsets: Array) -> Array:
+	var reader := FrameReader.new()
+	var messages: Array = []
+	var start: int = 0
+	for end in offsets + [bytes.size()]:
+		if end > start:
+			reader.feed(bytes.subarray(start, end - 1))
+		start = end
+		var message: Dictionary = reader.next_message()
+		while not message.empty():
+			messages.append(message)
+			message = reader.next_message()
+		_check(reader.error_code == "", "no error reading a piece: " + reader.error_message)
+	return messages
+
+
+# --- against a real server ---------------------------------------------------------------------
+
+
+## With no server, the node says so with a signal, and spoken lines end with "error"; then
+## it connects to a real one.
+func _test_no_server(dead_port: int, port: int) -> void:
+	var tts: Node = _new_tts()
+	tts.connect_to_server("127.0.0.1", dead_port)
+	while _named("disconnected").empty():
+		yield(self, "idle_frame")
+	var reason: String = _named("disconnected")[0]["reason"]
+	_check("no dialogue-tts server" in reason, "disconnected reason: " + reason)
+	_check(not tts.is_server_ready(), "not ready without a server")
+	var line: int = tts.speak("nobody", "Is anyone there?")
+	while _finished(line).empty():
+		yield(self, "idle_frame")
+	_check(_finished(line)[0]["status"] == "error", "a line spoken offline ends with error")
+	_check(_has_event("error", "code", "not_connected"), "error signal for the offline line")
+	tts.connect_to_server("127.0.0.1", port)
+	while _named("connected").empty():
+		yield(self, "idle_frame")
+	_check(tts.is_server_ready(), "connects after a failed attempt")
+	var back: int = tts.speak("nobody", "Back online.")
+	while _finished(back).empty():
+		yield(self, "idle_frame")
+	_check(_status(back) == "done", "a line spoken once connected is voiced")
+	tts.queue_free()
+	yield(self, "idle_frame")
+	_events.clear()
+
+
+## The raw protocol through StreamPeerTCP and the frame reader: a skip's reply order, and
+## finished.samples matching the audio received.
+func _test_wire_order(port: int) -> void:
+	var tcp := StreamPeerTCP.new()
+	_check(tcp.connect_to_host("127.0.0.1", port) == OK, "raw connect")
+	while tcp.get_status() == StreamPeerTCP.STATUS_CONNECTING:
+		yield(self, "idle_frame")
+	_check(tcp.get_status() == StreamPeerTCP.STATUS_CONNECTED, "raw connected")
+	var codec := MsgPack.new()
+	var requests: Array = [
+		{"type": "hello", "protocol": 1, "client": "godot3-test", "id": 1},
+		{"type": "say", "id": 2, "speaker": "guard", "text": LONG_TEXT, "format": "f32le"},
+		{"type": "say", "id": 3, "speaker": "guard", "text": "Move along.", "format": "f32le"},
+	]
+	for request in requests:
+		tcp.put_data(codec.encode_frame(request))
+	var reader := FrameReader.new()
+	var received: Array = []  # every message, in order
+	var samples: Dictionary = {}  # line -> samples received in audio events
+	var skip_sent: bool = false
+	var finished_count: int = 0
+	while finished_count < 2:
+		yield(self, "idle_frame")
+		var available: int = tcp.get_available_bytes()
+		if available > 0:
+			reader.feed(tcp.get_partial_data(available)[1])
+		var message: Dictionary = reader.next_message()
+		while not message.empty():
+			received.append(message)
+			if message["type"] == "audio":
+				var line: int = message["line"]
+				samples[line] = samples.get(line, 0) + message["data"].size() / 4
+				if not skip_sent:
+					tcp.put_data(codec.encode_frame({"type": "skip", "id": 4, "speaker": "guard"}))
+					skip_sent = true
+			elif message["type"] == "finished":
+				finished_count += 1
+			message = reader.next_message()
+		_check(reader.error_code == "", "raw read without framing errors")
+	tcp.disconnect_from_host()
+	var types: Array = []
+	for message in received:
+		types.append(message["type"])
+	_check(types[0] == "welcome", "raw: welcome first")
+	var finished_first: int = _index_of(received, {"type": "finished", "line": 1})
+	_check(finished_first >= 0, "raw: line 1 finished")
+	if finished_first >= 0 and finished_first + 2 < received.size():
+		var first: Dictionary = received[finished_first]
+		_check(first["status"] == "skipped", "raw: line 1 status skipped")
+		_check(first["samples"] == samples.get(1, 0), "raw: line 1 samples match its audio")
+		var reply: Dictionary = received[finished_first + 1]
+		_check(reply["type"] == "skipped" and reply["line"] == 1, "raw: then skipped reply")
+		var next: Dictionary = received[finished_first + 2]
+		_check(next["type"] == "started" and next["line"] == 2, "raw: then line 2 started")
+	var finished_second: int = _index_of(received, {"type": "finished", "line": 2})
+	if _check(finished_second > finished_first, "raw: line 2 finished after line 1"):
+		var second: Dictionary = received[finished_second]
+		_check(second["status"] == "done", "raw: line 2 done")
+		_check(second["samples"] == samples.get(2, -1), "raw: line 2 samples match its audio")
+		_check(second["samples"] > 0, "raw: line 2 has audio")
+	for index in range(finished_first + 1, received.size()):
+		var message: Dictionary = received[index]
+		_check(
+			not (message["type"] == "audio" and message["line"] == 1),
+			"raw: no audio of line 1 after its finished"
+		)
+
+
+## The addon itself: two speakers, skip, cancel, clear, pause/resume, interrupt, errors.
+func _test_addon(port: int) -> void:
+	var tts: Node = _new_tts()
+	tts.connect_to_server("127.0.0.1", port)
+	while _named("connected").empty():
+		yield(self, "idle_frame")
+	_check(tts.is_server_ready(), "connected")
+	var voices: Array = tts.get_voices()
+	_check(voices.size() > 0 and int(voices[0]["sample_rate"]) > 0, "voices: %s" % [voices])
+
+	# Two characters talk at once; Alice's first line is skipped while it plays.
+	var alice_1: int = tts.speak("alice", LONG_TEXT)
+	var alice_2: int = tts.speak("alice", "Sorry, I will keep it short.")
+	var bob_1: int = tts.speak("bob", "Hello Alice, nice to meet you.")
+	_check(tts.is_speaking("alice") and tts.is_speaking(), "speaking once lines are queued")
+	while _audio(alice_1).empty():
+		yield(self, "idle_frame")
+	var alice: Object = tts._speakers["alice"]
+	var playback_before: Object = alice.playback
+	tts.skip("alice")
+	var skip_mark: int = _events.size()
+	_check(alice.pending.empty(), "skip drops pending audio at once")
+	_check(alice.playback != playback_before, "skip replaces the generator playback (empty)")
+	_check(alice.playback.get_frames_available() > 0, "the new playback has room")
+	while _finished(alice_2).empty() or _finished(bob_1).empty():
+		yield(self, "idle_frame")
+	_check(_status(alice_1) == "skipped", "alice 1 skipped")
+	_check(_status(alice_2) == "done", "alice 2 done")
+	_check(_status(bob_1) == "done", "bob 1 done")
+	for line in [alice_1, alice_2, bob_1]:
+		_check_line_order(line)
+	_check(_audio(alice_2).size() > 0 and _audio(bob_1).size() > 0, "audio for both speakers")
+	for event in _events.slice(skip_mark, _events.size() - 1):
+		_check(
+			not (event["name"] == "audio_received" and event["line"] == alice_1),
+			"no audio_received for a skipped line after skip()"
+		)
+	var alice_2_started: int = _events.find(_named("line_started", alice_2)[0])
+	_check(alice_2_started > _events.find(_finished(alice_1)[0]), "alice 2 starts after 1 ends")
+	var bob: Object = tts._speakers["bob"]
+	_check(bob.player is AudioStreamPlayer, "bob has an AudioStreamPlayer")
+	var rate: int = -1
+	for voice in voices:
+		if voice["name"] == tts._welcome["default_voice"]:
+			rate = voice["sample_rate"]
+	_check(int(bob.player.stream.mix_rate) == rate, "generator mix_rate = the voice's rate")
+
+	# cancel a queued line, then clear the rest.
+	var carol_1: int = tts.speak("carol", LONG_TEXT)
+	var carol_2: int = tts.speak("carol", "Second.")
+	var carol_3: int = tts.speak("carol", "Third.")
+	while _named("line_queued", carol_3).empty():
+		yield(self, "idle_frame")
+	tts.cancel(carol_2)
+	while _finished(carol_2).empty():
+		yield(self, "idle_frame")
+	tts.clear("carol")
+	while _finished(carol_1).empty() or _finished(carol_3).empty():
+		yield(self, "idle_frame")
+	_check(_status(carol_2) == "cancelled", "cancel ends a queued line as cancelled")
+	_check(_status(carol_1) == "cancelled", "clear cancels the current line")
+	_check(_status(carol_3) == "cancelled", "clear cancels the queued line")
+
+	# While everyone is paused, a new speaker's line is queued but not started.
+	tts.pause()
+	var dave_1: int = tts.speak("dave", "I waited for my turn.")
+	while _named("line_queued", dave_1).empty():
+		yield(self, "idle_frame")
+	var resume_mark: int = _events.size()
+	_check(_named("line_started", dave_1).empty(), "no start while paused")
+	_check(tts._speakers["dave"].paused, "a speaker that appears during pause() is paused")
+	tts.resume()
+	_check(not tts._speakers["dave"].paused, "resume() unpauses it")
+	while _finished(dave_1).empty():
+		yield(self, "idle_frame")
+	_check(_events.find(_named("line_started", dave_1)[0]) >= resume_mark, "starts after resume")
+	_check(_status(dave_1) == "done", "dave 1 done after resume")
+
+	# interrupt skips the current line and starts the new one.
+	var erin_1: int = tts.speak("erin", LONG_TEXT)
+	while _named("line_started", erin_1).empty():
+		yield(self, "idle_frame")
+	var erin_2: int = tts.speak("erin", "Never mind.", {"interrupt": true})
+	while _finished(erin_2).empty():
+		yield(self, "idle_frame")
+	_check(_status(erin_1) == "skipped", "interrupt skips the current line")
+	_check(_status(erin_2) == "done", "the interrupting line plays")
+
+	# pause(speaker) holds a playing speaker's audio where it is; resume() lets it go on.
+	var gina_1: int = tts.speak("gina", LONG_TEXT)
+	while _audio(gina_1).empty():
+		yield(self, "idle_frame")
+	tts.pause("gina")
+	var gina: Object = tts._speakers["gina"]
+	_check(gina.player.stream_paused, "pause(speaker) pauses its player")
+	_check(tts.is_speaking("gina"), "a paused speaker is still speaking")
+	yield(self, "idle_frame")
+	tts.resume("gina")
+	_check(not gina.player.stream_paused, "resume(speaker) unpauses its player")
+	tts.skip("gina")
+	while _finished(gina_1).empty():
+		yield(self, "idle_frame")
+	_check(_status(gina_1) == "skipped", "gina 1 skipped after resume")
+
+	# A line the server rejects still ends, with status "error".
+	var frank_1: int = tts.speak("frank", "Hello?", {"voice": "no-such-voice"})
+	while _finished(frank_1).empty():
+		yield(self, "idle_frame")
+	_check(_status(frank_1) == "error", "a rejected line ends with error")
+	_check(_has_event("error", "code", "unknown_voice"), "error signal unknown_voice")
+
+	for line in [
+		alice_1, alice_2, bob_1, carol_1, carol_2, carol_3, dave_1, erin_1, erin_2, gina_1
+	]:
+		_check(_finished(line).size() == 1, "exactly one line_finished for line %d" % line)
+	_check(not tts.is_speaking("frank"), "frank is not speaking")
+	while tts.is_speaking():
+		yield(self, "idle_frame")
+	_check(not tts.is_speaking(), "nobody speaking at the end")
+	_check(bob.pending.empty(), "all of bob's audio went into his AudioStreamGenerator")
+	print(
+		(
+			"GODOT_TEST_INFO audio chunks: alice_2=%d bob_1=%d, samples: bob_1=%d"
+			% [_audio(alice_2).size(), _audio(bob_1).size(), _sum_samples(bob_1)]
+		)
+	)
+	tts.queue_free()
+
+
+## queued, started, first audio (for played lines) and finished come in that order.
+func _check_line_order(line: int) -> void:
+	var queued: int = _events.find(_first("line_queued", line))
+	var started: int = _events.find(_first("line_started", line))
+	var audio: int = _events.find(_first("audio_received", line))
+	var finished: int = _events.find(_first("line_finished", line))
+	_check(queued >= 0 and queued < started, "line %d: queued before started" % line)
+	_check(audio < 0 or started < audio, "line %d: started before audio" % line)
+	_check(finished > max(started, audio), "line %d: finished last" % line)
+
+
+# --- the recorder ------------------------------------------------------------------------------
+
+
+func _new_tts() -> Node:
+	var tts: Node = DialogueTTS.new()
+	tts.auto_connect = false
+	root.add_child(tts)
+	tts.connect("connected", self, "_on_connected")
+	tts.connect("disconnected", self, "_on_disconnected")
+	tts.connect("line_queued", self, "_on_line_queued")
+	tts.connect("line_started", self, "_on_line_started")
+	tts.connect("audio_received", self, "_on_audio_received")
+	tts.connect("line_finished", self, "_on_line_finished")
+	tts.connect("error", self, "_on_error")
+	return tts
+
+
+func _on_connected(server: String) -> void:
+	_events.append({"name": "connected", "server": server})
+
+
+func _on_disconnected(reason: String) -> void:
+	_events.append({"name": "disconnected", "reason": reason})
+
+
+func _on_line_queued(line: int, speaker: String, position: int) -> void:
+	_events.append({"name": "line_queued", "line": line, "speaker": speaker, "position": position})
+
+
+func _on_line_started(line: int, speaker: String) -> void:
+	_events.append({"name": "line_started", "line": line, "speaker": speaker})
+
+
+func _on_audio_received(line: int, speaker: String, samples: PoolRealArray) -> void:
+	_check(samples.size() > 0, "audio chunk of line %d has samples" % line)
+	_events.append(
+		{"name": "audio_received", "line": line, "speaker": speaker, "samples": samples.size()}
+	)
+
+
+func _on_line_finished(line: int, speaker: String, status: String) -> void:
+	_events.append({"name": "line_finished", "line": line, "speaker": speaker, "status": status})
+
+
+func _on_error(code: String, message: String) -> void:
+	_events.append({"name": "error", "code": code, "message": message})
+
+
+## Returns the recorded events called [param name] (of [param line] when given).
+func _named(name: String, line: int = -1) -> Array:
+	var found: Array = []
+	for event in _events:
+		if event["name"] == name and (line == -1 or event.get("line") == line):
+			found.append(event)
+	return found
+
+
+func _first(name: String, line: int):
+	var found: Array = _named(name, line)
+	return found[0] if not found.empty() else null
+
+
+func _finished(line: int) -> Array:
+	return _named("line_finished", line)
+
+
+func _audio(line: int) -> Array:
+	return _named("audio_received", line)
+
+
+func _sum_samples(line: int) -> int:
+	var total: int = 0
+	for event in _audio(line):
+		total += event["samples"]
+	return total
+
+
+func _status(line: int) -> String:
+	var found: Array = _finished(line)
+	return found[0]["status"] if not found.empty() else "(not finished)"
+
+
+func _has_event(name: String, key: String, value: String) -> bool:
+	for event in _named(name):
+		if event.get(key) == value:
+			return true
+	return false
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+## Records one check; prints it when it fails. Returns [param ok].
+func _check(ok: bool, what: String) -> bool:
+	_checks += 1
+	if not ok:
+		_failures += 1
+		print("GODOT_TEST_FAIL: " + what)
+	return ok
+
+
+func _finish() -> void:
+	if _done:
+		return
+	_done = true
+	if _failures == 0:
+		print("GODOT_TEST_OK n_checks=%d" % _checks)
+	else:
+		print("GODOT_TEST_FAILED failures=%d n_checks=%d" % [_failures, _checks])
+	quit(0 if _failures == 0 else 1)
+
+
+## The JSON form of a vector message as the decoder returns it: integers as int (JSON parses
+## every number as float) and {"$bin": hex} as PoolByteArray.
+func _from_json(value, key: String):
+	match typeof(value):
+		TYPE_REAL:
+			return value if key in FLOAT_FIELDS else int(value)
+		TYPE_ARRAY:
+			var items: Array = []
+			for item in value:
+				items.append(_from_json(item, ""))
+			return items
+		TYPE_DICTIONARY:
+			if value.size() == 1 and value.has("$bin"):
+				return _hex_to_bytes(value["$bin"])
+			var result: Dictionary = {}
+			for item_key in value:
+				result[item_key] = _from_json(value[item_key], item_key)
+			return result
+	return value
+
+
+## Deep equality that also compares types (Godot 3 compares Dictionaries by reference, and
+## 1 == 1.0 there).
+func _same(a, b) -> bool:
+	if typeof(a) != typeof(b):
+		return false
+	match typeof(a):
+		TYPE_DICTIONARY:
+			return a.size() == b.size() and _same_items(a, b, a.keys())
+		TYPE_ARRAY:
+			return a.size() == b.size() and _same_items(a, b, range(a.size()))
+		TYPE_RAW_ARRAY:
+			return a.hex_encode() == b.hex_encode()
+	return a == b
+
+
+func _same_items(a, b, keys: Array) -> bool:
+	for key in keys:
+		if typeof(b) == TYPE_DICTIONARY and not b.has(key):
+			return false
+		if not _same(a[key], b[key]):
+			return false
+	return true
+
+
+## Index of the first message holding every key/value of [param fields], or -1.
+func _index_of(messages: Array, fields: Dictionary) -> int:
+	for index in messages.size():
+		var matches: bool = true
+		for key in fields:
+			matches = matches and messages[index].get(key) == fields[key]
+		if matches:
+			return index
+	return -1
+
+
+func _hex_to_bytes(hex: String) -> PoolByteArray:
+	var bytes := PoolByteArray()
+	for i in range(0, hex.length(), 2):
+		bytes.append("0123456789abcdef".find(hex[i]) * 16 + "0123456789abcdef".find(hex[i + 1]))
+	return bytes

@@ -1,0 +1,150 @@
+"""The Godot bindings: gdtoolkit on their scripts, and the Godot 3 port run headless.
+
+The Godot 4 addon (integrations/godot) cannot run here: no Godot 4 binary is packaged. It is
+parsed, linted and format-checked with gdtoolkit, and kept a line-for-line port of the Godot 3
+addon (integrations/godot3), which runs under Debian's ``godot3-server`` against a real server:
+its GDScript test decodes and encodes every protocol vector, reads split and merged frames, and
+voices two speakers with skip, cancel, clear, pause/resume and interrupt.
+
+CI needs ``pip install gdtoolkit`` and ``apt-get install godot3-server``; without them the
+tests concerned are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import REPO, server_process
+
+GODOT4_ADDON = REPO / "integrations" / "godot" / "addons" / "dialogue_tts"
+GODOT3 = REPO / "integrations" / "godot3"
+EXAMPLE = REPO / "examples" / "godot"
+VECTORS = REPO / "protocol" / "vectors.json"
+
+GODOT4_SCRIPTS = sorted(GODOT4_ADDON.glob("*.gd")) + sorted(EXAMPLE.rglob("*.gd"))
+GODOT3_SCRIPTS = sorted(GODOT3.rglob("*.gd"))
+# gdtoolkit 4 parses Godot 4 syntax. The Godot 3 scripts are written in the subset both share,
+# except plugin.gd, whose Godot 3 `tool` keyword gdtoolkit rejects: Godot 3 itself checks that
+# one (test_godot3_scripts_parse).
+GDTOOLKIT_SCRIPTS = GODOT4_SCRIPTS + [path for path in GODOT3_SCRIPTS if path.name != "plugin.gd"]
+
+GODOT3_BIN = shutil.which("godot3-server")
+needs_godot3 = pytest.mark.skipif(
+    GODOT3_BIN is None,
+    reason="godot3-server is not on PATH (CI runs `apt-get install -y godot3-server`)",
+)
+HANG_GUARD_SECONDS = 300  # only so that a stuck engine cannot hang the suite
+
+
+def _gdtoolkit(tool: str) -> str:
+    pytest.importorskip("gdtoolkit", reason="gdtoolkit is not installed (pip install gdtoolkit)")
+    path = Path(sys.executable).parent / tool
+    return str(path) if path.exists() else tool
+
+
+def test_scripts_exist() -> None:
+    names = {path.name for path in GODOT4_ADDON.glob("*.gd")}
+    assert names == {path.name for path in (GODOT3 / "addons" / "dialogue_tts").glob("*.gd")}
+    assert {"plugin.gd", "dialogue_tts.gd", "msgpack.gd", "frame_reader.gd"} <= names
+    assert (GODOT3 / "tests" / "test_dialogue_tts.gd").exists()
+    assert any(EXAMPLE.rglob("*.gd"))
+
+
+@pytest.mark.parametrize("command", [["gdparse"], ["gdlint"], ["gdformat", "--check"]])
+def test_gdtoolkit(command: list[str]) -> None:
+    result = subprocess.run(
+        [_gdtoolkit(command[0]), *command[1:], *map(str, GDTOOLKIT_SCRIPTS)],
+        capture_output=True, text=True, timeout=HANG_GUARD_SECONDS,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_godot4_autoload_has_no_class_name() -> None:
+    # An autoload with a class_name clashes with its own singleton name.
+    source = (GODOT4_ADDON / "dialogue_tts.gd").read_text()
+    assert not re.search(r"^class_name\b", source, re.MULTILINE)
+    plugin = (GODOT4_ADDON / "plugin.gd").read_text()
+    assert 'AUTOLOAD_NAME: String = "DialogueTTS"' in plugin
+    assert "func _enable_plugin()" in plugin and "add_autoload_singleton" in plugin
+    assert "func _disable_plugin()" in plugin and "remove_autoload_singleton" in plugin
+
+
+@pytest.fixture
+def godot3_project(tmp_path: Path) -> Path:
+    """A throwaway Godot 3 project: tests/project.godot, tests/ and addons/dialogue_tts/."""
+    project = tmp_path / "project"
+    shutil.copytree(GODOT3 / "addons", project / "addons")
+    shutil.copytree(GODOT3 / "tests", project / "tests")
+    shutil.copy(GODOT3 / "tests" / "project.godot", project / "project.godot")
+    (tmp_path / "home").mkdir()
+    return project
+
+
+def _run_godot3(
+    project: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environment = {
+        **os.environ,
+        "LANG": "en_US.UTF-8",  # the test speaks and decodes non-ASCII text
+        "HOME": str(project.parent / "home"),  # user:// and logs go there, not to ~
+        **(env or {}),
+    }
+    assert GODOT3_BIN is not None
+    return subprocess.run(
+        [GODOT3_BIN, "--path", str(project), *args],
+        capture_output=True, text=True, env=environment, timeout=HANG_GUARD_SECONDS,
+    )  # fmt: skip
+
+
+@needs_godot3
+@pytest.mark.parametrize("script", [path.relative_to(GODOT3).as_posix() for path in GODOT3_SCRIPTS])
+def test_godot3_scripts_parse(godot3_project: Path, script: str) -> None:
+    # A parse error in a `-s` script still exits 0, so every script is checked on its own.
+    result = _run_godot3(godot3_project, "--check-only", "-s", f"res://{script}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SCRIPT ERROR" not in result.stderr, result.stderr
+    assert "Parse Error" not in result.stderr, result.stderr
+
+
+def _unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@needs_godot3
+def test_godot3_headless_against_server(godot3_project: Path) -> None:
+    dead_port = _unused_port()  # nothing listens there once the socket is closed
+    with server_process() as (port, _process):
+        result = _run_godot3(
+            godot3_project, "-s", "res://tests/test_dialogue_tts.gd",
+            env={
+                "DIALOGUE_TTS_PORT": str(port),
+                "DIALOGUE_TTS_DEAD_PORT": str(dead_port),
+                "DIALOGUE_TTS_VECTORS": str(VECTORS),
+            },
+        )  # fmt: skip
+    output = f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    assert "SCRIPT ERROR" not in result.stderr, output
+    assert "GODOT_TEST_FAIL" not in result.stdout, output
+    assert result.returncode == 0, output
+    match = re.search(r"^GODOT_TEST_OK n_checks=(\d+)$", result.stdout, re.MULTILINE)
+    assert match, output
+    # The vector checks alone: decode + one frame + encode per message vector, two or three per
+    # bad frame, one per split of the stream. The live part adds a few hundred more.
+    vectors = json.loads(VECTORS.read_text())
+    minimum = (
+        3 * (len(vectors["requests"]) + len(vectors["events"]))
+        + 2 * len(vectors["bad_frames"])
+        + len(vectors["stream"]["splits"])
+    )
+    assert int(match.group(1)) > minimum, output
+    assert f"no dialogue-tts server at 127.0.0.1:{dead_port}" in result.stderr, output
