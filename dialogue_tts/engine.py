@@ -157,6 +157,9 @@ class Voice:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
+        # Every piece has a different length, so onnxruntime's memory pattern (planned for
+        # one input shape) only grows: off, RSS after the corpus is 224 MiB instead of 274.
+        options.enable_mem_pattern = False
         session = onnxruntime.InferenceSession(
             str(files.model), sess_options=options, providers=["CPUExecutionProvider"]
         )
