@@ -370,6 +370,32 @@ def write_results(report: Report, args: argparse.Namespace, seconds: float) -> N
     Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+async def threading_section(report: Report, default_port: int) -> None:
+    """The default (1 inference thread using every core) against 2 workers x 1 core each."""
+    long_texts = [line["text"] for line in CORPUS if line["kind"] == "long"]
+    texts = [line["text"] for line in CORPUS if line["kind"] in ("medium", "long")]
+
+    async def measure(port: int) -> tuple[float, float]:
+        async with await Client.connect(port=port, pace=False) as client:
+            firsts = [await first_audio_ours(client, text, f"w{i}")
+                      for i, text in enumerate(long_texts * 2)]  # fmt: skip
+            started = time.perf_counter()
+            lines = [await client.say(f"t{i % 8}", text) for i, text in enumerate(texts)]
+            results = await asyncio.gather(*(line.wait() for line in lines))
+            rate = sum(r.finished.samples for r in results) / SAMPLE_RATE
+            return median(firsts), rate / (time.perf_counter() - started)
+
+    default = await measure(default_port)
+    with our_server("--workers", "2") as (port, _process, _):
+        parallel = await measure(port)
+    cores = os.cpu_count()
+    report.add(f"threading: long-line first audio, 1 worker x {cores} threads vs 2 x 1",
+               ms(default[0]), f"2 workers {ms(parallel[0])}", ratio(default[0], parallel[0]))  # fmt: skip
+    report.add(f"threading: 8-speaker throughput, 1 worker x {cores} threads vs 2 x 1",
+               f"{default[1]:.1f} audio s/s", f"2 workers {parallel[1]:.1f}",
+               ratio(default[1], parallel[1]))  # fmt: skip
+
+
 async def run_async(report: Report, args: argparse.Namespace) -> None:
     with our_server() as (port, _process, startup), wyoming_server() as (wyoming_port, _):
         report.add("server start until ready (voice loaded, warmed up)", f"{startup:.1f} s",
@@ -378,6 +404,7 @@ async def run_async(report: Report, args: argparse.Namespace) -> None:
         await skip_section(report, port, args.skips)
         await throughput_section(report, port)
         await control_section(report, port, wyoming_port)
+        await threading_section(report, port)
 
 
 def main() -> None:
