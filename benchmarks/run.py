@@ -389,8 +389,10 @@ async def threading_section(report: Report, default_port: int) -> None:
     with our_server("--workers", "2") as (port, _process, _):
         parallel = await measure(port)
     cores = os.cpu_count()
-    report.add(f"threading: long-line first audio, 1 worker x {cores} threads vs 2 x 1",
-               ms(default[0]), f"2 workers {ms(parallel[0])}", ratio(default[0], parallel[0]))  # fmt: skip
+    report.add(
+        f"threading: long-line first audio, 1 worker x {cores} threads vs 2 x 1",
+        ms(default[0]), f"2 workers {ms(parallel[0])}", ratio(default[0], parallel[0]),
+    )  # fmt: skip
     report.add(f"threading: 8-speaker throughput, 1 worker x {cores} threads vs 2 x 1",
                f"{default[1]:.1f} audio s/s", f"2 workers {parallel[1]:.1f}",
                ratio(default[1], parallel[1]))  # fmt: skip
