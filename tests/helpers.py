@@ -36,7 +36,7 @@ class ServerThread:
         self.config = config or ServerConfig(port=0)
         self.workers = workers
         self.voices_dir = voices_dir
-        self.loop = asyncio.new_event_loop()
+        self.loop = _new_loop()
         self.server: Server | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -78,6 +78,15 @@ class ServerThread:
             self.server.engine.close()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(30)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where the server would run on it (see cli.run_async), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 async def _call(function: Any) -> Any:
