@@ -200,6 +200,20 @@ class Voice:
             for piece in split_sentence(sentence, first=first and index == 0)
         ]
 
+    def first_piece(
+        self,
+        text: str,
+        first: bool,
+        rate: float = 1.0,
+        speaker_id: int | None = None,
+        cancel: CancelToken | None = None,
+    ) -> tuple[list[list[int]], np.ndarray | None]:
+        """``pieces(text)`` and the audio of the first one (None if there are no pieces)."""
+        pieces = self.pieces(text, first)
+        if not pieces:
+            return pieces, None
+        return pieces, self.infer(pieces[0], rate, speaker_id, cancel)
+
     def phoneme_ids(self, text: str) -> list[list[int]]:
         """Phoneme ids for each sentence of ``text``."""
         return [
@@ -379,9 +393,17 @@ class Engine:
             if isinstance(part, Pause):
                 yield np.zeros(round(part.seconds * voice.sample_rate), dtype=np.float32)
                 continue
-            pieces = await self._pool.run(functools.partial(voice.pieces, part, first), priority)
+            # One pool job phonemizes the part and synthesizes its first piece: a short line
+            # then costs a single hand-off to the inference thread before its first audio.
+            start = functools.partial(
+                voice.first_piece, part, first, request.rate, request.speaker_id, cancel
+            )
+            pieces, audio = await self._pool.run(start, priority)
             first = False
-            for ids in pieces:
+            if audio is None:
+                continue
+            yield fade_edges(audio)
+            for ids in pieces[1:]:
                 infer = functools.partial(
                     voice.infer, ids, request.rate, request.speaker_id, cancel
                 )
