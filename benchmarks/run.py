@@ -172,10 +172,39 @@ async def first_audio_wyoming(port: int, text: str) -> float:
 # --- the sections -------------------------------------------------------------------------
 
 
+# Issue 3's targets: (key, what, limit, "max" if the value must be at most the limit).
+TARGETS = [
+    ("first_long_vs_raw", "first audio, long lines, median, vs raw Piper", 0.3, "max"),
+    ("first_long_vs_wyoming", "first audio, long lines, median, vs wyoming-piper", 0.5, "max"),
+    ("first_short_vs_raw", "first audio, short lines, median, vs raw Piper", 1.10, "max"),
+    ("skip_finished_p95", "skip -> finished(skipped), p95, seconds", 0.010, "max"),
+    ("skip_next_ahead_p95", "skip -> next line's audio (queued ahead), p95, seconds", 0.020, "max"),
+    ("ping_p99", "ping while synthesizing, p99, seconds", 0.005, "max"),
+    ("throughput_8_vs_raw", "8-speaker throughput vs raw Piper sequential", 0.9, "min"),
+    ("rss_vs_raw", "RSS after the lines vs the raw Piper process", 0.5, "max"),
+]
+
+
 @dataclass
 class Report:
     rows: list[tuple[str, str, str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    values: dict[str, float] = field(default_factory=dict)
+    """Measured values for TARGETS."""
+
+    def targets(self) -> list[str]:
+        lines = []
+        for key, what, limit, sense in TARGETS:
+            if key not in self.values:
+                lines.append(f"- {what}: not measured in this run")
+                continue
+            value = self.values[key]
+            met = value <= limit if sense == "max" else value >= limit
+            bound = "at most" if sense == "max" else "at least"
+            lines.append(
+                f"- {what}: {value:.3g} (target {bound} {limit:g}): {'met' if met else 'NOT met'}"
+            )
+        return lines
 
     def add(self, measure: str, ours: str, baseline: str, ratio: str) -> None:
         self.rows.append((measure, ours, baseline, ratio))
@@ -194,6 +223,11 @@ async def first_audio_section(report: Report, port: int, wyoming_port: int, repe
                     raws.append(raw.first_audio(text))
                     ours.append(await first_audio_ours(client, text, f"s{repeat}-{index}"))
                     wyos.append(await first_audio_wyoming(wyoming_port, text))
+            if kind == "long":
+                report.values["first_long_vs_raw"] = median(ours) / median(raws)
+                report.values["first_long_vs_wyoming"] = median(ours) / median(wyos)
+            elif kind == "short":
+                report.values["first_short_vs_raw"] = median(ours) / median(raws)
             for stat, fn in (("median", median), ("p95", p95)):
                 report.add(
                     f"first audio, {kind} lines ({len(ours)}), {stat}",
@@ -234,6 +268,8 @@ async def skip_section(report: Report, port: int, repeats: int) -> None:
             await first_event(queued, "audio")
             next_at_skip.append(time.perf_counter() - started)
             await client.clear(speaker)
+    report.values["skip_finished_p95"] = p95(to_finished)
+    report.values["skip_next_ahead_p95"] = p95(next_ahead)
     for name, values in (
         ("skip -> finished(skipped)", to_finished),
         ("skip -> next line's first audio, queued 1 s before", next_ahead),
@@ -263,6 +299,7 @@ async def throughput_section(report: Report, port: int) -> None:
             results = await asyncio.gather(*(line.wait() for line in lines))
             wall = time.perf_counter() - started
             rate = sum(r.finished.samples for r in results) / SAMPLE_RATE / wall
+            report.values[f"throughput_{speakers}_vs_raw"] = rate / raw_rate
             report.add(
                 f"throughput, {speakers} speaker(s) at once ({len(texts)} lines)",
                 f"{rate:.1f} audio s/s", f"raw sequential {raw_rate:.1f}", ratio(rate, raw_rate),
@@ -286,6 +323,7 @@ async def control_section(report: Report, port: int, wyoming_port: int) -> None:
         await busy.clear()
         for line in lines:
             await line.wait()
+    report.values["ping_p99"] = percentile(pings, 99)
     report.add(f"ping while 8 lines synthesize, p99 ({len(pings)})", ms(percentile(pings, 99)),
                f"median {ms(median(pings))}", "")  # fmt: skip
     report.add(f"skip round trip while 8 lines synthesize, p99 ({len(skips)})",
@@ -342,6 +380,7 @@ def rss_section(report: Report, lines: int) -> None:
         after = rss_mib(process.pid)
     report.add("RSS after warm-up", f"{warm:.0f} MiB", f"raw {raw_warm:.0f} MiB",
                ratio(warm, raw_warm))  # fmt: skip
+    report.values["rss_vs_raw"] = after / raw_after
     report.add(f"RSS after {lines} lines", f"{after:.0f} MiB", f"raw {raw_after:.0f} MiB",
                ratio(after, raw_after))  # fmt: skip
 
@@ -364,6 +403,10 @@ def write_results(report: Report, args: argparse.Namespace, seconds: float) -> N
         "| measure | dialogue-tts | baseline | ratio |",
         "|---|---|---|---|",
         *(f"| {m} | {o} | {b} | {r} |" for m, o, b, r in report.rows),
+        "",
+        "## Targets (issue 3), from the figures above",
+        "",
+        *report.targets(),
         "",
         *report.notes,
     ]
@@ -421,6 +464,7 @@ def main() -> None:
     print(f"{'measure':58} {'dialogue-tts':>14} {'baseline':>22} {'ratio':>14}")
     asyncio.run(run_async(report, args))
     rss_section(report, args.rss_lines)
+    print("\n".join(report.targets()))
     write_results(report, args, time.perf_counter() - started)
     print(f"wrote {args.out}")
 
