@@ -1,0 +1,386 @@
+"""``dialogue-tts renpy-render``: pre-render a Ren'Py game's dialogue as voice files.
+
+Ren'Py's launcher ("Extract Dialogue", or ``renpy GAMEDIR dialogue None``) writes
+``dialogue.tab``: a header row, then one tab-separated row per line of dialogue with its
+Identifier, Character (the character's variable name, empty for narration), Dialogue (text
+tags and [interpolations] kept), Filename, Line Number and Ren'Py Script. This command writes
+``OUTPUT/<Identifier>.ogg`` for each row, so that ``define config.auto_voice =
+"voice/{id}.ogg"`` plays them with no further code.
+
+Lines are rendered in-process with the engine, not through a running server: pre-rendering
+is a batch job for a build step, so it should need no server, and the engine runs the lines
+on all its synthesis threads at once. A manifest beside the files records what each file was
+made from (text and voice settings), so a second run renders only what changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+__all__ = ["DialogueLine", "ExportError", "add_parser", "read_dialogue_tab", "render_lines"]
+
+HEADER: Final = ("Identifier", "Character", "Dialogue", "Filename", "Line Number", "Ren'Py Script")
+MANIFEST_NAME: Final = ".dialogue-tts-render.json"
+NARRATOR_KEY: Final = "narrator"
+"""The mapping key for narration (rows whose Character is empty)."""
+DEFAULT_KEY: Final = "default"
+"""The mapping key for characters the mapping does not list."""
+_SETTING_TYPES: Final = {"voice": str, "rate": (int, float), "volume": (int, float)}
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9_.-]+$")
+_INTERPOLATION = re.compile(r"(?<!\[)\[[^\[\]]+\]")
+
+
+class ExportError(ValueError):
+    """The dialogue export or the voice mapping cannot be used."""
+
+
+@dataclass(frozen=True)
+class DialogueLine:
+    identifier: str
+    character: str
+    text: str
+    where: str  # "game/script.rpy:24", for messages
+
+
+@dataclass(frozen=True)
+class VoiceSettings:
+    voice: str
+    rate: float = 1.0
+    volume: float = 1.0
+
+
+def add_parser(commands: Any) -> None:
+    """Register ``renpy-render`` on the CLI's subcommands."""
+    command = commands.add_parser(
+        "renpy-render",
+        help="pre-render a Ren'Py dialogue export (dialogue.tab) as voice files",
+        description=__doc__.split("\n\n")[1],
+    )
+    command.add_argument("dialogue", type=Path, help="the dialogue.tab that Ren'Py exported")
+    command.add_argument(
+        "-o", "--output", type=Path,
+        help="folder for the .ogg files (default: game/voice beside dialogue.tab)",
+    )  # fmt: skip
+    command.add_argument(
+        "-m", "--map", type=Path, dest="mapping", metavar="FILE",
+        help='JSON voice mapping: {"e": {"voice": NAME, "rate": 1.1, "volume": 1.0}, '
+        f'"{NARRATOR_KEY}": {{...}}, "{DEFAULT_KEY}": {{...}}}} keyed by the Character column '
+        f'(the variable name; "{NARRATOR_KEY}" for narration, "{DEFAULT_KEY}" for the rest); '
+        "null leaves them silent. Unlisted: the default voice.",
+    )  # fmt: skip
+    command.add_argument(
+        "--voices", type=Path, metavar="DIR", default=_env_path("DIALOGUE_TTS_VOICES"),
+        help="folder of extra Piper voices (*.onnx + *.onnx.json); env DIALOGUE_TTS_VOICES",
+    )  # fmt: skip
+    command.add_argument("--force", action="store_true", help="render every line again")
+    command.add_argument("--quiet", action="store_true", help="no progress bar")
+    command.set_defaults(command=_main)
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+# --- reading the export and the mapping ------------------------------------------------------
+
+
+def read_dialogue_tab(path: Path) -> list[DialogueLine]:
+    """The rows of a Ren'Py dialogue export; raises ExportError naming the bad line."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ExportError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    rows = text.splitlines()
+    if not rows or tuple(rows[0].split("\t")) != HEADER:
+        found = rows[0][:80] if rows else "an empty file"
+        raise ExportError(
+            f"{path}: not a Ren'Py dialogue export: the first line should be the header "
+            f"{' | '.join(HEADER)} (tab-separated), found {found!r}. Export it with the "
+            "launcher's Extract Dialogue (tab-delimited, not plain text), or "
+            "`renpy GAMEDIR dialogue None`."
+        )
+    lines: list[DialogueLine] = []
+    seen: dict[str, int] = {}
+    for number, row in enumerate(rows[1:], start=2):
+        if not row.strip():
+            continue
+        fields = row.split("\t")
+        if len(fields) != len(HEADER):
+            raise ExportError(
+                f"{path}:{number}: expected {len(HEADER)} tab-separated columns, found "
+                f"{len(fields)}"
+            )
+        identifier, character, dialogue, filename, line_number = fields[:5]
+        if not _IDENTIFIER.match(identifier):
+            raise ExportError(f"{path}:{number}: bad Identifier {identifier!r}")
+        if identifier in seen:
+            raise ExportError(
+                f"{path}:{number}: Identifier {identifier} already on line {seen[identifier]}"
+            )
+        seen[identifier] = number
+        where = f"{filename}:{line_number}"
+        lines.append(DialogueLine(identifier, character.strip(), dialogue, where))
+    return lines
+
+
+def read_mapping(path: Path | None) -> dict[str, dict[str, Any] | None]:
+    """The character -> settings mapping (JSON); settings None means "do not voice"."""
+    if path is None:
+        return {}
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(mapping, dict):
+        raise ExportError(f"{path}: the mapping must be a JSON object")
+    for name, settings in mapping.items():
+        if settings is None:
+            continue
+        if not isinstance(settings, dict):
+            raise ExportError(f"{path}: {name!r} must map to an object or null")
+        for key, value in settings.items():
+            expected = _SETTING_TYPES.get(key)
+            if expected is None:
+                raise ExportError(f"{path}: {name!r}: unknown setting {key!r}")
+            if isinstance(value, bool) or not isinstance(value, expected):
+                raise ExportError(f"{path}: {name!r}: bad value for {key!r}: {value!r}")
+    return mapping
+
+
+def settings_for(
+    line: DialogueLine, mapping: dict[str, dict[str, Any] | None], default_voice: str
+) -> VoiceSettings | None:
+    key = line.character or NARRATOR_KEY
+    settings = mapping[key] if key in mapping else mapping.get(DEFAULT_KEY, {})
+    if settings is None:
+        return None
+    return VoiceSettings(
+        voice=settings.get("voice") or default_voice,
+        rate=float(settings.get("rate", 1.0)),
+        volume=float(settings.get("volume", 1.0)),
+    )
+
+
+def fingerprint(text: str, settings: VoiceSettings) -> str:
+    """What a file was made from: a line is up to date when this has not changed."""
+    source = json.dumps([text, settings.voice, settings.rate, settings.volume, "ogg", "renpy"])
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:32]
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    line: DialogueLine
+    settings: VoiceSettings
+    digest: str
+    path: Path
+
+
+def _main(args: argparse.Namespace) -> int:
+
+    try:
+        lines = read_dialogue_tab(args.dialogue)
+        mapping = read_mapping(args.mapping)
+    except ExportError as exc:
+        print(f"dialogue-tts renpy-render: {exc}", file=sys.stderr)
+        return 2
+    output: Path = args.output or args.dialogue.resolve().parent / "game" / "voice"
+    return render_lines(
+        lines, mapping, output, voices_dir=args.voices, force=args.force,
+        progress=None if args.quiet else sys.stderr,
+    )  # fmt: skip
+
+
+def render_lines(
+    lines: list[DialogueLine],
+    mapping: dict[str, dict[str, Any] | None],
+    output: Path,
+    voices_dir: Path | None = None,
+    force: bool = False,
+    progress: TextIO | None = None,
+) -> int:
+    """Render every line that is not up to date; returns the exit status."""
+    from .cli import run_async
+    from .engine import VoiceCatalog
+
+    catalog = VoiceCatalog(voices_dir)
+    jobs, unchanged, silent = _plan(lines, mapping, output, catalog, force)
+    interpolated = sum(1 for line in lines if _INTERPOLATION.search(line.text))
+    print(
+        f"{len(lines)} lines: {len(jobs)} to render, {unchanged} up to date, "
+        f"{silent} not voiced (mapping or no words)",
+        file=progress or sys.stdout,
+    )
+    if interpolated:
+        print(
+            f"note: [interpolations] are left out of the speech in {interpolated} line(s) "
+            "(Ren'Py fills them in only when the game runs)",
+            file=progress or sys.stdout,
+        )
+    if not jobs:
+        return 0
+    output.mkdir(parents=True, exist_ok=True)
+    manifest = _read_manifest(output)
+    bar = _ProgressBar(len(jobs), progress)
+    try:
+        failures = run_async(_render_all(catalog, jobs, output, manifest, bar))
+    finally:
+        bar.close()
+    for failure in failures:
+        print(f"error: {failure}", file=sys.stderr)
+    print(f"wrote {len(jobs) - len(failures)} files to {output}", file=progress or sys.stdout)
+    return 1 if failures else 0
+
+
+async def _render_all(
+    catalog: Any, jobs: list[_Job], output: Path, manifest: dict[str, str], bar: _ProgressBar
+) -> list[str]:
+    from .engine import Engine
+
+    engine = Engine(catalog)
+    limit = asyncio.Semaphore(engine.workers)  # keeps every synthesis thread busy, no more
+    failures: list[str] = []
+
+    async def render(job: _Job) -> None:
+        async with limit:
+            try:
+                data = await _render_one(engine, job)
+            except Exception as exc:  # one bad line must not lose the others
+                failures.append(f"{job.line.where} {job.line.identifier}: {exc}")
+            else:
+                await asyncio.to_thread(_write_atomic, job.path, data)
+                # The manifest is rewritten after each file: an interrupted run keeps its work.
+                manifest[job.line.identifier] = job.digest
+                manifest_data = _manifest_bytes(manifest)
+                await asyncio.to_thread(_write_atomic, output / MANIFEST_NAME, manifest_data)
+            bar.advance(job.line.identifier)
+
+    try:
+        await asyncio.gather(*(render(job) for job in jobs))
+    finally:
+        engine.close()
+    return failures
+
+
+def _plan(
+    lines: list[DialogueLine],
+    mapping: dict[str, dict[str, Any] | None],
+    output: Path,
+    catalog: Any,
+    force: bool,
+) -> tuple[list[_Job], int, int]:
+    from .engine import UnknownVoice
+    from .text import prepare
+
+    manifest = _read_manifest(output)
+    jobs: list[_Job] = []
+    unchanged = silent = 0
+    for line in lines:
+        settings = settings_for(line, mapping, catalog.default_voice)
+        if settings is None or not prepare(line.text, "renpy"):
+            silent += 1
+            continue
+        try:
+            catalog.info(settings.voice)
+        except UnknownVoice:
+            raise ExportError(
+                f"no voice named {settings.voice!r} (for {line.character or NARRATOR_KEY!r}); "
+                "try `dialogue-tts voices`"
+            ) from None
+        digest = fingerprint(line.text, settings)
+        path = output / f"{line.identifier}.ogg"
+        if not force and manifest.get(line.identifier) == digest and path.is_file():
+            unchanged += 1
+            continue
+        jobs.append(_Job(line, settings, digest, path))
+    return jobs, unchanged, silent
+
+
+async def _render_one(engine: Any, job: _Job) -> bytes:
+    from .audio import encode_file
+    from .engine import SynthesisRequest
+    from .text import prepare
+
+    request = SynthesisRequest(
+        parts=prepare(job.line.text, "renpy"),
+        voice=job.settings.voice,
+        rate=job.settings.rate,
+        volume=job.settings.volume,
+    )
+    audio, sample_rate = await engine.render(request)
+    return encode_file(audio, "ogg", sample_rate)
+
+
+def _read_manifest(output: Path) -> dict[str, str]:
+    try:
+        data = json.loads((output / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    files = data.get("files") if isinstance(data, dict) else None
+    return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
+
+
+def _manifest_bytes(manifest: dict[str, str]) -> bytes:
+    files = dict(sorted(manifest.items()))
+    data = {"comment": "written by dialogue-tts renpy-render", "files": files}
+    return (json.dumps(data, indent=1) + "\n").encode("utf-8")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write through a temporary file in the same folder, then rename over ``path``: a
+    reader (or an interrupted run) never sees half a file."""
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; game files are not
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+class _ProgressBar:
+    """``[#####-----] 12/40 start_1d74fc79`` on one line of a terminal, else a line per 10%."""
+
+    def __init__(self, total: int, stream: TextIO | None, width: int = 30) -> None:
+        self.total = total
+        self.done = 0
+        self.stream = stream
+        self.width = width
+        self._tty = bool(stream is not None and stream.isatty())
+        self._printed = -1
+        self._write: Callable[[str], Any] = stream.write if stream is not None else len
+
+    def advance(self, label: str) -> None:
+        self.done += 1
+        if self.stream is None:
+            return
+        filled = self.width * self.done // self.total
+        bar = f"[{'#' * filled}{'-' * (self.width - filled)}] {self.done}/{self.total}"
+        if self._tty:
+            self._write(f"\r{bar} {label[:40]:40}")
+        elif self.done * 10 // self.total > self._printed or self.done == self.total:
+            self._printed = self.done * 10 // self.total
+            self._write(f"{bar}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._tty and self.stream is not None:
+            self._write("\n")

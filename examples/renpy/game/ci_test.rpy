@@ -1,0 +1,89 @@
+# TEST HARNESS - used only by tests/test_renpy.py, inactive otherwise.
+#
+# When DIALOGUE_TTS_TEST_REPORT names a file, the game plays itself: auto-forward
+# is on, a click is simulated in the middle of the long line, one rollback is
+# made at the last line, and a JSON report of what the voice channel played is
+# written to that file when the game ends. An exception prints its traceback
+# and quits with status 1. DIALOGUE_TTS_PORT, if set, is the server's port;
+# DIALOGUE_TTS_AUTO_VOICE, if set, becomes config.auto_voice.
+
+init 100 python in dialogue_tts_test:
+
+    import json
+    import os
+    import sys
+    import time
+
+    import renpy.store as store
+
+    report_path = os.environ.get("DIALOGUE_TTS_TEST_REPORT")
+    report = {"lines": [], "played": [], "clicked": None, "rolled_back": False, "finished": False}
+    _state = {"line": -1, "playing": None, "voice_started": (None, 0.0)}
+
+    def write_report():
+        with open(report_path, "w") as f:
+            json.dump(report, f, indent=1)
+
+    def exception_handler(short, full, traceback_filename):
+        sys.stderr.write(full)
+        sys.stderr.flush()
+        report["error"] = short
+        write_report()
+        os._exit(1)
+
+    def character_callback(event, interact=True, **kwargs):
+        if event == "begin" and store._last_raw_what:
+            report["lines"].append({"who": store._last_say_who, "what": store._last_raw_what})
+            _state["line"] = len(report["lines"]) - 1
+            write_report()
+
+    def periodic():
+        playing = renpy.music.get_playing(channel="voice")
+        now = time.monotonic()
+        if playing != _state["playing"]:
+            _state["playing"] = playing
+            if playing is not None:
+                report["played"].append({"line": _state["line"], "file": str(playing)})
+                write_report()
+        line = _state["line"]
+        if line < 0:
+            return
+        what = report["lines"][line]["what"]
+        # A player's click in the middle of the long line: after a second of its speech.
+        heard = [p for p in report["played"] if p["line"] == line]
+        if heard and _state["voice_started"][0] != line:
+            _state["voice_started"] = (line, now)
+        if (report["clicked"] is None and what.startswith("The road was cold") and playing
+                and now - _state["voice_started"][1] > 1.0):
+            report["clicked"] = line
+            renpy.queue_event("dismiss")
+        # One rollback, once the last line has been heard to the end.
+        if (not report["rolled_back"] and what == "Sit down. Eat." and heard and playing is None):
+            report["rolled_back"] = True
+            renpy.queue_event("rollback")
+
+    def label_callback(name, abnormal):
+        # The game is over when start returns to the main menu (or starts again).
+        if report["lines"] and name in ("_main_menu", "main_menu", "start"):
+            report["finished"] = True
+            write_report()
+            renpy.quit(status=0)
+
+    if report_path:
+        if os.environ.get("DIALOGUE_TTS_AUTO_VOICE"):  # e.g. "voice/{id}.ogg"
+            renpy.config.auto_voice = os.environ["DIALOGUE_TTS_AUTO_VOICE"]
+        if os.environ.get("DIALOGUE_TTS_PORT"):
+            store.dialogue_tts.port = int(os.environ["DIALOGUE_TTS_PORT"])
+        renpy.config.exception_handler = exception_handler
+        renpy.config.all_character_callbacks.append(character_callback)
+        renpy.config.periodic_callbacks.append(periodic)
+        renpy.config.label_callback = label_callback
+
+
+label splashscreen:
+    if dialogue_tts_test.report_path:
+        $ _preferences.afm_enable = True
+        $ _preferences.afm_time = 10
+        $ _preferences.wait_voice = True
+        $ _preferences.afm_after_click = True  # a click advances; auto-forward goes on
+    return

@@ -1,0 +1,190 @@
+# dialogue-tts for Ren'Py: every line of dialogue is spoken by a local neural voice.
+#
+# Copy this folder (dialogue_tts/, with dialogue_tts_client.py) into your game/
+# folder and run the server on the same machine:
+#
+#     dialogue-tts serve
+#
+# That is all: each say statement is sent to the server as it begins, and the
+# speech plays on the "voice" channel, so the voice volume slider, mute and
+# voice_tag controls (ToggleVoiceMute, SetCharacterVolume) keep working. A new
+# line stops the previous one, as with voice files, and when the player
+# advances or skips, the server stops synthesizing at once. Lines that have a
+# voice file (the voice statement, or config.auto_voice) play the file instead.
+# Without a server the game runs silently and says so once in log.txt.
+#
+# Give characters their own voices with dialogue_tts.voices, keyed by the
+# character's voice_tag or variable name (settings are listed below):
+#
+#     define e = Character("Eileen", voice_tag="eileen")
+#
+#     define dialogue_tts.voices = {
+#         "eileen": {"voice": "en_US-joe-medium", "rate": 1.1},
+#         "guard": None,      # never voiced
+#     }
+#
+# From Python, dialogue_tts.say("eileen", "Hello.") speaks a line and
+# dialogue_tts.skip() stops it; the DialogueTTSSkip() screen action does the
+# same from a button.
+
+init -100 python in dialogue_tts:
+
+    # Settings. Change them with define statements in your own script, for
+    # example: define dialogue_tts.port = 6000
+
+    # False turns voicing off.
+    enabled = True
+
+    # Where the server listens (loopback only: the connection carries no secrets,
+    # but nothing else on the network should be able to speak for your game).
+    host = "127.0.0.1"
+    port = 5757
+
+    # Per-character settings, keyed by voice_tag or by the character's variable
+    # name: {"voice": name, "rate": 1.0, "volume": 1.0}, every key optional (see
+    # `dialogue-tts voices`). None means that character is never voiced.
+    voices = { }
+
+    # Settings for characters not in voices ({ } = the server's default voice);
+    # None voices only the characters listed in voices.
+    default = { }
+
+    # Settings for narration (say statements without a character); None keeps
+    # narration silent.
+    narrator = None
+
+    import renpy.store as store
+    from store import Action, DictEquality, NoRollback
+
+    renpy.add_python_directory("dialogue_tts")
+    import dialogue_tts_client as client
+
+    class _State(NoRollback):
+        """Holds the connection: created at init, never saved, never rolled back."""
+
+        speech = None
+        volume = 1.0
+
+    _state = _State()
+
+    def _speech():
+        # Connect lazily, on the first line: lint and compile run init code.
+        if _state.speech is None:
+
+            def connect():
+                connection = client.Connection(host, port, client_name="renpy")
+                return connection.start(renpy.invoke_in_thread)
+
+            _state.speech = client.Speech(connect, log=_log)
+        return _state.speech
+
+    def _log(message):
+        print(message)  # Ren'Py copies standard output into log.txt
+
+    def _settings(who):
+        """The voice settings of a say statement's `who`, and the speaker and voice tag to
+        use, or None when the line is not voiced."""
+
+        if who is None:
+            return (narrator, "narrator", None) if narrator is not None else None
+        character = renpy.ast.eval_who(who)
+        tag = getattr(character, "voice_tag", None)
+        for key in (tag, who):
+            if key is not None and key in voices:
+                settings = voices[key]
+                return (settings, tag or who, tag) if settings is not None else None
+        return (default, tag or who, tag) if default is not None else None
+
+    def say(speaker, text, voice=None, rate=None, volume=None, tag=None):
+        """
+        Speaks `text` as `speaker` on the voice channel, stopping the line
+        being spoken. `voice`, `rate` and `volume` are the server's voice name,
+        speaking rate (1.0 normal) and gain; None uses the server's defaults.
+        `tag` is a voice tag: nothing is said when the player muted it.
+        Returns "cached", "sent" or "offline".
+        """
+
+        volume_setting = store.persistent._character_volume.get(tag, 1.0)
+        if not enabled or tag in store.persistent._voice_mute or not volume_setting:
+            skip()
+            return "offline"
+        _state.volume = volume_setting
+        return _speech().say(speaker, text, voice=voice, rate=rate, volume=volume)
+
+    def skip():
+        """
+        Stops the line being spoken and tells the server at once, so that it
+        stops synthesizing. Returns True if a line was stopped.
+        """
+
+        if _state.speech is None:
+            return False
+        return _state.speech.skip()
+
+    @renpy.pure
+    class DialogueTTSSkip(Action, DictEquality):
+        """
+        A screen action that stops the line being spoken.
+        """
+
+        def __call__(self):
+            skip()
+
+    # Screens use it like Ren'Py's own actions: textbutton "Stop" action DialogueTTSSkip()
+    store.DialogueTTSSkip = DialogueTTSSkip
+    renpy.pure("DialogueTTSSkip")
+
+    def character_callback(event, interact=True, type="say", **kwargs):
+        """
+        In config.all_character_callbacks: voices each say statement as it
+        begins and skips it when the player moves on.
+        """
+
+        if event == "begin":
+            _begin()
+        elif event == "end" and interact and not store._preferences.voice_sustain:
+            skip()
+
+    def _begin():
+        # Ren'Py 8.0 gives callbacks no what=: the say statement being run leaves its
+        # text in _last_raw_what (lines said from Python leave it empty: not voiced).
+        what = store._last_raw_what
+        if not what or renpy.config.skipping or store._voice.play:
+            skip()  # skipping, or the line has its own voice file
+            return
+        who = store._last_say_who
+        found = _settings(who)
+        if found is None or _has_auto_voice():
+            skip()
+            return
+        settings, speaker, tag = found
+        text = renpy.substitute(what, translate=False)  # fills in [interpolations]
+        say(speaker, text, tag=tag, **settings)
+
+    def _has_auto_voice():
+        auto_voice = renpy.config.auto_voice
+        identifier = renpy.game.context().translate_identifier
+        if not auto_voice or identifier is None:
+            return False
+        if isinstance(auto_voice, str):
+            filename = auto_voice.format(id=identifier)
+        else:
+            filename = auto_voice(identifier)
+        return bool(filename) and renpy.loadable(filename)
+
+    def _periodic():
+        # Runs on the main thread about 20 times a second: plays what has arrived.
+        if _state.speech is None:
+            return
+        for chunk in _state.speech.poll():
+            name = "dialogue_tts/line-%s-%d.au" % (chunk.line, chunk.seq)
+            audio = renpy.audio.audio.AudioData(chunk.audio, name)
+            if chunk.first:
+                renpy.music.get_channel("voice").set_volume(_state.volume)
+                renpy.sound.play(audio, channel="voice")
+            else:
+                renpy.sound.queue(audio, channel="voice")
+
+    renpy.config.all_character_callbacks.append(character_callback)
+    renpy.config.periodic_callbacks.append(_periodic)
+

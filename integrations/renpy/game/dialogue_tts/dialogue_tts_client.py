@@ -1,0 +1,595 @@
+"""A pure-Python client for dialogue-tts, made for Ren'Py (Python 3.9 and newer, no packages).
+
+    connection = Connection(port=5757)
+    connection.start()                     # connects in a background thread
+    connection.send({"type": "say", "speaker": "e", "text": "Hello."})
+    for event in connection.poll():        # never blocks
+        ...
+
+``Speech`` builds Ren'Py's voice behaviour on top: one line plays at a time, a new line stops
+the previous one, audio comes back as small .au files for the "voice" channel, and the last
+lines are cached so that rollback replays them at once. Nothing here imports Ren'Py, so the
+module runs (and is tested) outside it. The wire format is protocol/PROTOCOL.md: frames of a
+4-byte big-endian length and one msgpack map; the msgpack codec below is a small one of our
+own, so that game developers install nothing.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import contextlib
+import ipaddress
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "Chunk",
+    "Connection",
+    "FrameReader",
+    "ProtocolError",
+    "Speech",
+    "au_bytes",
+    "encode_frame",
+    "packb",
+    "unpackb",
+]
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5757
+PROTOCOL_VERSION = 1
+MAX_FRAME = 64 * 1024 * 1024
+"""Largest frame accepted from the server (an audio_file holds a whole line)."""
+_MAX_DEPTH = 64
+_HEADER = struct.Struct(">I")
+
+
+class ProtocolError(ValueError):
+    """Bytes that are not valid dialogue-tts frames or msgpack."""
+
+
+# --- msgpack ------------------------------------------------------------------------------
+# Only what the protocol uses: nil, bool, int, float, str, bin, array, map. Integers are
+# written in their smallest form and floats as float64, as protocol/vectors.json expects.
+
+
+def packb(value: object) -> bytes:
+    """Encode ``value`` as msgpack (map keys must be strings; bytes become bin)."""
+    out = bytearray()
+    _pack(value, out, 0)
+    return bytes(out)
+
+
+def _pack(value: object, out: bytearray, depth: int) -> None:
+    if depth > _MAX_DEPTH:
+        raise ValueError("value nested too deeply")
+    if value is None:
+        out.append(0xC0)
+    elif value is True:
+        out.append(0xC3)
+    elif value is False:
+        out.append(0xC2)
+    elif isinstance(value, int):
+        _pack_int(value, out)
+    elif isinstance(value, float):
+        out.append(0xCB)
+        out += struct.pack(">d", value)
+    elif isinstance(value, str):
+        data = value.encode("utf-8")
+        _pack_length(len(data), out, 0xA0, 32, 0xD9, 0xDA, 0xDB)
+        out += data
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        _pack_length(len(data), out, None, 0, 0xC4, 0xC5, 0xC6)
+        out += data
+    elif isinstance(value, (list, tuple)):
+        _pack_length(len(value), out, 0x90, 16, None, 0xDC, 0xDD)
+        for item in value:
+            _pack(item, out, depth + 1)
+    elif isinstance(value, dict):
+        _pack_length(len(value), out, 0x80, 16, None, 0xDE, 0xDF)
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"map keys must be strings, not {type(key).__name__}")
+            _pack(key, out, depth + 1)
+            _pack(item, out, depth + 1)
+    else:
+        raise TypeError(f"cannot encode {type(value).__name__} as msgpack")
+
+
+def _pack_int(value: int, out: bytearray) -> None:
+    if 0 <= value < 0x80:
+        out.append(value)
+    elif -32 <= value < 0:
+        out.append(value & 0xFF)
+    elif value >= 0:
+        for code, fmt, limit in ((0xCC, ">B", 1 << 8), (0xCD, ">H", 1 << 16),
+                                 (0xCE, ">I", 1 << 32), (0xCF, ">Q", 1 << 64)):  # fmt: skip
+            if value < limit:
+                out.append(code)
+                out += struct.pack(fmt, value)
+                return
+        raise OverflowError("integer too large for msgpack")
+    else:
+        for code, fmt, limit in ((0xD0, ">b", 1 << 7), (0xD1, ">h", 1 << 15),
+                                 (0xD2, ">i", 1 << 31), (0xD3, ">q", 1 << 63)):  # fmt: skip
+            if value >= -limit:
+                out.append(code)
+                out += struct.pack(fmt, value)
+                return
+        raise OverflowError("integer too small for msgpack")
+
+
+def _pack_length(
+    length: int, out: bytearray, fix: int | None, fix_limit: int, c8: int | None, c16: int, c32: int
+) -> None:
+    if fix is not None and length < fix_limit:
+        out.append(fix | length)
+    elif c8 is not None and length < 0x100:
+        out += bytes((c8, length))
+    elif length < 0x10000:
+        out.append(c16)
+        out += struct.pack(">H", length)
+    elif length < 0x100000000:
+        out.append(c32)
+        out += struct.pack(">I", length)
+    else:
+        raise OverflowError("too long for msgpack")
+
+
+def unpackb(data: bytes) -> object:
+    """Decode exactly one msgpack value that fills ``data``; raises ProtocolError."""
+    view = memoryview(bytes(data))
+    try:
+        value, end = _unpack(view, 0, 0)
+    except (IndexError, struct.error):
+        raise ProtocolError("truncated msgpack") from None
+    except UnicodeDecodeError:
+        raise ProtocolError("msgpack str is not UTF-8") from None
+    if end != len(view):
+        raise ProtocolError("extra bytes after the msgpack value")
+    return value
+
+
+# Fixed-size types: code -> (struct format, size).
+_FIXED = {
+    0xCA: (">f", 4), 0xCB: (">d", 8),
+    0xCC: (">B", 1), 0xCD: (">H", 2), 0xCE: (">I", 4), 0xCF: (">Q", 8),
+    0xD0: (">b", 1), 0xD1: (">h", 2), 0xD2: (">i", 4), 0xD3: (">q", 8),
+}  # fmt: skip
+# Variable-size types: code -> (kind, size of the length field).
+_SIZED = {
+    0xD9: ("str", 1), 0xDA: ("str", 2), 0xDB: ("str", 4),
+    0xC4: ("bin", 1), 0xC5: ("bin", 2), 0xC6: ("bin", 4),
+    0xDC: ("array", 2), 0xDD: ("array", 4), 0xDE: ("map", 2), 0xDF: ("map", 4),
+}  # fmt: skip
+_LENGTH_FORMATS = {1: ">B", 2: ">H", 4: ">I"}
+
+
+def _unpack(view: memoryview, pos: int, depth: int) -> tuple[object, int]:
+    if depth > _MAX_DEPTH:
+        raise ProtocolError("msgpack nested too deeply")
+    code = view[pos]
+    pos += 1
+    if code <= 0x7F:
+        return code, pos
+    if code >= 0xE0:
+        return code - 0x100, pos
+    if 0x80 <= code <= 0x8F:
+        return _unpack_map(view, pos, code & 0x0F, depth)
+    if 0x90 <= code <= 0x9F:
+        return _unpack_array(view, pos, code & 0x0F, depth)
+    if 0xA0 <= code <= 0xBF:
+        return _take_str(view, pos, code & 0x1F)
+    if code == 0xC0:
+        return None, pos
+    if code in (0xC2, 0xC3):
+        return code == 0xC3, pos
+    if code in _FIXED:
+        fmt, size = _FIXED[code]
+        if pos + size > len(view):
+            raise IndexError
+        return struct.unpack_from(fmt, view, pos)[0], pos + size
+    if code in _SIZED:
+        kind, size = _SIZED[code]
+        (length,) = struct.unpack_from(_LENGTH_FORMATS[size], view, pos)
+        pos += size
+        if kind == "str":
+            return _take_str(view, pos, length)
+        if kind == "bin":
+            return _take(view, pos, length), pos + length
+        if kind == "array":
+            return _unpack_array(view, pos, length, depth)
+        return _unpack_map(view, pos, length, depth)
+    raise ProtocolError(f"unsupported msgpack type 0x{code:02x}")
+
+
+def _take(view: memoryview, pos: int, length: int) -> bytes:
+    if pos + length > len(view):
+        raise IndexError
+    return bytes(view[pos : pos + length])
+
+
+def _take_str(view: memoryview, pos: int, length: int) -> tuple[str, int]:
+    return _take(view, pos, length).decode("utf-8"), pos + length
+
+
+def _unpack_array(view: memoryview, pos: int, length: int, depth: int) -> tuple[list, int]:
+    items = []
+    for _ in range(length):
+        item, pos = _unpack(view, pos, depth + 1)
+        items.append(item)
+    return items, pos
+
+
+def _unpack_map(view: memoryview, pos: int, length: int, depth: int) -> tuple[dict, int]:
+    result = {}
+    for _ in range(length):
+        key, pos = _unpack(view, pos, depth + 1)
+        if not isinstance(key, str):
+            raise ProtocolError("map keys must be strings")
+        result[key], pos = _unpack(view, pos, depth + 1)
+    return result, pos
+
+
+# --- frames -------------------------------------------------------------------------------
+
+
+def encode_frame(message: dict) -> bytes:
+    """One message (a dict with a "type") as a length-prefixed frame."""
+    payload = packb(message)
+    return _HEADER.pack(len(payload)) + payload
+
+
+class FrameReader:
+    """Turns received bytes into messages, however the stream was cut into pieces."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[dict]:
+        """Buffer ``data``; return the messages completed by it (raises ProtocolError)."""
+        self._buffer += data
+        messages = []
+        while len(self._buffer) >= 4:
+            (length,) = _HEADER.unpack_from(self._buffer)
+            if length == 0 or length > self.max_frame:
+                raise ProtocolError(f"bad frame length {length}")
+            if len(self._buffer) < 4 + length:
+                break
+            payload = bytes(self._buffer[4 : 4 + length])
+            del self._buffer[: 4 + length]
+            message = unpackb(payload)
+            if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+                raise ProtocolError("a frame must hold a map with a string 'type'")
+            messages.append(message)
+        return messages
+
+
+def au_bytes(pcm: bytes, sample_rate: int) -> bytes:
+    """A Sun .au file (mono, 16-bit big-endian) around little-endian 16-bit PCM samples.
+
+    .au rather than .wav: every Ren'Py build decodes it (Ren'Py's own ffmpeg has the "au"
+    demuxer), while some distribution builds (Debian's Ren'Py 8.0.3) play WAV as endless
+    silence. The header is 24 bytes; samples are big-endian, so they are byte-swapped here.
+    """
+    samples = array.array("h")
+    samples.frombytes(bytes(pcm[: len(pcm) - len(pcm) % 2]))
+    if sys.byteorder == "little":
+        samples.byteswap()
+    data = samples.tobytes()
+    return struct.pack(">4sIIIII", b".snd", 24, len(data), 3, sample_rate, 1) + data
+
+
+# --- connection ---------------------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _daemon_thread(function: object) -> None:
+    threading.Thread(target=function, name="dialogue-tts", daemon=True).start()
+
+
+class Connection:
+    """One connection to a dialogue-tts server, run by a background thread.
+
+    ``send`` only queues a message and ``poll`` only takes what has arrived, so the caller
+    (the game's main thread) never waits on the network. When the connection fails or ends,
+    ``poll`` returns a last ``{"type": "closed", "message": why}`` and ``closed`` is true.
+    """
+
+    def __init__(
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        client_name: str = "renpy",
+        pace: bool = True,
+        timeout: float = 3.0,
+        allow_remote: bool = False,
+    ) -> None:
+        if not allow_remote and not _is_loopback(host):
+            raise ValueError(f"{host!r} is not a loopback address (pass allow_remote=True)")
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.welcome: dict | None = None
+        self.closed = False
+        self._hello = {"type": "hello", "protocol": PROTOCOL_VERSION, "client": client_name,
+                       "pace": pace}  # fmt: skip
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._inbox: collections.deque[dict] = collections.deque()
+        self._closing = False
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+
+    def start(self, start_thread: object = None) -> Connection:
+        """Connect in the background. ``start_thread(function)`` runs ``function`` in a thread
+        (Ren'Py passes ``renpy.invoke_in_thread``); by default a daemon thread."""
+        (start_thread or _daemon_thread)(self._run)  # type: ignore[operator]
+        return self
+
+    def send(self, message: dict) -> bool:
+        """Queue ``message`` for the server; False if the connection is closed."""
+        if self.closed or self._closing:
+            return False
+        self._outbox.append(encode_frame(message))
+        self._wake()
+        return True
+
+    def poll(self) -> list[dict]:
+        """The messages received since the last call, oldest first."""
+        messages = []
+        while self._inbox:
+            messages.append(self._inbox.popleft())
+        return messages
+
+    def close(self) -> None:
+        """Say bye and close (in the background)."""
+        if not self.closed and not self._closing:
+            self._outbox.append(encode_frame({"type": "bye"}))
+            self._closing = True
+            self._wake()
+
+    def _wake(self) -> None:
+        # OSError: the wake-up pipe is full (the thread wakes anyway) or already closed.
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"\0")
+
+    def _run(self) -> None:
+        why = "connection closed"
+        sock = None
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            sock.settimeout(self.timeout)  # bounds a blocked sendall; reads wait in select
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(encode_frame(self._hello))
+            why = self._serve(sock)
+        except (OSError, ProtocolError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        finally:
+            if sock is not None:
+                sock.close()
+            self.closed = True
+            self._inbox.append({"type": "closed", "message": why})
+            self._wake_reader.close()
+            self._wake_writer.close()
+
+    def _serve(self, sock: socket.socket) -> str:
+        reader = FrameReader()
+        while True:
+            readable, _, _ = select.select([sock, self._wake_reader], [], [])
+            if self._wake_reader in readable:
+                with contextlib.suppress(BlockingIOError):
+                    self._wake_reader.recv(4096)
+            while self._outbox:
+                sock.sendall(self._outbox.popleft())
+            if self._closing:
+                return "closed by the game"
+            if sock in readable:
+                data = sock.recv(65536)
+                if not data:
+                    return "the server closed the connection"
+                for message in reader.feed(data):
+                    if message["type"] == "welcome":
+                        self.welcome = message
+                    self._inbox.append(message)
+
+
+# --- Ren'Py-style voicing -----------------------------------------------------------------
+
+Chunk = collections.namedtuple("Chunk", "line seq audio first")
+Chunk.__doc__ = """An audio file (.au bytes) to play: ``first`` means play it now, stopping
+older audio; otherwise queue it after the line's previous chunk."""
+
+
+class _Line:
+    def __init__(self, line: object, speaker: str, key: tuple) -> None:
+        self.line = line
+        self.speaker = speaker
+        self.key = key
+        self.sample_rate = 0
+        self.pcm = bytearray()  # everything received, for the cache
+        self.pending = bytearray()  # received, not yet handed out
+        self.chunks = 0
+        self.finished = False
+        self.stopped = False  # skipped or replaced: drop late audio
+
+
+class Speech:
+    """Ren'Py's voice rules over a dialogue-tts connection.
+
+    One line is voiced at a time. ``say`` stops the previous line (skipping it on the server
+    when it is still running) and voices the new one; ``skip`` stops the current line;
+    ``poll`` returns the audio that arrived as ``Chunk`` files. Lines heard to the end
+    stay in a small cache, so saying one again (a rollback) plays it without the server.
+
+    ``connect()`` must return a started ``Connection``; ``log(message)`` reports trouble,
+    once per outage. A missing server makes ``say`` return "offline" and retry later.
+    """
+
+    def __init__(self, connect: object, log: object = None, cache_size: int = 32,
+                 retry_seconds: float = 10.0, clock: object = None) -> None:  # fmt: skip
+        self._connect = connect
+        self._log = log or (lambda message: print(message, file=sys.stderr))
+        self.cache_size = cache_size
+        self.retry_seconds = retry_seconds
+        self._clock = clock or time.monotonic
+        self.connection: Connection | None = None
+        self._last_attempt: float | None = None
+        self._reported = False
+        self._cache: collections.OrderedDict[tuple, bytes] = collections.OrderedDict()
+        self._current: _Line | None = None
+        self._requests: dict[int, _Line] = {}  # say request id -> line
+        self._ready: list[Chunk] = []
+        self._next_id = 0
+        self._errors_logged: set[str] = set()
+
+    @property
+    def receiving(self) -> bool:
+        """True while the current line's audio is still coming from the server."""
+        return self._current is not None and not self._current.finished
+
+    def say(self, speaker: str, text: str, voice: str | None = None, rate: float | None = None,
+            volume: float | None = None, markup: str = "renpy") -> str:  # fmt: skip
+        """Voice a line, stopping the previous one. Returns "cached" (the audio is ready for
+        the next ``poll``), "sent" (asked the server) or "offline" (no server, silent)."""
+        self.skip()
+        key = (voice, rate, volume, markup, text)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            self._next_id += 1
+            line = _Line(f"cache-{self._next_id}", speaker, key)
+            line.finished = True
+            self._current = line
+            self._ready.append(Chunk(line.line, 0, cached, True))
+            return "cached"
+        connection = self._ensure_connection()
+        if connection is None:
+            return "offline"
+        self._next_id += 1
+        line = _Line(self._next_id, speaker, key)
+        request = {
+            "type": "say", "id": self._next_id, "line": line.line, "speaker": speaker,
+            "text": text, "interrupt": True, "format": "s16le", "markup": markup,
+        }  # fmt: skip
+        for name, value in (("voice", voice), ("rate", rate), ("volume", volume)):
+            if value is not None:
+                request[name] = float(value) if name != "voice" else value
+        if not connection.send(request):
+            return "offline"
+        self._current = line
+        self._requests[self._next_id] = line
+        return "sent"
+
+    def skip(self) -> bool:
+        """Stop the current line; tells the server when it is still running. True if a line
+        was stopped."""
+        line = self._current
+        self._current = None
+        if line is None or line.stopped:
+            return False
+        line.stopped = True
+        if not line.finished and self.connection is not None:
+            self.connection.send({"type": "skip", "speaker": line.speaker})
+        return True
+
+    def poll(self) -> list[Chunk]:
+        """Handle what the server sent; return the audio chunks to play, in order."""
+        if self.connection is not None:
+            for event in self.connection.poll():
+                self._handle(event)
+        current = self._current
+        if current is not None and current.pending and current.sample_rate and not current.stopped:
+            # Everything that arrived since the last poll becomes one file: fewer seams.
+            audio = au_bytes(bytes(current.pending), current.sample_rate)
+            current.pending.clear()
+            self._ready.append(Chunk(current.line, current.chunks, audio, current.chunks == 0))
+            current.chunks += 1
+        ready, self._ready = self._ready, []
+        return ready
+
+    def close(self) -> None:
+        """Stop the current line and close the connection."""
+        self.skip()
+        self._reported = True  # closing on purpose is no outage
+        if self.connection is not None:
+            self.connection.close()
+
+    def _ensure_connection(self) -> Connection | None:
+        if self.connection is not None and not self.connection.closed:
+            return self.connection
+        now = self._clock()
+        if self._last_attempt is not None and now - self._last_attempt < self.retry_seconds:
+            return None
+        self._last_attempt = now
+        self.connection = self._connect()  # type: ignore[operator]
+        return self.connection
+
+    def _line(self, event: dict) -> _Line | None:
+        current = self._current
+        if current is not None and event.get("line") == current.line:
+            return current
+        return None
+
+    def _handle(self, event: dict) -> None:
+        kind = event["type"]
+        if kind == "welcome":
+            self._reported = False
+        elif kind == "started":
+            line = self._line(event)
+            if line is not None:
+                line.sample_rate = int(event.get("sample_rate") or 0)
+        elif kind == "audio":
+            line = self._line(event)
+            if line is not None and not line.stopped:
+                line.pcm += event["data"]
+                line.pending += event["data"]
+        elif kind == "finished":
+            line = self._line(event)
+            if line is not None:
+                line.finished = True
+                if event.get("status") == "done" and line.pcm and line.sample_rate:
+                    self._remember(line.key, au_bytes(bytes(line.pcm), line.sample_rate))
+        elif kind == "error":
+            line = self._requests.pop(event.get("id"), None)  # type: ignore[arg-type]
+            if line is not None:
+                line.finished = True
+            message = f"dialogue-tts: {event.get('code')}: {event.get('message')}"
+            if message not in self._errors_logged:  # e.g. an unknown voice: once, not per line
+                self._errors_logged.add(message)
+                self._log(message)
+        elif kind == "queued":
+            self._requests.pop(event.get("id"), None)  # type: ignore[arg-type]
+        elif kind == "closed":
+            self._requests.clear()
+            if self._current is not None:
+                self._current.finished = True
+            if not self._reported:
+                self._reported = True
+                where = "?"
+                if self.connection is not None:
+                    where = f"{self.connection.host}:{self.connection.port}"
+                why = event.get("message")
+                self._log(f"dialogue-tts: no voice server at {where} ({why}); dialogue is silent")
+
+    def _remember(self, key: tuple, audio: bytes) -> None:
+        self._cache[key] = audio
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)

@@ -1,0 +1,673 @@
+"""The Ren'Py binding and the renpy-render command.
+
+(a) the binding's own msgpack codec and frame reader against protocol/vectors.json;
+(b) its client against a real server; (c) ``dialogue-tts renpy-render`` on a dialogue export
+written like the launcher's; (d) with Ren'Py installed (/usr/games/renpy, Debian's 8.0.3),
+the example game played headless against a real server through a recording proxy, and lint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+import soundfile
+from helpers import REPO, server_process
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+BINDING = REPO / "integrations" / "renpy" / "game" / "dialogue_tts"
+EXAMPLE = REPO / "examples" / "renpy"
+VECTORS = json.loads((REPO / "protocol" / "vectors.json").read_text(encoding="utf-8"))
+RENPY = Path("/usr/games/renpy")
+
+
+def _load_client() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "dialogue_tts_client", BINDING / "dialogue_tts_client.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    dont_write, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # keep the binding clean
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = dont_write
+    return module
+
+
+client = _load_client()
+
+
+def _from_json(value: Any) -> Any:
+    """A vectors.json message with {"$bin": hex} turned into bytes."""
+    if isinstance(value, dict):
+        if set(value) == {"$bin"}:
+            return bytes.fromhex(value["$bin"])
+        return {key: _from_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_from_json(item) for item in value]
+    return value
+
+
+def _same(decoded: Any, expected: Any) -> bool:
+    """Equal, with ints and floats kept apart (JSON has one number type)."""
+    if isinstance(expected, dict):
+        return (
+            isinstance(decoded, dict)
+            and list(decoded) == list(expected)
+            and all(_same(decoded[k], expected[k]) for k in expected)
+        )
+    if isinstance(expected, list):
+        return (
+            isinstance(decoded, list)
+            and len(decoded) == len(expected)
+            and all(_same(d, e) for d, e in zip(decoded, expected, strict=True))
+        )
+    return type(decoded) is type(expected) and decoded == expected
+
+
+# --- (a) the codec ----------------------------------------------------------------------------
+
+MESSAGE_VECTORS = VECTORS["requests"] + VECTORS["events"]
+FLOAT_FIELDS = {"rate", "volume", "duration"}
+
+
+def _typed(message: dict[str, Any]) -> dict[str, Any]:
+    """JSON wrote float fields like 1.0 as floats already; make sure they are floats."""
+    return {k: float(v) if k in FLOAT_FIELDS else v for k, v in message.items()}
+
+
+@pytest.mark.parametrize("vector", MESSAGE_VECTORS, ids=lambda v: v["name"])
+def test_codec_decodes_vector(vector: dict[str, Any]) -> None:
+    frame = bytes.fromhex(vector["frame_hex"])
+    expected = _typed(_from_json(vector["message"]))
+    assert struct.unpack(">I", frame[:4])[0] == len(frame) - 4
+    assert _same(client.unpackb(frame[4:]), expected)
+    assert _same(client.FrameReader().feed(frame), [expected])
+
+
+@pytest.mark.parametrize("vector", MESSAGE_VECTORS, ids=lambda v: v["name"])
+def test_codec_encodes_vector(vector: dict[str, Any]) -> None:
+    message = _typed(_from_json(vector["message"]))
+    assert client.encode_frame(message).hex() == vector["frame_hex"]
+
+
+@pytest.mark.parametrize("split", VECTORS["stream"]["splits"], ids=str)
+def test_frame_reader_splits(split: list[int]) -> None:
+    stream = bytes.fromhex(VECTORS["stream"]["hex"])
+    by_name = {vector["name"]: vector for vector in VECTORS["requests"]}
+    whole = client.FrameReader().feed(stream)
+    expected = [_typed(_from_json(by_name[n]["message"])) for n in VECTORS["stream"]["names"]]
+    assert _same(whole, expected)
+    reader = client.FrameReader()
+    pieces = []
+    for start, end in zip([0, *split], [*split, len(stream)], strict=True):
+        pieces += reader.feed(stream[start:end])
+    assert pieces == whole
+
+
+def test_frame_reader_byte_by_byte() -> None:
+    stream = bytes.fromhex(VECTORS["stream"]["hex"])
+    reader = client.FrameReader()
+    messages = [m for i in range(len(stream)) for m in reader.feed(stream[i : i + 1])]
+    assert messages == client.FrameReader().feed(stream)
+
+
+# Frames the reader itself must refuse (the other bad frames are well-formed maps that only
+# a server rejects, for their fields).
+UNREADABLE = {
+    "not_msgpack", "truncated_msgpack", "empty_frame", "not_a_map", "int_keys", "no_type",
+    "type_not_string", "frame_too_large",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("vector", VECTORS["bad_frames"], ids=lambda v: v["name"])
+def test_frame_reader_bad_frames(vector: dict[str, Any]) -> None:
+    frame = bytes.fromhex(vector["frame_hex"])
+    reader = client.FrameReader(max_frame=1024 * 1024)
+    if vector["name"] in UNREADABLE:
+        with pytest.raises(client.ProtocolError):
+            reader.feed(frame)
+    else:
+        [message] = reader.feed(frame)
+        assert isinstance(message["type"], str)
+
+
+def test_codec_edge_values() -> None:
+    for value in [0, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1,
+                  -1, -32, -33, -128, -129, -32768, -32769, -(2**31), -(2**31) - 1, -(2**63),
+                  "", "a" * 31, "a" * 32, "a" * 255, "a" * 256, "é" * 40000,
+                  b"", b"x" * 255, b"x" * 256, b"x" * 70000,
+                  [], list(range(15)), list(range(16)), list(range(70000)),
+                  {}, {str(i): i for i in range(16)}, 1.5, -0.0, None, True, False]:  # fmt: skip
+        packed = client.packb(value)
+        assert packed == msgpack.packb(value, use_bin_type=True), value
+        assert client.unpackb(packed) == value
+    for bad in (2**64, -(2**63) - 1, {1: 2}, object()):
+        with pytest.raises((TypeError, OverflowError)):
+            client.packb(bad)
+    with pytest.raises(client.ProtocolError):
+        client.unpackb(b"\x91")  # an array of one, with nothing in it
+    with pytest.raises(client.ProtocolError):
+        client.unpackb(b"\xc0\xc0")  # two values
+    with pytest.raises(client.ProtocolError):
+        client.unpackb(b"\xc1")  # never used
+    assert client.unpackb(b"\xca\x3f\xc0\x00\x00") == 1.5  # float32
+
+
+values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False)
+    | st.text() | st.binary(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=20,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(values)
+def test_codec_matches_msgpack(value: Any) -> None:
+    packed = client.packb(value)
+    assert packed == msgpack.packb(value, use_bin_type=True)
+    assert client.unpackb(packed) == value
+
+
+def test_au_bytes() -> None:
+    pcm = np.array([0, 1, -2, 32767, -32768], dtype="<i2").tobytes()
+    au = client.au_bytes(pcm, 22050)
+    assert au[:4] == b".snd"
+    assert struct.unpack(">IIIII", au[4:24]) == (24, 10, 3, 22050, 1)
+    assert np.frombuffer(au[24:], dtype=">i2").tolist() == [0, 1, -2, 32767, -32768]
+
+
+def test_connection_refuses_remote_hosts() -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        client.Connection("192.0.2.1", 5757)
+    client.Connection("localhost", 5757)  # loopback names are fine
+    client.Connection("::1", 5757)
+
+
+# --- (b) the client against a real server -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server_port() -> Iterator[int]:
+    with server_process() as (port, _process):
+        yield port
+
+
+def _poll_until(source: Any, predicate: Any, timeout: float = 60) -> list[Any]:
+    """Poll ``source`` until ``predicate(everything so far)``; a generous guard, not a test."""
+    seen: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while not predicate(seen):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting; saw {seen!r:.2000}")
+        seen += source()
+        time.sleep(0.01)
+    return seen
+
+
+def test_connection_says_a_line(server_port: int) -> None:
+    connection = client.Connection(port=server_port, client_name="pytest", pace=False).start()
+    assert connection.send({"type": "say", "id": 1, "speaker": "guard", "line": "g1",
+                            "text": "Halt! Who goes there?", "markup": "renpy"})  # fmt: skip
+    events = _poll_until(connection.poll, lambda seen: any(e["type"] == "finished" for e in seen))
+    types = [e["type"] for e in events]
+    assert types[:3] == ["welcome", "queued", "started"]
+    assert connection.welcome is not None and connection.welcome["protocol"] == 1
+    audio = [e for e in events if e["type"] == "audio"]
+    assert [e["seq"] for e in audio] == list(range(len(audio)))
+    finished = events[-1]
+    assert finished["type"] == "finished" and finished["status"] == "done"
+    assert finished["samples"] * 2 == sum(len(e["data"]) for e in audio)
+    assert finished["samples"] > 22050 * 0.5  # over half a second of speech
+    connection.close()
+    closed = _poll_until(connection.poll, lambda seen: bool(seen))
+    assert closed == [{"type": "closed", "message": "closed by the game"}]
+    assert connection.closed
+
+
+def test_speech_voices_skips_and_caches(server_port: int) -> None:
+    logs: list[str] = []
+
+    def connect() -> Any:
+        return client.Connection(port=server_port, client_name="pytest").start()
+
+    speech = client.Speech(connect, log=logs.append)
+    text = "The bridge fell last night, {i}so{/i} nobody has come through since the storm."
+    assert speech.say("innkeeper", text, rate=1.1) == "sent"
+    chunks = _poll_until(speech.poll, lambda seen: len(seen) >= 1)
+    assert chunks[0].first and chunks[0].audio[:4] == b".snd"
+    # Skip mid-line, like a click: the server stops the line; no more audio comes for it.
+    assert speech.skip()
+    line = chunks[0].line
+    assert speech.say("traveler", "Then I will take the mountain pass.") == "sent"
+    heard = _poll_until(speech.poll, lambda seen: len(seen) >= 1)
+    assert all(chunk.line != line for chunk in heard)
+    assert heard[0].first
+    # Let the traveler's line finish; then it is in the cache and comes back without the server.
+    heard += _poll_until(speech.poll, lambda seen: not speech.receiving)
+    assert sum(len(c.audio) - 24 for c in heard) > 2 * 22050  # a second of speech at least
+    assert speech.say("traveler", "Then I will take the mountain pass.") == "cached"
+    [replay] = speech.poll()
+    assert replay.first and replay.line.startswith("cache-")
+    assert len(replay.audio) - 24 == sum(len(c.audio) - 24 for c in heard)
+    assert logs == []
+    speech.close()
+
+
+def test_speech_reports_server_errors_once(server_port: int) -> None:
+    logs: list[str] = []
+    speech = client.Speech(lambda: client.Connection(port=server_port).start(), log=logs.append)
+    for text in ("Who are you?", "Answer me!"):
+        assert speech.say("e", text, voice="nobody") == "sent"
+        _poll_until(speech.poll, lambda seen: not speech.receiving)  # the error ends the line
+    assert logs == ["dialogue-tts: unknown_voice: no voice named 'nobody'"]
+    speech.close()
+
+
+def test_speech_without_server_is_silent_and_logs_once() -> None:
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    logs: list[str] = []
+    now = [100.0]
+    speech = client.Speech(
+        lambda: client.Connection(port=port).start(), log=logs.append, clock=lambda: now[0]
+    )
+    speech.say("e", "Hello?")
+    _poll_until(lambda: [1] if speech.connection.closed else [], bool)
+    assert speech.poll() == []
+    assert len(logs) == 1 and f"127.0.0.1:{port}" in logs[0]
+    assert speech.say("e", "Anyone?") == "offline"  # no new attempt before retry_seconds
+    now[0] += 60
+    speech.say("e", "Still nobody?")  # tries again, fails again: not logged again
+    _poll_until(lambda: [1] if speech.connection.closed else [], bool)
+    speech.poll()
+    assert len(logs) == 1
+
+
+_OLD_PYTHON_CHECK = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import dialogue_tts_client as c
+vectors = json.load(open(sys.argv[2]))
+for v in vectors["requests"] + vectors["events"]:
+    frame = bytes.fromhex(v["frame_hex"])
+    [message] = c.FrameReader().feed(frame)
+    assert c.encode_frame(message) == frame, v["name"]
+connection = c.Connection(port=int(sys.argv[3]), pace=False).start()
+connection.send({"type": "say", "speaker": "old", "text": "Still here."})
+events = []
+deadline = time.monotonic() + 60
+while not any(e["type"] == "finished" for e in events) and time.monotonic() < deadline:
+    events += connection.poll()
+    time.sleep(0.01)
+assert events[-1]["status"] == "done", events[-1]
+speech = c.Speech(lambda: c.Connection(port=int(sys.argv[3])).start())
+assert speech.say("old", "Hello again.") == "sent"
+chunks = []
+while (speech.receiving or not chunks) and time.monotonic() < deadline:
+    chunks += speech.poll()
+    time.sleep(0.01)
+assert chunks and chunks[0].audio[:4] == b".snd"
+assert speech.say("old", "Hello again.") == "cached"
+print(sys.version_info[:2], len(events), "events")
+"""
+
+
+@pytest.mark.parametrize("python", ["python3.9", "python3.12"])
+def test_client_runs_on_other_pythons(python: str, server_port: int) -> None:
+    """Ren'Py 8.0 embeds Python 3.9; newer Ren'Py 3.12. The module must run on both."""
+    executable = shutil.which(python)
+    if executable is None or subprocess.run([executable, "-c", ""], capture_output=True).returncode:
+        pytest.skip(f"{python} is not installed")
+    result = subprocess.run(
+        [executable, "-B", "-c", _OLD_PYTHON_CHECK, str(BINDING),
+         str(REPO / "protocol" / "vectors.json"), str(server_port)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "events" in result.stdout
+
+
+# --- (c) renpy-render --------------------------------------------------------------------------
+
+HEADER = "Identifier\tCharacter\tDialogue\tFilename\tLine Number\tRen'Py Script"
+EXPORT_ROWS = [
+    ("start_dae2eec0", "", "The tavern is quiet tonight.", 24, '"[what]"'),
+    ("start_1d74fc79", "e", "Welcome back, {b}friend{/b}.{w=0.5} Stew again?", 26, 'e "[what]"'),
+    ("start_01e9ee3a", "l", "Yes, please. And some bread, if there is any left.", 28,
+     'l "[what]"'),
+    ("start_12a510bc", "e", "There is always bread for you, [player_name].", 30, 'e "[what]"'),
+    ("start_5df5b90c", "l", "The road was cold, the rain never stopped, and the bridge at the "
+     "ford was gone, so we walked the long way round the hills.", 32, 'l "[what]"'),
+    ("start_49c31aba", "g", "Move along.", 36, 'g "[what]"'),
+    ("start_00000000", "e", "{w=1.0}{nw}", 38, 'e "[what]"'),
+]  # fmt: skip
+
+
+def _write_export(path: Path, rows: list[tuple[Any, ...]] = EXPORT_ROWS) -> Path:
+    lines = [HEADER] + [
+        f"{ident}\t{who}\t{what}\tgame/script.rpy\t{number}\t{script}"
+        for ident, who, what, number, script in rows
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _render(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dialogue_tts", "renpy-render", *map(str, args)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_renpy_render(tmp_path: Path) -> None:
+    export = _write_export(tmp_path / "dialogue.tab")
+    mapping = tmp_path / "voices.json"
+    mapping.write_text(json.dumps({"l": {"rate": 1.2}, "g": None, "narrator": {"rate": 0.9}}))
+    result = _render(export, "--map", mapping)
+    assert result.returncode == 0, result.stderr
+    voice_dir = tmp_path / "game" / "voice"
+    written = sorted(p.name for p in voice_dir.glob("*.ogg"))
+    # The guard is mapped to null and the last line has no words: neither gets a file.
+    assert written == sorted(f"{row[0]}.ogg" for row in EXPORT_ROWS[:5])
+    assert "5 to render" in result.stderr + result.stdout
+    assert "5/5" in result.stderr  # the progress bar reached the end
+    durations = {}
+    for path in voice_dir.glob("*.ogg"):
+        audio, rate = soundfile.read(path)
+        assert rate == 22050 and audio.ndim == 1
+        assert np.abs(audio).max() > 0.05  # speech, not silence
+        durations[path.stem] = len(audio) / rate
+    assert all(0.8 < seconds < 20 for seconds in durations.values()), durations
+    assert durations["start_5df5b90c"] > 2 * durations["start_dae2eec0"]  # longer line, longer
+    # The {w=0.5} became half a second of silence inside the line.
+    audio, rate = soundfile.read(voice_dir / "start_1d74fc79.ogg")
+    quiet = np.convolve(np.abs(audio) < 0.01, np.ones(int(0.4 * rate)), "valid")
+    assert quiet.max() >= int(0.4 * rate)
+
+    # A second run renders nothing; files are left alone.
+    mtimes = {p.name: p.stat().st_mtime_ns for p in voice_dir.glob("*.ogg")}
+    again = _render(export, "--map", mapping, "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert "0 to render, 5 up to date" in again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in voice_dir.glob("*.ogg")} == mtimes
+
+    # Changing Lucy's settings and one of Eileen's lines renders exactly those files again.
+    mapping.write_text(json.dumps({"l": {"rate": 1.0}, "g": None, "narrator": {"rate": 0.9}}))
+    rows = list(EXPORT_ROWS)
+    rows[1] = ("start_1d74fc79", "e", "Welcome back, friend. Soup again?", 26, 'e "[what]"')
+    _write_export(export, rows)
+    third = _render(export, "--map", mapping, "--quiet")
+    assert third.returncode == 0, third.stderr
+    assert "3 to render, 2 up to date" in third.stdout
+    changed = {
+        name for name, mtime in mtimes.items() if (voice_dir / name).stat().st_mtime_ns != mtime
+    }
+    assert changed == {"start_1d74fc79.ogg", "start_01e9ee3a.ogg", "start_5df5b90c.ogg"}
+    assert not list(voice_dir.glob(".*.ogg.*")), "temporary files left behind"
+
+
+def test_renpy_render_output_option_and_default_mapping(tmp_path: Path) -> None:
+    export = _write_export(tmp_path / "dialogue.tab", EXPORT_ROWS[:1] + EXPORT_ROWS[5:6])
+    result = _render(export, "-o", tmp_path / "out", "--quiet")
+    assert result.returncode == 0, result.stderr
+    # Without a mapping, narration and every character are voiced with the default voice.
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.ogg")) == [
+        "start_49c31aba.ogg", "start_dae2eec0.ogg"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "not a Ren'Py dialogue export"),
+        ("e\tHello.\n", "not a Ren'Py dialogue export"),
+        ("e: Hello.\n", "not a Ren'Py dialogue export"),  # the launcher's plain-text export
+        (HEADER + "\nstart_1\te\tHello.\tgame/script.rpy\t3\n", "dialogue.tab:2: expected 6"),
+        (HEADER + '\nbad id\te\tHello.\tgame/script.rpy\t3\te "[what]"\n', "bad Identifier"),
+        (HEADER + "\na\te\tHi.\tg.rpy\t3\tx\na\te\tHi.\tg.rpy\t4\tx\n", "already on line 2"),
+    ],
+)
+def test_renpy_render_malformed_export(tmp_path: Path, content: str, message: str) -> None:
+    export = tmp_path / "dialogue.tab"
+    export.write_text(content, encoding="utf-8")
+    result = _render(export, "--quiet")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / "game").exists()
+
+
+def test_renpy_render_bad_mapping(tmp_path: Path) -> None:
+    export = _write_export(tmp_path / "dialogue.tab", EXPORT_ROWS[:1])
+    mapping = tmp_path / "voices.json"
+    mapping.write_text(json.dumps({"e": {"speed": 2}}))
+    result = _render(export, "--map", mapping)
+    assert result.returncode == 2 and "unknown setting 'speed'" in result.stderr
+    mapping.write_text(json.dumps({"narrator": {"voice": "nobody"}}))
+    result = _render(export, "--map", mapping)
+    assert result.returncode == 1 and "no voice named 'nobody'" in result.stderr
+
+
+# --- (d) the example game in real Ren'Py ----------------------------------------------------
+
+needs_renpy = pytest.mark.skipif(
+    not RENPY.exists(),
+    reason="Ren'Py is not installed (CI runs `apt-get install renpy`: /usr/games/renpy)",
+)
+
+
+class RecordingProxy:
+    """Forwards TCP between the game and the server, decoding every frame both ways."""
+
+    def __init__(self, server_port: int) -> None:
+        self.server_port = server_port
+        self.records: list[tuple[str, dict[str, Any]]] = []  # ("game"|"server", message)
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                game, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            server = socket.create_connection(("127.0.0.1", self.server_port))
+            for source, sink, who in ((game, server, "game"), (server, game, "server")):
+                threading.Thread(target=self._pump, args=(source, sink, who), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, who: str) -> None:
+        from dialogue_tts.protocol import MAX_EVENT_FRAME, FrameDecoder
+
+        decoder = FrameDecoder(MAX_EVENT_FRAME)
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                decoder.feed(data)
+                while (payload := decoder.next_payload()) is not None:
+                    message = msgpack.unpackb(payload, raw=False)
+                    if message.get("type") == "audio":
+                        message["data"] = len(message["data"])
+                    with self._lock:
+                        self.records.append((who, message))
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def _game_copy(tmp_path: Path) -> Path:
+    # Ren'Py writes cache/, saves/ and .rpyc files into the game: run a copy. The copy
+    # follows the example's link to the binding, so it holds the binding's real files.
+    game = tmp_path / "example"
+    shutil.copytree(EXAMPLE, game, ignore=shutil.ignore_patterns("*.rpyc", "cache", "saves"))
+    return game
+
+
+def _run_renpy(game: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+    return subprocess.run(
+        [str(RENPY), str(game), *args],
+        env={**os.environ, "SDL_VIDEODRIVER": "offscreen", "SDL_AUDIODRIVER": "dummy",
+             "HOME": str(game.parent), **(env or {})},
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+
+
+EXPECTED_LINES = [
+    ("narrator", "The tavern is quiet tonight."),
+    ("eileen", "Welcome back, {b}friend{/b}.{w=0.5} Stew again?"),
+    ("lucy", "Yes, please. And some bread, if there is any left."),
+    ("eileen", "There is always bread for you, Lucy."),  # [player_name], filled in by Ren'Py
+    ("lucy", "The road was cold, the rain never stopped, and the bridge at the ford was gone, "
+     "so we walked the long way round the hills, past the old mill and the empty farms."),
+    ("narrator", "Eileen laughs and fills two bowls."),
+    ("eileen", "Sit down. Eat."),
+]  # fmt: skip
+
+
+@needs_renpy
+def test_example_game_lint(tmp_path: Path) -> None:
+    game = _game_copy(tmp_path)
+    proxy = RecordingProxy(1)  # nothing may connect during lint
+    try:
+        result = _run_renpy(game, "lint", env={"DIALOGUE_TTS_PORT": str(proxy.port)})
+    finally:
+        proxy.close()
+    report = result.stdout
+    assert result.returncode == 0, result.stderr
+    assert "lint report" in report and "Statistics:" in report, report + result.stderr
+    problems = report.split("lint report", 1)[1].split("Statistics:", 1)[0].splitlines()[1:]
+    assert [line for line in problems if line.strip()] == [], report
+    assert proxy.connections == 0
+
+
+@needs_renpy
+def test_example_game_plays_against_server(tmp_path: Path) -> None:
+    game = _game_copy(tmp_path)
+    report_path = tmp_path / "report.json"
+    with server_process() as (port, _server):
+        proxy = RecordingProxy(port)
+        try:
+            result = _run_renpy(
+                game,
+                env={"DIALOGUE_TTS_PORT": str(proxy.port),
+                     "DIALOGUE_TTS_TEST_REPORT": str(report_path)},
+            )  # fmt: skip
+        finally:
+            proxy.close()
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    report = json.loads(report_path.read_text())
+    assert report["finished"] and "error" not in report, report
+
+    from_game = [m for who, m in proxy.records if who == "game"]
+    from_server = [m for who, m in proxy.records if who == "server"]
+    assert from_game[0]["type"] == "hello" and from_game[0]["client"] == "renpy"
+    says = [m for m in from_game if m["type"] == "say"]
+    # Every line, in order, with its speaker (voice_tag, or "narrator"), with Ren'Py markup.
+    assert [(m["speaker"], m["text"]) for m in says[:7]] == EXPECTED_LINES
+    assert all(m["markup"] == "renpy" and m["interrupt"] is True for m in says)
+    assert says[4]["rate"] == 1.2 and says[4]["volume"] == 0.9  # Lucy's settings
+    # After the rollback, the line rolled back to came from the local cache: nothing was
+    # asked again, except perhaps the very last line, if its finish raced the rollback.
+    assert all(m["text"] == "Sit down. Eat." for m in says[7:])
+    assert report["rolled_back"]
+
+    # The click in the middle of Lucy's long line sent a skip, and the server cut the line.
+    long_line = says[4]["line"]
+    assert report["clicked"] == 4
+    skips = [m for m in from_game if m["type"] == "skip"]
+    assert any(m["speaker"] == "lucy" for m in skips)
+    finished = {m["line"]: m for m in from_server if m["type"] == "finished"}
+    assert finished[long_line]["status"] == "skipped"
+    assert any(m["type"] == "skipped" and m["line"] == long_line for m in from_server)
+    assert finished[says[0]["line"]]["status"] == "done"
+
+    # Audio was played on the voice channel for every line, the rolled-back ones from the cache.
+    played = report["played"]
+    for index in range(7):
+        files = [p["file"] for p in played if p["line"] == index]
+        assert files, f"nothing played for line {index}: {played}"
+        assert all(f.startswith(f"dialogue_tts/line-{says[index]['line']}-") for f in files)
+    assert any(p["line"] == 7 and p["file"].startswith("dialogue_tts/line-cache-") for p in played)
+    # The server sent audio for each line it was asked for.
+    audio_lines = {m["line"] for m in from_server if m["type"] == "audio"}
+    assert {m["line"] for m in says} <= audio_lines
+
+
+@needs_renpy
+def test_example_game_plays_prerendered_files(tmp_path: Path) -> None:
+    """Ren'Py's own export, rendered by renpy-render, played by config.auto_voice."""
+    game = _game_copy(tmp_path)
+    export = _run_renpy(game, "dialogue", "None")
+    assert export.returncode == 0, export.stdout + export.stderr
+    rows = (game / "dialogue.tab").read_text(encoding="utf-8").splitlines()[1:]
+    identifiers = [row.split("\t")[0] for row in rows]
+    assert len(identifiers) == 7
+    render = _render(game / "dialogue.tab", "--map", EXAMPLE / "voices.json", "--quiet")
+    assert render.returncode == 0, render.stderr
+    assert "7 to render" in render.stdout
+
+    report_path = tmp_path / "report.json"
+    proxy = RecordingProxy(1)  # nothing may connect: every line has its file
+    try:
+        result = _run_renpy(
+            game,
+            env={"DIALOGUE_TTS_PORT": str(proxy.port),
+                 "DIALOGUE_TTS_TEST_REPORT": str(report_path),
+                 "DIALOGUE_TTS_AUTO_VOICE": "voice/{id}.ogg"},
+        )  # fmt: skip
+    finally:
+        proxy.close()
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    report = json.loads(report_path.read_text())
+    assert report["finished"] and "error" not in report, report
+    assert proxy.connections == 0
+    for index, identifier in enumerate(identifiers):
+        files = [p["file"] for p in report["played"] if p["line"] == index]
+        assert files == [f"voice/{identifier}.ogg"], report["played"]
+
+
+@needs_renpy
+def test_example_game_without_server(tmp_path: Path) -> None:
+    """No server: the game plays through silently and says so once in log.txt."""
+    game = _game_copy(tmp_path)
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    report_path = tmp_path / "report.json"
+    result = _run_renpy(
+        game,
+        env={"DIALOGUE_TTS_PORT": str(port), "DIALOGUE_TTS_TEST_REPORT": str(report_path)},
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    report = json.loads(report_path.read_text())
+    assert report["finished"] and "error" not in report, report
+    assert len(report["lines"]) == 7
+    assert report["played"] == []
+    log = (game / "log.txt").read_text(encoding="utf-8", errors="replace")
+    assert log.count("dialogue-tts: no voice server at") == 1, log
+    assert f"127.0.0.1:{port}" in log
