@@ -56,6 +56,7 @@ __all__ = [
     "StatusReport",
     "StatusRequest",
     "Synthesize",
+    "TextRequest",
     "VoiceList",
     "VoicesRequest",
     "Welcome",
@@ -138,15 +139,6 @@ class Event(Message):
     """A server -> client message."""
 
 
-def _check_rate_volume(message: Say | Synthesize | Prepare) -> None:
-    if not 0.1 <= message.rate <= 10.0:
-        raise InvalidMessage(errors.INVALID_FIELD, f"{message.TYPE}.rate: must be 0.1 to 10")
-    if not 0.0 <= message.volume <= 10.0:
-        raise InvalidMessage(errors.INVALID_FIELD, f"{message.TYPE}.volume: must be 0 to 10")
-    if not message.text.strip():
-        raise InvalidMessage(errors.EMPTY_TEXT, f"{message.TYPE}.text: empty or only whitespace")
-
-
 # --- requests ---------------------------------------------------------------------------
 
 
@@ -162,16 +154,11 @@ class Hello(Request):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Say(Request):
-    """Queue a line for a speaker."""
+class TextRequest(Request):
+    """A request that carries a line to synthesize: say, synthesize and prepare."""
 
-    TYPE: ClassVar[str] = "say"
-    speaker: str = field(metadata=_bounded())
     text: str
-    line: LineId | None = field(default=None, metadata=_bounded())
     voice: str | None = field(default=None, metadata=_bounded())
-    interrupt: bool = False
-    format: StreamFormat = "s16le"
     markup: Markup = "plain"
     rate: float = 1.0
     """Speaking-rate multiplier: 2.0 is twice as fast."""
@@ -179,7 +166,23 @@ class Say(Request):
     """Linear gain; samples are clipped, never wrapped."""
 
     def check(self) -> None:
-        _check_rate_volume(self)
+        if not 0.1 <= self.rate <= 10.0:
+            raise InvalidMessage(errors.INVALID_FIELD, f"{self.TYPE}.rate: must be 0.1 to 10")
+        if not 0.0 <= self.volume <= 10.0:
+            raise InvalidMessage(errors.INVALID_FIELD, f"{self.TYPE}.volume: must be 0 to 10")
+        if not self.text.strip():
+            raise InvalidMessage(errors.EMPTY_TEXT, f"{self.TYPE}.text: empty or only whitespace")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Say(TextRequest):
+    """Queue a line for a speaker."""
+
+    TYPE: ClassVar[str] = "say"
+    speaker: str = field(metadata=_bounded())
+    line: LineId | None = field(default=None, metadata=_bounded())
+    interrupt: bool = False
+    format: StreamFormat = "s16le"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -237,35 +240,20 @@ class StatusRequest(Request):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Synthesize(Request):
+class Synthesize(TextRequest):
     """Render a whole line to one audio file, outside any queue."""
 
     TYPE: ClassVar[str] = "synthesize"
-    text: str
-    voice: str | None = field(default=None, metadata=_bounded())
     format: FileFormat = "wav"
-    markup: Markup = "plain"
-    rate: float = 1.0
-    volume: float = 1.0
-
-    def check(self) -> None:
-        _check_rate_volume(self)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Prepare(Request):
-    """Synthesize a line that will be said soon into the server's cache, without playing it."""
+class Prepare(TextRequest):
+    """Synthesize a line that will be said soon into the server's cache, without playing it.
+
+    Its volume is accepted but does not matter: gain is applied after the cache."""
 
     TYPE: ClassVar[str] = "prepare"
-    text: str
-    voice: str | None = field(default=None, metadata=_bounded())
-    markup: Markup = "plain"
-    rate: float = 1.0
-    volume: float = 1.0
-    """Accepted for symmetry with say; volume does not change what is cached."""
-
-    def check(self) -> None:
-        _check_rate_volume(self)
 
 
 @dataclass(frozen=True, kw_only=True)
