@@ -25,6 +25,8 @@ _T = TypeVar("_T")
 VOICES_ENV = "DIALOGUE_TTS_VOICES"
 HOST_ENV = "DIALOGUE_TTS_HOST"
 PORT_ENV = "DIALOGUE_TTS_PORT"
+WEB_ORIGINS_ENV = "DIALOGUE_TTS_WEB_ORIGINS"
+DEFAULT_WEB_PORT = 5758  # the same as websocket.DEFAULT_WEB_PORT, without importing websockets
 _PLAYERS = (
     ["aplay", "-q"],
     ["paplay"],
@@ -73,11 +75,30 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the server")
     connection_options(serve)
-    serve.add_argument("--workers", type=int, help="inference threads (default: cores / 2)")
+    serve.add_argument(
+        "--workers", type=int,
+        help="parallel inference calls (default: 2, or 1 on a single core)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--threads", type=int, help="onnxruntime threads per inference call (default: cores)"
+    )
     serve.add_argument("--no-pace", action="store_true", help="finish lines when sent, not played")
     serve.add_argument(
         "--allow-remote", action="store_true",
         help="allow --host to be a non-loopback address (anyone on the network can use it)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--web", action="store_true",
+        help="also serve WebSocket and the preview page (needs the 'web' extra)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--web-port", type=int, default=DEFAULT_WEB_PORT, metavar="PORT",
+        help=f"port of the WebSocket and the preview page (default {DEFAULT_WEB_PORT})",
+    )  # fmt: skip
+    serve.add_argument(
+        "--web-origin", action="append", default=[], metavar="ORIGIN",
+        help="a web page origin allowed to use the WebSocket, e.g. http://localhost:8060 "
+        f"(repeatable; also env {WEB_ORIGINS_ENV}, space-separated)",
     )  # fmt: skip
     serve.set_defaults(command=_serve)
 
@@ -100,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     connection_options(voices)
     voices.add_argument("--local", action="store_true", help="never use a running server")
     voices.set_defaults(command=_voices)
+    from .renpy_render import add_parser as add_renpy_render
+
+    add_renpy_render(commands)
     return parser
 
 
@@ -129,10 +153,14 @@ async def _serve_async(args: argparse.Namespace) -> None:
     from .engine import Engine, VoiceCatalog
     from .server import Server, ServerConfig
 
-    engine = Engine(VoiceCatalog(args.voices), workers=args.workers)
+    web_origins = (*os.environ.get(WEB_ORIGINS_ENV, "").split(), *args.web_origin)
+    if args.web:
+        _check_web(web_origins)
+    engine = Engine(VoiceCatalog(args.voices), workers=args.workers, intra_op_threads=args.threads)
     config = ServerConfig(
         host=args.host or None, port=args.port, unix_path=args.unix,
         allow_remote=args.allow_remote, pace=not args.no_pace,
+        web_port=args.web_port if args.web else None, web_origins=web_origins,
     )  # fmt: skip
     server = Server(engine, config)
     await server.start()
@@ -142,6 +170,8 @@ async def _serve_async(args: argparse.Namespace) -> None:
         with contextlib.suppress(NotImplementedError):  # Windows
             loop.add_signal_handler(signum, stop.set)
     print(f"dialogue-tts listening on {' and '.join(server.addresses)}", flush=True)
+    if server.web is not None:
+        print(f"preview page: {server.web.url}", flush=True)
     serving = asyncio.create_task(server.serve_forever())
     try:
         await stop.wait()
@@ -149,6 +179,18 @@ async def _serve_async(args: argparse.Namespace) -> None:
         serving.cancel()
         await server.close()
         engine.close()
+
+
+def _check_web(origins: Sequence[str]) -> None:
+    """Fail before loading the voice if --web cannot work; raises ValueError."""
+    try:
+        from .websocket import parse_origin
+    except ImportError:
+        raise ValueError(
+            "--web needs the websockets package: pip install 'dialogue-tts[web]'"
+        ) from None
+    for origin in origins:
+        parse_origin(origin)
 
 
 # --- say and voices ---------------------------------------------------------------------

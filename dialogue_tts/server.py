@@ -1,7 +1,8 @@
 """The asyncio transport: TCP on loopback and a Unix socket, one handler per connection.
 
 The handler moves bytes between the socket and a sans-I/O ``protocol.Connection``, answers
-requests, and is the ``Outbox`` of its connection's speaker queues.
+requests, and is the ``Outbox`` of its connection's speaker queues. WebSocket connections
+(``websocket.py``) are served by the same handler through a reader and a writer adapter.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import stat
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from . import __version__, errors
 from .audio import encode_file
@@ -60,11 +61,55 @@ from .protocol import (
 )
 from .scheduler import DEFAULT_LIMITS, ConnectionQueues, Limits, synthesis_request
 
+if TYPE_CHECKING:
+    from .websocket import WebServer
+
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ConnectionHandler", "Server", "ServerConfig"]
 
 _LOGGER = logging.getLogger(__name__)
 
 _READ_SIZE: Final = 64 * 1024
+
+
+class FrameReader(Protocol):
+    """The part of ``asyncio.StreamReader`` a handler reads frames' bytes from."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class WriteBuffer(Protocol):
+    """The part of a transport a handler uses: back-pressure and dropping the client."""
+
+    def get_write_buffer_size(self) -> int: ...
+
+    def abort(self) -> None: ...
+
+
+class FrameWriter(Protocol):
+    """The part of ``asyncio.StreamWriter`` a handler writes whole frames to."""
+
+    @property
+    def transport(self) -> WriteBuffer: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+class Listener(Protocol):
+    """What the server needs of a listening socket (``asyncio.Server`` and the web server)."""
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+    async def serve_forever(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -85,6 +130,10 @@ class ServerConfig:
     max_file_requests: int = 4
     """synthesize requests in flight per connection."""
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
+    web_port: int | None = None
+    """Also serve WebSocket and the preview page on this port (needs the ``web`` extra)."""
+    web_origins: tuple[str, ...] = ()
+    """Page origins allowed to open a WebSocket besides the preview page's own."""
 
 
 class Server:
@@ -95,30 +144,37 @@ class Server:
         self.config = config or ServerConfig()
         self.handlers: set[ConnectionHandler] = set()
         self._connection_tasks: set[asyncio.Task[None]] = set()
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[Listener] = []
         self.port: int | None = None
         """The TCP port actually bound (useful with port 0)."""
+        self.web: WebServer | None = None
+        """The WebSocket and preview page server, when ``web_port`` is set."""
 
     async def start(self) -> None:
         """Load and warm up the default voice, then listen."""
         await self.engine.voice()
         config = self.config
         if config.host is not None:
-            if not _is_loopback(config.host) and not config.allow_remote:
+            if not is_loopback(config.host) and not config.allow_remote:
                 raise ValueError(
                     f"refusing to listen on {config.host}: not a loopback address "
                     "(pass allow_remote / --allow-remote to do it anyway)"
                 )
-            if not _is_loopback(config.host):
+            if not is_loopback(config.host):
                 _LOGGER.warning(
                     "LISTENING ON %s: any machine that can reach it can use this server",
                     config.host,
                 )
-            tcp = await asyncio.start_server(self._accept, config.host, config.port)
+            tcp = await asyncio.start_server(self.serve_connection, config.host, config.port)
             self.port = tcp.sockets[0].getsockname()[1]
             self._servers.append(tcp)
         if config.unix_path is not None:
-            self._servers.append(await _start_unix_server(self._accept, config.unix_path))
+            self._servers.append(await _start_unix_server(self.serve_connection, config.unix_path))
+        if config.web_port is not None:
+            from .websocket import WebServer  # optional: needs the websockets package
+
+            self.web = await WebServer.start(self, config.web_port)
+            self._servers.append(self.web)
 
     @property
     def addresses(self) -> list[str]:
@@ -143,7 +199,8 @@ class Server:
             with contextlib.suppress(FileNotFoundError):
                 self.config.unix_path.unlink()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve_connection(self, reader: FrameReader, writer: FrameWriter) -> None:
+        """Serve one connection, from any transport, until it closes."""
         task = asyncio.current_task()
         assert task is not None
         self._connection_tasks.add(task)
@@ -165,9 +222,7 @@ class Server:
 class ConnectionHandler:
     """One client connection: reads requests, writes replies and line events."""
 
-    def __init__(
-        self, server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def __init__(self, server: Server, reader: FrameReader, writer: FrameWriter) -> None:
         self.server = server
         self.config = server.config
         self._reader = reader
@@ -402,7 +457,8 @@ class ConnectionHandler:
         return False
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
     if host == "localhost":
         return True
     try:
