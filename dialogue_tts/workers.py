@@ -16,16 +16,22 @@ queued at a time, so that order is a round robin over speakers and connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
+import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
-__all__ = ["InferencePool", "Priority"]
+__all__ = ["InferencePool", "Priority", "run_niced"]
 
 _T = TypeVar("_T")
+
+WORKER_NICENESS: Final = 10
+"""Added to inference threads' niceness where the OS allows it per thread (Linux)."""
 
 
 class Priority(enum.IntEnum):
@@ -95,6 +101,7 @@ class InferencePool:
             self._lock.notify_all()
 
     def _work(self) -> None:
+        _lower_thread_priority()
         while True:
             with self._lock:
                 while not self._jobs and not self._closed:
@@ -111,6 +118,38 @@ class InferencePool:
                 job.loop.call_soon_threadsafe(_set_exception, job.future, exc)
             else:
                 job.loop.call_soon_threadsafe(_set_result, job.future, result)
+
+
+def run_niced(function: Callable[[], _T]) -> _T:
+    """Run ``function`` on a new niced thread and return its result.
+
+    Threads inherit niceness from the thread that starts them, so an onnxruntime session
+    created here has niced intra-op threads too.
+    """
+    result: list[_T] = []
+    error: list[BaseException] = []
+
+    def target() -> None:
+        _lower_thread_priority()
+        try:
+            result.append(function())
+        except BaseException as exc:  # re-raised in the caller
+            error.append(exc)
+
+    thread = threading.Thread(target=target, name="dialogue-tts-load")
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+def _lower_thread_priority() -> None:
+    """Nice this thread (Linux: per thread), so that the event loop answering requests, and
+    the game sharing the machine, always get the CPU before a synthesis does."""
+    if hasattr(os, "setpriority") and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
 
 
 def _sort_key(job: _Job) -> tuple[Priority, float, int]:
