@@ -321,6 +321,8 @@ class Finished(Event):
     status: FinishStatus
     samples: int
     """Samples actually sent for this line."""
+    complete: bool = False
+    """Every sample of the line had been sent (true for "done"; may be true for "skipped")."""
     message: str | None = None
 
 

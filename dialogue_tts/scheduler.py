@@ -166,6 +166,8 @@ class Line:
         self.state = LineState.QUEUED
         self.cancel_token = CancelToken()
         self.samples_sent = 0
+        self.all_sent = False
+        """The whole line's audio has been synthesized and sent."""
         self.samples_ready = 0
         """Synthesized so far (sent or waiting in ``audio``)."""
         self.next_seq = 0
@@ -368,6 +370,7 @@ class SpeakerQueue:
                 speaker=self.name,
                 status=status,
                 samples=line.samples_sent,
+                complete=line.all_sent,
                 message=message,
             )
         )
@@ -424,6 +427,7 @@ class SpeakerQueue:
                     await self._unpaused.wait()
                     self._send_audio(line, chunk)
                     await self._owner.outbox.drain()
+            line.all_sent = True
             if self._owner.pace:
                 await self._wait_played(line)
             self.finish(line, "done")

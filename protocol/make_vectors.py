@@ -88,7 +88,14 @@ EVENTS: list[tuple[str, m.Event]] = [
     ("audio_s16le", m.Audio(line=12, speaker="guard", seq=0, data=bytes([0, 0, 255, 127, 1, 128]))),
     ("audio_empty", m.Audio(line=12, speaker="guard", seq=1, data=b"")),
     ("audio_long", m.Audio(line=12, speaker="guard", seq=2, data=bytes(range(256)) * 2)),
-    ("finished_done", m.Finished(line=12, speaker="guard", status="done", samples=31488)),
+    (
+        "finished_done",
+        m.Finished(line=12, speaker="guard", status="done", samples=31488, complete=True),
+    ),
+    (
+        "finished_skipped_complete",
+        m.Finished(line=13, speaker="guard", status="skipped", samples=22050, complete=True),
+    ),
     (
         "finished_error",
         m.Finished(

@@ -593,7 +593,7 @@ def test_example_game_plays_against_server(tmp_path: Path) -> None:
     assert says[4]["rate"] == 1.2 and says[4]["volume"] == 0.9  # Lucy's settings
     # After the rollback, the line rolled back to came from the local cache: nothing was
     # asked again, except perhaps the very last line, if its finish raced the rollback.
-    assert all(m["text"] == "Sit down. Eat." for m in says[7:])
+    assert all(m["text"] == "Sit down. Eat." for m in says[7:]), [m["text"] for m in says[7:]]
     assert report["rolled_back"]
 
     # The click in the middle of Lucy's long line sent a skip, and the server cut the line.

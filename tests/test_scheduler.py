@@ -49,6 +49,7 @@ def check_invariants(events: list[Any], queued_lines: set[Any]) -> None:
         elif event.TYPE == "finished":
             finished_count[event.line] += 1
             assert event.samples == samples[event.line]
+            assert event.complete or event.status != "done"
     assert set(finished_count) == queued_lines
     assert all(count == 1 for count in finished_count.values())
     assert all(seq == list(range(len(seq))) for seq in seqs.values())
@@ -278,3 +279,20 @@ async def test_next_line_is_synthesized_while_the_current_one_plays() -> None:
     assert [e.TYPE for e in after_skip[:2]] == ["started", "audio"]
     assert engine.started == ["one two three four five six", "next", "after"]
     check_invariants(outbox.events, {first.line, second.line, third.line})
+
+
+async def test_a_line_skipped_after_all_its_audio_was_sent_is_complete() -> None:
+    queues, outbox = make(pace=True)  # 0.5 s of audio: sent at once, then the line plays
+    whole = queues.say(Say(speaker="a", text="one two three four five"))
+    await outbox.wait_for(lambda e: e.TYPE == "audio" and e.line == whole.line)
+    await asyncio.sleep(0.05)  # every chunk is out; the line is still playing (paced)
+    queues.skip("a")
+    skipped = await finished(outbox, whole.line)
+    assert (skipped.status, skipped.complete, skipped.samples) == ("skipped", True, 500)
+
+    slow, outbox = make(delay=1.0)  # its second sentence is still being synthesized
+    partial = slow.say(Say(speaker="a", text="First sentence. Second sentence."))
+    await outbox.wait_for(lambda e: e.TYPE == "audio" and e.line == partial.line)
+    slow.skip("a")
+    cut = await finished(outbox, partial.line)
+    assert (cut.status, cut.complete) == ("skipped", False)

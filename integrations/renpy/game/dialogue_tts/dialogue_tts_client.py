@@ -564,7 +564,10 @@ class Speech:
             line = self._line(event)
             if line is not None:
                 line.finished = True
-                if event.get("status") == "done" and line.pcm and line.sample_rate:
+                # "complete": all of the line arrived, even if the player moved on before it
+                # finished playing; such a line can be replayed from the cache on rollback.
+                whole = event.get("status") == "done" or event.get("complete") is True
+                if whole and line.pcm and line.sample_rate:
                     self._remember(line.key, au_bytes(bytes(line.pcm), line.sample_rate))
         elif kind == "error":
             line = self._requests.pop(event.get("id"), None)  # type: ignore[arg-type]
