@@ -332,11 +332,22 @@ print(sys.version_info[:2], len(events), "events")
 """
 
 
+def _find_python(name: str) -> str | None:
+    """``name`` (python3.9) on PATH, else from pyenv's versions folder, if it runs."""
+    version = name.removeprefix("python")
+    candidates = [shutil.which(name)]
+    candidates += sorted(str(p) for p in Path.home().glob(f".pyenv/versions/{version}*/bin/{name}"))
+    for candidate in candidates:
+        if candidate and not subprocess.run([candidate, "-c", ""], capture_output=True).returncode:
+            return candidate
+    return None
+
+
 @pytest.mark.parametrize("python", ["python3.9", "python3.12"])
 def test_client_runs_on_other_pythons(python: str, server_port: int) -> None:
     """Ren'Py 8.0 embeds Python 3.9; newer Ren'Py 3.12. The module must run on both."""
-    executable = shutil.which(python)
-    if executable is None or subprocess.run([executable, "-c", ""], capture_output=True).returncode:
+    executable = _find_python(python)
+    if executable is None:
         pytest.skip(f"{python} is not installed")
     result = subprocess.run(
         [executable, "-B", "-c", _OLD_PYTHON_CHECK, str(BINDING),
