@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import subprocess
@@ -22,6 +23,18 @@ from dialogue_tts.server import Server, ServerConfig
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "tests" / "data"
+VECTORS: dict[str, Any] = json.loads((REPO / "protocol" / "vectors.json").read_text("utf-8"))
+
+
+def from_json(value: Any) -> Any:
+    """A vectors.json message with its {"$bin": hex} values turned into bytes."""
+    if isinstance(value, dict):
+        if set(value) == {"$bin"}:
+            return bytes.fromhex(value["$bin"])
+        return {key: from_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [from_json(item) for item in value]
+    return value
 
 
 class ServerThread:

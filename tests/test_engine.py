@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,16 @@ def voices_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    """The bundled voice, loaded once for this module's tests (they run on their own loops;
+    a loaded engine is bound to none)."""
+    shared = Engine(VoiceCatalog(), workers=1)
+    asyncio.run(shared.voice())
+    yield shared
+    shared.close()
+
+
 def test_catalog_lists_good_voices_and_skips_unusable_ones(voices_dir: Path) -> None:
     catalog = VoiceCatalog(voices_dir)
     assert catalog.names() == ["corrupt", DEFAULT_VOICE_NAME, "narrator"]
@@ -71,51 +82,43 @@ async def test_voices_load_once_and_a_corrupt_one_fails_clearly(voices_dir: Path
         engine.close()
 
 
-async def test_cancel_aborts_a_running_inference() -> None:
-    engine = Engine(VoiceCatalog(), workers=1)
-    try:
-        voice = await engine.voice()
-        long_sentence = ", ".join(["and then the wolves came down from the hills"] * 12) + "."
-        ids = voice.phoneme_ids(long_sentence)
-        assert len(ids) == 1  # one sentence, one ONNX call
-        token = CancelToken()
-        running = threading.Event()
+async def test_cancel_aborts_a_running_inference(engine: Engine) -> None:
+    voice = await engine.voice()
+    long_sentence = ", ".join(["and then the wolves came down from the hills"] * 12) + "."
+    ids = voice.phoneme_ids(long_sentence)
+    assert len(ids) == 1  # one sentence, one ONNX call
+    token = CancelToken()
+    running = threading.Event()
 
-        def infer() -> np.ndarray:
-            running.set()
-            return voice.infer(ids[0], cancel=token)
+    def infer() -> np.ndarray:
+        running.set()
+        return voice.infer(ids[0], cancel=token)
 
-        task = asyncio.get_running_loop().run_in_executor(None, infer)
-        await asyncio.to_thread(running.wait)
-        await asyncio.sleep(0.05)
-        token.cancel()
-        with pytest.raises(SynthesisCancelled):
-            await task
-        with pytest.raises(SynthesisCancelled):  # a cancelled token never runs again
-            voice.infer(ids[0], cancel=token)
-    finally:
-        engine.close()
+    task = asyncio.get_running_loop().run_in_executor(None, infer)
+    await asyncio.to_thread(running.wait)
+    await asyncio.sleep(0.05)
+    token.cancel()
+    with pytest.raises(SynthesisCancelled):
+        await task
+    with pytest.raises(SynthesisCancelled):  # a cancelled token never runs again
+        voice.infer(ids[0], cancel=token)
 
 
-async def test_rate_is_calibrated_and_volume_is_linear() -> None:
-    engine = Engine(VoiceCatalog(), workers=1)
-    try:
-        voice = await engine.voice()
-        assert 0.05 < voice.fixed_duration < 0.5
-        assert voice.length_scale(1.0) == pytest.approx(1.0)
-        assert voice.length_scale(2.0) < 0.5  # shorter than 1/rate, to make up for the floor
-        assert voice.length_scale(0.5) > 2.0
-        text = ["I didn't think it polite to listen, sir."]
-        normal = [len((await engine.render(SynthesisRequest(text, DEFAULT_VOICE_NAME)))[0])
-                  for _ in range(3)]  # fmt: skip
-        slow = [len((await engine.render(SynthesisRequest(text, DEFAULT_VOICE_NAME, rate=0.5)))[0])
-                for _ in range(3)]  # fmt: skip
-        assert 1.7 < np.mean(slow) / np.mean(normal) < 2.3
-    finally:
-        engine.close()
+async def test_rate_is_calibrated_and_volume_is_linear(engine: Engine) -> None:
+    voice = await engine.voice()
+    assert 0.05 < voice.fixed_duration < 0.5
+    assert voice.length_scale(1.0) == pytest.approx(1.0)
+    assert voice.length_scale(2.0) < 0.5  # shorter than 1/rate, to make up for the floor
+    assert voice.length_scale(0.5) > 2.0
+    text = ["I didn't think it polite to listen, sir."]
+    normal = [len((await engine.render(SynthesisRequest(text, DEFAULT_VOICE_NAME)))[0])
+              for _ in range(3)]  # fmt: skip
+    slow = [len((await engine.render(SynthesisRequest(text, DEFAULT_VOICE_NAME, rate=0.5)))[0])
+            for _ in range(3)]  # fmt: skip
+    assert 1.7 < np.mean(slow) / np.mean(normal) < 2.3
 
 
-async def test_clause_pieces_sound_like_whole_sentences() -> None:
+async def test_clause_pieces_sound_like_whole_sentences(engine: Engine) -> None:
     """Quality guard: cutting sentences into clauses keeps their length and joins cleanly."""
     import json
 
@@ -123,22 +126,18 @@ async def test_clause_pieces_sound_like_whole_sentences() -> None:
 
     from dialogue_tts.audio import fade_edges
 
-    engine = Engine(VoiceCatalog(), workers=1)
-    try:
-        voice = await engine.voice()
-        lines = [json.loads(line)["text"] for line in (CORPUS / "dialogue-lines.jsonl").open()]
-        total_whole = total_pieces = 0
-        worst_join = 0.0
-        for text in lines:
-            whole = sum(len(voice.infer(ids)) for ids in voice.phoneme_ids(text))
-            pieces = [fade_edges(voice.infer(ids)) for ids in voice.pieces(text)]
-            joined = np.concatenate(pieces)
-            total_whole += whole
-            total_pieces += len(joined)
-            assert 0.85 < len(joined) / whole < 1.15, text  # noise_w makes lengths vary
-            for left, right in itertools.pairwise(pieces):
-                worst_join = max(worst_join, abs(float(right[0]) - float(left[-1])))
-        assert 0.95 < total_pieces / total_whole < 1.05
-        assert worst_join < 0.01  # faded edges: no step, no click
-    finally:
-        engine.close()
+    voice = await engine.voice()
+    lines = [json.loads(line)["text"] for line in (CORPUS / "dialogue-lines.jsonl").open()]
+    total_whole = total_pieces = 0
+    worst_join = 0.0
+    for text in lines:
+        whole = sum(len(voice.infer(ids)) for ids in voice.phoneme_ids(text))
+        pieces = [fade_edges(voice.infer(ids)) for ids in voice.pieces(text)]
+        joined = np.concatenate(pieces)
+        total_whole += whole
+        total_pieces += len(joined)
+        assert 0.85 < len(joined) / whole < 1.15, text  # noise_w makes lengths vary
+        for left, right in itertools.pairwise(pieces):
+            worst_join = max(worst_join, abs(float(right[0]) - float(left[-1])))
+    assert 0.95 < total_pieces / total_whole < 1.05
+    assert worst_join < 0.01  # faded edges: no step, no click

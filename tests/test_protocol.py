@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import json
 from typing import Any
 
 import msgpack
 import pytest
-from helpers import REPO
+from helpers import REPO, VECTORS, from_json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,18 +16,7 @@ from dialogue_tts.errors import LocalProtocolError, RemoteProtocolError
 from dialogue_tts.messages import EVENT_TYPES, REQUEST_TYPES, Hello, Message, Ping, Say, Skip
 from dialogue_tts.protocol import CLOSED, NEED_DATA, Connection, FrameDecoder, Role, encode_frame
 
-VECTORS = json.loads((REPO / "protocol" / "vectors.json").read_text(encoding="utf-8"))
 HELLO = encode_frame(Hello(protocol=1, client="test"))
-
-
-def decode_value(value: Any) -> Any:
-    if isinstance(value, dict):
-        if set(value) == {"$bin"}:
-            return bytes.fromhex(value["$bin"])
-        return {key: decode_value(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [decode_value(item) for item in value]
-    return value
 
 
 def messages_from(connection: Connection) -> list[Message]:
@@ -74,7 +62,7 @@ def test_message_vectors(
     receiver: Role, sender: Role, types: dict[str, type[Message]], vector: dict[str, Any]
 ) -> None:
     """Each frame decodes to its message, and the message encodes to exactly that frame."""
-    expected = decode_value(vector["message"])
+    expected = from_json(vector["message"])
     connection = Connection(receiver)
     if receiver is Role.SERVER and expected["type"] != "hello":
         connection.receive_data(HELLO)
@@ -112,7 +100,7 @@ def test_bad_frame_vectors(vector: dict[str, Any]) -> None:
 def test_stream_vector_splits(splits: list[int]) -> None:
     stream = bytes.fromhex(VECTORS["stream"]["hex"])
     names = {vector["name"]: vector for vector in VECTORS["requests"]}
-    expected = [decode_value(names[name]["message"]) for name in VECTORS["stream"]["names"]]
+    expected = [from_json(names[name]["message"]) for name in VECTORS["stream"]["names"]]
     connection = Connection(Role.SERVER)
     got: list[Message] = []
     bounds = [0, *splits, len(stream)]

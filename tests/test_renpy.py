@@ -27,13 +27,12 @@ import msgpack
 import numpy as np
 import pytest
 import soundfile
-from helpers import REPO, server_process
+from helpers import REPO, VECTORS, from_json, server_process
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 BINDING = REPO / "integrations" / "renpy" / "game" / "dialogue_tts"
 EXAMPLE = REPO / "examples" / "renpy"
-VECTORS = json.loads((REPO / "protocol" / "vectors.json").read_text(encoding="utf-8"))
 RENPY = Path("/usr/games/renpy")
 
 
@@ -52,17 +51,6 @@ def _load_client() -> Any:
 
 
 client = _load_client()
-
-
-def _from_json(value: Any) -> Any:
-    """A vectors.json message with {"$bin": hex} turned into bytes."""
-    if isinstance(value, dict):
-        if set(value) == {"$bin"}:
-            return bytes.fromhex(value["$bin"])
-        return {key: _from_json(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_from_json(item) for item in value]
-    return value
 
 
 def _same(decoded: Any, expected: Any) -> bool:
@@ -96,7 +84,7 @@ def _typed(message: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("vector", MESSAGE_VECTORS, ids=lambda v: v["name"])
 def test_codec_decodes_vector(vector: dict[str, Any]) -> None:
     frame = bytes.fromhex(vector["frame_hex"])
-    expected = _typed(_from_json(vector["message"]))
+    expected = _typed(from_json(vector["message"]))
     assert struct.unpack(">I", frame[:4])[0] == len(frame) - 4
     assert _same(client.unpackb(frame[4:]), expected)
     assert _same(client.FrameReader().feed(frame), [expected])
@@ -104,7 +92,7 @@ def test_codec_decodes_vector(vector: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("vector", MESSAGE_VECTORS, ids=lambda v: v["name"])
 def test_codec_encodes_vector(vector: dict[str, Any]) -> None:
-    message = _typed(_from_json(vector["message"]))
+    message = _typed(from_json(vector["message"]))
     assert client.encode_frame(message).hex() == vector["frame_hex"]
 
 
@@ -113,7 +101,7 @@ def test_frame_reader_splits(split: list[int]) -> None:
     stream = bytes.fromhex(VECTORS["stream"]["hex"])
     by_name = {vector["name"]: vector for vector in VECTORS["requests"]}
     whole = client.FrameReader().feed(stream)
-    expected = [_typed(_from_json(by_name[n]["message"])) for n in VECTORS["stream"]["names"]]
+    expected = [_typed(from_json(by_name[n]["message"])) for n in VECTORS["stream"]["names"]]
     assert _same(whole, expected)
     reader = client.FrameReader()
     pieces = []
