@@ -199,10 +199,6 @@ class Client:
         """Send without waiting for a reply."""
         self._writer.write(self._connection.send(message))
 
-    def send_bytes(self, data: bytes) -> None:
-        """Write raw bytes (for tests of malformed input)."""
-        self._writer.write(data)
-
     async def hello(
         self, client_name: str = "dialogue-tts-python", *, pace: bool = True
     ) -> Welcome:
