@@ -9,13 +9,17 @@ from typing import Final
 
 import numpy as np
 import soundfile
+import soxr
 
 __all__ = [
     "DEFAULT_CHUNK_SAMPLES",
+    "FILE_FORMATS",
     "apply_gain",
     "encode_file",
     "encode_stream_chunk",
     "fade_edges",
+    "resample",
+    "shift_pitch",
     "split_samples",
     "wav_bytes",
 ]
@@ -47,6 +51,23 @@ def fade_edges(samples: np.ndarray, length: int = FADE_SAMPLES) -> np.ndarray:
     return samples
 
 
+def shift_pitch(samples: np.ndarray, factor: float, sample_rate: int) -> np.ndarray:
+    """Raise the pitch by ``factor`` (below 1 lowers it); the audio gets ``factor`` times shorter.
+
+    Plays the samples as if recorded at ``sample_rate * factor``: resampling them back to
+    ``sample_rate`` moves every frequency by ``factor``. soxr does this with a proper
+    anti-aliasing filter, which linear interpolation in numpy does not.
+    """
+    return resample(samples, sample_rate * factor, sample_rate)
+
+
+def resample(samples: np.ndarray, from_rate: float, to_rate: float) -> np.ndarray:
+    """Float32 ``samples`` converted from one sample rate to another (soxr, high quality)."""
+    if from_rate == to_rate or not len(samples):
+        return samples
+    return np.asarray(soxr.resample(samples, from_rate, to_rate), dtype=np.float32)
+
+
 def to_int16(samples: np.ndarray) -> np.ndarray:
     return np.round(np.clip(samples, -1.0, 1.0) * _INT16_MAX).astype("<i2")
 
@@ -74,15 +95,25 @@ def encode_stream_chunk(samples: np.ndarray, stream_format: str, sample_rate: in
     raise ValueError(f"unknown stream format {stream_format!r}")
 
 
+FILE_FORMATS: Final = {
+    "wav": ("WAV", "PCM_16"),
+    "ogg": ("OGG", "VORBIS"),
+    "flac": ("FLAC", "PCM_16"),
+}
+"""File format name -> soundfile's (format, subtype)."""
+
+
 def encode_file(samples: np.ndarray, file_format: str, sample_rate: int) -> bytes:
-    """A whole line as one file: "wav" (16-bit PCM) or "ogg" (Vorbis)."""
+    """A whole line as one file: "wav" (16-bit PCM), "ogg" (Vorbis) or "flac" (16-bit)."""
     if file_format == "wav":
-        return wav_bytes(samples, sample_rate)
-    if file_format == "ogg":
-        buffer = io.BytesIO()
-        soundfile.write(buffer, samples, sample_rate, format="OGG", subtype="VORBIS")
-        return buffer.getvalue()
-    raise ValueError(f"unknown file format {file_format!r}")
+        return wav_bytes(samples, sample_rate)  # our own header: byte-exact and fast
+    try:
+        container, subtype = FILE_FORMATS[file_format]
+    except KeyError:
+        raise ValueError(f"unknown file format {file_format!r}") from None
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, sample_rate, format=container, subtype=subtype)
+    return buffer.getvalue()
 
 
 def split_samples(samples: np.ndarray, size: int = DEFAULT_CHUNK_SAMPLES) -> Iterator[np.ndarray]:

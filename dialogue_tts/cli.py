@@ -1,4 +1,4 @@
-"""Command line: ``dialogue-tts serve | say | voices``."""
+"""Command line: ``dialogue-tts serve | say | voices | cast | preview | renpy-render``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ VOICES_ENV = "DIALOGUE_TTS_VOICES"
 HOST_ENV = "DIALOGUE_TTS_HOST"
 PORT_ENV = "DIALOGUE_TTS_PORT"
 WEB_ORIGINS_ENV = "DIALOGUE_TTS_WEB_ORIGINS"
+TOKEN_ENV = "DIALOGUE_TTS_TOKEN"
+CAST_ENV = "DIALOGUE_TTS_CAST"  # the same as cast.CAST_ENV
 DEFAULT_WEB_PORT = 5758  # the same as websocket.DEFAULT_WEB_PORT, without importing websockets
 _PLAYERS = (
     ["aplay", "-q"],
@@ -69,9 +71,10 @@ def _parser() -> argparse.ArgumentParser:
         )
         command.add_argument("--unix", type=Path, metavar="PATH", help="Unix socket path")
         command.add_argument(
-            "--voices", type=Path, metavar="DIR", default=_env_path(VOICES_ENV),
-            help=f"folder of extra Piper voices (*.onnx + *.onnx.json); env {VOICES_ENV}",
+            "--token-file", type=Path, metavar="FILE",
+            help=f"file holding the server's shared secret (else env {TOKEN_ENV}, if set)",
         )  # fmt: skip
+        engine_options(command)
 
     serve = commands.add_parser("serve", help="run the server")
     connection_options(serve)
@@ -110,9 +113,13 @@ def _parser() -> argparse.ArgumentParser:
     say.add_argument(
         "-o", "--output", type=Path, help="write a .wav or .ogg file instead of playing"
     )
+    say.add_argument("--speaker", help="a speaker of the cast file (its voice and settings)")
+    say.add_argument("--style", help="a style of the cast file, e.g. angry or whisper")
     say.add_argument("--voice", help="voice name (see `dialogue-tts voices`)")
     say.add_argument("--rate", type=float, default=1.0, help="speaking rate, 2.0 = twice as fast")
+    say.add_argument("--pitch", type=float, default=1.0, help="pitch, 1.2 = higher (0.5 to 2)")
     say.add_argument("--volume", type=float, default=1.0)
+    say.add_argument("--sample-rate", type=int, help="resample to this rate, e.g. 48000")
     say.add_argument("--markup", default="plain", choices=["plain", "renpy", "bbcode"])
     say.add_argument("--local", action="store_true", help="never use a running server")
     say.set_defaults(command=_say)
@@ -121,10 +128,84 @@ def _parser() -> argparse.ArgumentParser:
     connection_options(voices)
     voices.add_argument("--local", action="store_true", help="never use a running server")
     voices.set_defaults(command=_voices)
+
+    cast = commands.add_parser("cast", help="check a cast file and show what it resolves to")
+    engine_options(cast)
+    cast.set_defaults(command=_show_cast)
+
+    from .preview import add_parser as add_preview
     from .renpy_render import add_parser as add_renpy_render
 
+    add_preview(commands)
     add_renpy_render(commands)
     return parser
+
+
+def engine_options(command: argparse.ArgumentParser) -> None:
+    """Voices, cast and cache options, for every command that may synthesize in-process."""
+    command.add_argument(
+        "--voices", type=Path, metavar="DIR", default=_env_path(VOICES_ENV),
+        help=f"folder of extra Piper voices (*.onnx + *.onnx.json); env {VOICES_ENV}",
+    )  # fmt: skip
+    command.add_argument(
+        "--cast", type=Path, metavar="FILE", default=_env_path(CAST_ENV),
+        help=f"cast file (TOML): each speaker's voice, rate, pitch and styles; env {CAST_ENV}",
+    )  # fmt: skip
+    command.add_argument(
+        "--cache-dir", type=Path, metavar="DIR",
+        help="folder of the rendered-line cache (default: the user cache folder, "
+        "or env DIALOGUE_TTS_CACHE)",
+    )  # fmt: skip
+    command.add_argument(
+        "--cache-size", type=int, default=512, metavar="MIB",
+        help="largest size of the rendered-line cache in MiB (default 512)",
+    )  # fmt: skip
+    command.add_argument("--no-cache", action="store_true", help="keep no rendered lines on disk")
+
+
+def build_engine(
+    args: argparse.Namespace, workers: int | None = None, threads: int | None = None
+) -> Any:
+    """The engine the options describe: voices folder and disk cache."""
+    from .cache import DiskCache, default_cache_dir
+    from .engine import Engine, VoiceCatalog
+
+    disk_cache = None
+    if not args.no_cache:
+        disk_cache = DiskCache(args.cache_dir or default_cache_dir(), args.cache_size << 20)
+    return Engine(
+        VoiceCatalog(args.voices), workers=workers, intra_op_threads=threads,
+        disk_cache=disk_cache,
+    )  # fmt: skip
+
+
+def load_cast_option(args: argparse.Namespace, voices: set[str]) -> Any:
+    """The --cast file, checked against the voices (the empty cast without one)."""
+    from .cast import DEFAULT_CAST, CastError, load_cast
+
+    if args.cast is None:
+        return DEFAULT_CAST
+    try:
+        cast = load_cast(args.cast)
+        cast.check_voices(voices)
+    except CastError as exc:
+        raise ValueError(str(exc)) from None
+    return cast
+
+
+def read_token(args: argparse.Namespace) -> str | None:
+    """The shared secret: --token-file's first line, else $DIALOGUE_TTS_TOKEN, else None.
+
+    Never a command-line value: other users can read a process's arguments.
+    """
+    path: Path | None = getattr(args, "token_file", None)
+    if path is not None:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise ValueError(f"{path} holds no token")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
 
 
 def _env_path(name: str) -> Path | None:
@@ -150,17 +231,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _serve_async(args: argparse.Namespace) -> None:
-    from .engine import Engine, VoiceCatalog
     from .server import Server, ServerConfig
 
     web_origins = (*os.environ.get(WEB_ORIGINS_ENV, "").split(), *args.web_origin)
     if args.web:
         _check_web(web_origins)
-    engine = Engine(VoiceCatalog(args.voices), workers=args.workers, intra_op_threads=args.threads)
+    engine = build_engine(args, workers=args.workers, threads=args.threads)
     config = ServerConfig(
         host=args.host or None, port=args.port, unix_path=args.unix,
         allow_remote=args.allow_remote, pace=not args.no_pace,
         web_port=args.web_port if args.web else None, web_origins=web_origins,
+        cast=load_cast_option(args, set(engine.catalog.names())), token=read_token(args),
     )  # fmt: skip
     server = Server(engine, config)
     await server.start()
@@ -170,6 +251,8 @@ async def _serve_async(args: argparse.Namespace) -> None:
         with contextlib.suppress(NotImplementedError):  # Windows
             loop.add_signal_handler(signum, stop.set)
     print(f"dialogue-tts listening on {' and '.join(server.addresses)}", flush=True)
+    if config.token is not None:
+        print("clients must send the token (from --token-file or $DIALOGUE_TTS_TOKEN)")
     if server.web is not None:
         print(f"preview page: {server.web.url}", flush=True)
     serving = asyncio.create_task(server.serve_forever())
@@ -197,11 +280,18 @@ def _check_web(origins: Sequence[str]) -> None:
 
 
 def _say(args: argparse.Namespace) -> int:
+    from .audio import FILE_FORMATS
+
     output: Path | None = args.output
-    file_format = "ogg" if output is not None and output.suffix.lower() == ".ogg" else "wav"
-    options = {"rate": args.rate, "volume": args.volume, "markup": args.markup}
-    if args.voice:
-        options["voice"] = args.voice
+    suffix = output.suffix.lower().lstrip(".") if output is not None else ""
+    file_format = suffix or "wav"  # no suffix (e.g. /dev/stdout): WAV
+    if file_format not in FILE_FORMATS:
+        raise ValueError(f"cannot write {file_format!r} files; use .wav, .ogg or .flac")
+    options = {
+        "rate": args.rate, "pitch": args.pitch, "volume": args.volume, "markup": args.markup,
+        "voice": args.voice, "speaker": args.speaker, "style": args.style,
+        "sample_rate": args.sample_rate,
+    }  # fmt: skip
     data, duration, where = run_async(_render(args, file_format, options))
     if output is None:
         return _play(data, duration)
@@ -214,67 +304,82 @@ async def _render(
     args: argparse.Namespace, file_format: str, options: dict[str, Any]
 ) -> tuple[bytes, float, str]:
     from .client import ServerError
+    from .messages import InvalidMessage, Synthesize
 
+    try:
+        request = Synthesize(text=args.text, format=file_format, **options)
+        request.check()
+    except InvalidMessage as exc:
+        raise ValueError(str(exc)) from None
     client = None if args.local else await _try_connect(args)
     if client is not None:
         async with client:
             try:
-                reply = await client.synthesize(args.text, format=file_format, **options)
+                reply = await client.request(request)
             except ServerError as exc:
                 raise ValueError(exc.message) from None
             return reply.data, reply.duration, "from the running server"
-    return await _render_in_process(args, file_format, options)
+    return await _render_in_process(args, request)
 
 
-async def _render_in_process(
-    args: argparse.Namespace, file_format: str, options: dict[str, Any]
-) -> tuple[bytes, float, str]:
-    from .audio import encode_file
-    from .engine import Engine, SynthesisRequest, UnknownVoice, VoiceCatalog
-    from .text import prepare
+async def _render_in_process(args: argparse.Namespace, request: Any) -> tuple[bytes, float, str]:
+    from .errors import RemoteProtocolError
+    from .jobs import DEFAULT_LIMITS, render_file, synthesis_request
 
-    engine = Engine(VoiceCatalog(args.voices))
+    engine = build_engine(args)
     try:
-        voice = options.get("voice") or engine.catalog.default_voice
+        cast = load_cast_option(args, set(engine.catalog.names()))
         try:
-            engine.catalog.info(voice)
-        except UnknownVoice:
-            raise ValueError(f"no voice named {voice!r}; try `dialogue-tts voices`") from None
-        parts = prepare(args.text, options["markup"])
-        if not parts:
-            raise ValueError("nothing to say")
-        request = SynthesisRequest(
-            parts=parts, voice=voice, rate=options["rate"], volume=options["volume"]
-        )
-        audio, sample_rate = await engine.render(request)
+            job, _ = synthesis_request(request, cast, engine.catalog, DEFAULT_LIMITS)
+        except RemoteProtocolError as exc:
+            raise ValueError(exc.message) from None
+        rendered = await render_file(engine, job, request.format)
     finally:
         engine.close()
-    return encode_file(audio, file_format, sample_rate), len(audio) / sample_rate, "in-process"
+    return rendered.data, rendered.duration, "in-process"
 
 
 async def _try_connect(args: argparse.Namespace) -> Any:
+    """A client of the running server, with the cast file if one was given; else None."""
     from .client import Client
 
+    cast = args.cast.read_text(encoding="utf-8") if args.cast is not None else None
     try:
         async with asyncio.timeout(2):
             return await Client.connect(
-                args.host, args.port, unix_path=args.unix, client_name="cli"
-            )
+                args.host, args.port, unix_path=args.unix, client_name="cli",
+                token=read_token(args), cast=cast,
+            )  # fmt: skip
     except (OSError, TimeoutError):
         return None
 
 
 def _play(wav: bytes, duration: float) -> int:
-    for command in _PLAYERS:
-        if shutil.which(command[0]):
-            with tempfile.NamedTemporaryFile(suffix=".wav") as file:
-                file.write(wav)
-                file.flush()
-                return subprocess.call([*command, file.name])
+    if _player() is not None:
+        with tempfile.NamedTemporaryFile(suffix=".wav") as file:
+            file.write(wav)
+            file.flush()
+            return play_file(Path(file.name))
     fallback = Path("dialogue-tts-say.wav")
     fallback.write_bytes(wav)
     print(f"no audio player found; wrote {fallback} ({duration:.2f} s)")
     return 0
+
+
+def play_file(path: Path) -> int:
+    """Play an audio file with the system's player (aplay, paplay, afplay or ffplay)."""
+    command = _player()
+    if command is None:
+        print(f"no audio player found (aplay, paplay, afplay or ffplay); the file is {path}")
+        return 0
+    status = subprocess.call([*command, str(path)])
+    if status != 0:
+        print(f"{command[0]} could not play {path} (no audio device?)", file=sys.stderr)
+    return status
+
+
+def _player() -> list[str] | None:
+    return next((command for command in _PLAYERS if shutil.which(command[0])), None)
 
 
 def _voices(args: argparse.Namespace) -> int:
@@ -283,6 +388,16 @@ def _voices(args: argparse.Namespace) -> int:
     for voice in voices:
         speakers = ", ".join(voice["speakers"]) or "-"
         print(f"{voice['name']:32} {voice['language']:10} {voice['sample_rate']:>6}  {speakers}")
+    return 0
+
+
+def _show_cast(args: argparse.Namespace) -> int:
+    import json
+
+    from .engine import VoiceCatalog
+
+    cast = load_cast_option(args, set(VoiceCatalog(args.voices).names()))
+    print(json.dumps(cast.to_dict(), indent=2, ensure_ascii=False))
     return 0
 
 

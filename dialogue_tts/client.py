@@ -28,6 +28,8 @@ from .messages import (
     Bye,
     Cancel,
     Cancelled,
+    CastReport,
+    CastRequest,
     Clear,
     Cleared,
     Error,
@@ -157,8 +159,14 @@ class Client:
         client_name: str = "dialogue-tts-python",
         pace: bool = True,
         hello: bool = True,
+        token: str | None = None,
+        cast: dict[str, Any] | str | None = None,
     ) -> Self:
-        """Connect and (unless ``hello`` is False) do the handshake."""
+        """Connect and (unless ``hello`` is False) do the handshake.
+
+        ``token`` is the server's shared secret, if it has one; ``cast`` replaces the
+        server's cast for this connection (a cast map, or a cast file's TOML text).
+        """
         if unix_path is not None:
             reader, writer = await asyncio.open_unix_connection(str(unix_path))
         else:
@@ -166,7 +174,7 @@ class Client:
         client = cls(reader, writer)
         if hello:
             try:
-                await client.hello(client_name, pace=pace)
+                await client.hello(client_name, pace=pace, token=token, cast=cast)
             except BaseException:
                 await client.close(bye=False)
                 raise
@@ -200,9 +208,17 @@ class Client:
         self._writer.write(self._connection.send(message))
 
     async def hello(
-        self, client_name: str = "dialogue-tts-python", *, pace: bool = True
+        self,
+        client_name: str = "dialogue-tts-python",
+        *,
+        pace: bool = True,
+        token: str | None = None,
+        cast: dict[str, Any] | str | None = None,
     ) -> Welcome:
-        reply = await self.request(Hello(protocol=PROTOCOL_VERSION, client=client_name, pace=pace))
+        hello = Hello(
+            protocol=PROTOCOL_VERSION, client=client_name, pace=pace, token=token, cast=cast
+        )
+        reply = await self.request(hello)
         assert isinstance(reply, Welcome)
         self.welcome = reply
         return reply
@@ -230,6 +246,10 @@ class Client:
 
     async def voices(self) -> list[dict[str, Any]]:
         return _expect(await self.request(VoicesRequest()), VoiceList).voices
+
+    async def cast(self) -> dict[str, Any]:
+        """This connection's cast, shaped like a cast file, with "source"."""
+        return _expect(await self.request(CastRequest()), CastReport).cast
 
     async def status(self) -> dict[str, Any]:
         """This connection's speakers: {name: {current, queued, paused}}."""

@@ -9,14 +9,14 @@ skipped. ``session.run`` blocks, so every call goes through one shared thread po
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
 import os
 import threading
-from collections import OrderedDict
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,7 +25,8 @@ import onnxruntime
 from piper.config import PiperConfig
 from piper.voice import PiperVoice
 
-from .audio import apply_gain, fade_edges
+from .audio import apply_gain, fade_edges, resample, shift_pitch
+from .cache import DiskCache, PreparedLines, file_digest, line_key
 from .pieces import split_sentence
 from .text import Part, Pause
 from .workers import InferencePool, Priority, PriorityKey, run_niced
@@ -33,6 +34,7 @@ from .workers import InferencePool, Priority, PriorityKey, run_niced
 __all__ = [
     "DEFAULT_VOICE_NAME",
     "CancelToken",
+    "Delivery",
     "Engine",
     "SynthesisCancelled",
     "SynthesisError",
@@ -58,6 +60,8 @@ behind a prefetch piece. Inference threads are niced, and do not spin, so the ev
 the game sharing the machine come first."""
 DEFAULT_CACHE_BYTES: Final = 64 * 1024 * 1024
 """Prepared lines kept in memory (float32: ~12 minutes of 22.05 kHz speech)."""
+_MAX_PENDING_WRITES: Final = 8
+"""Disk-cache writes in flight; past this a line is simply not cached."""
 _MIN_LENGTH_SCALE: Final = 0.1
 _TARGET_PEAK: Final = 0.9
 """Each voice gets one gain, measured at warm-up, that brings typical speech to this peak.
@@ -114,6 +118,8 @@ class VoiceInfo:
     sample_rate: int
     speakers: list[str]
     quality: str | None = None
+    speaker_ids: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    """Speaker name -> id, for multi-speaker voices."""
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -135,14 +141,40 @@ class _VoiceFiles:
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """How a line is spoken, besides its text and voice: every setting that changes the audio.
+
+    Volume is not here: it is a gain applied after synthesis (and after any cache).
+    """
+
+    rate: float = 1.0
+    """Speaking-rate multiplier: 2.0 is twice as fast."""
+    pitch: float = 1.0
+    """Pitch multiplier, duration kept: synthesize slower by ``pitch``, then resample."""
+    noise_scale: float | None = None
+    """Piper's noise_scale (voice variation); None is the voice's own setting."""
+    noise_w: float | None = None
+    """Piper's noise_w (phoneme-length variation); None is the voice's own setting."""
+    speaker_id: int | None = None
+    """Speaker of a multi-speaker voice; None is the voice's default speaker."""
+
+
+@dataclass(frozen=True)
 class SynthesisRequest:
     """One line to synthesize, already stripped of markup."""
 
     parts: list[Part]
     voice: str
-    rate: float = 1.0
+    delivery: Delivery = Delivery()
     volume: float = 1.0
-    speaker_id: int | None = None
+    fallback_voice: str | None = None
+    """Voice to say the line with if ``voice`` fails before any of its audio was made."""
+    sample_rate: int | None = None
+    """Resample the output to this rate; None keeps the voice's rate. Like volume, applied
+    after synthesis and after the cache."""
+
+
+_PLAIN: Final = Delivery()
 
 
 class Voice:
@@ -152,6 +184,8 @@ class Voice:
         self.info = info
         self._piper = piper_voice
         self.gain = 1.0
+        self.digest: str | None = None
+        """SHA-256 of the voice's files, when a disk cache needs it."""
         self.fixed_duration = 0.0
         """Share of a line's duration that length_scale does not scale (see ``length_scale``)."""
 
@@ -213,15 +247,14 @@ class Voice:
         self,
         text: str,
         first: bool,
-        rate: float = 1.0,
-        speaker_id: int | None = None,
+        delivery: Delivery = _PLAIN,
         cancel: CancelToken | None = None,
     ) -> tuple[list[list[int]], np.ndarray | None]:
         """``pieces(text)`` and the audio of the first one (None if there are no pieces)."""
         pieces = self.pieces(text, first)
         if not pieces:
             return pieces, None
-        return pieces, self.infer(pieces[0], rate, speaker_id, cancel)
+        return pieces, self.infer(pieces[0], delivery, cancel)
 
     def phoneme_ids(self, text: str) -> list[list[int]]:
         """Phoneme ids for each sentence of ``text``."""
@@ -234,27 +267,32 @@ class Voice:
     def infer(
         self,
         phoneme_ids: list[int],
-        rate: float = 1.0,
-        speaker_id: int | None = None,
+        delivery: Delivery = _PLAIN,
         cancel: CancelToken | None = None,
     ) -> np.ndarray:
         """Float32 audio for one run of phoneme ids; raises SynthesisCancelled."""
-        return self._infer_scaled(phoneme_ids, self.length_scale(rate), speaker_id, cancel)
+        # A pitch shift resamples the audio shorter by ``pitch``: synthesize it that much longer.
+        length_factor = self.length_scale(delivery.rate / delivery.pitch)
+        audio = self._infer_scaled(phoneme_ids, length_factor, delivery, cancel)
+        if delivery.pitch != 1.0:
+            audio = shift_pitch(audio, delivery.pitch, self.sample_rate)
+        return audio
 
     def _infer_scaled(
         self,
         phoneme_ids: list[int],
         length_factor: float,
-        speaker_id: int | None = None,
+        delivery: Delivery = _PLAIN,
         cancel: CancelToken | None = None,
     ) -> np.ndarray:
         config = self._piper.config
         if cancel is not None:
             cancel.raise_if_cancelled()
         ids = np.array([phoneme_ids], dtype=np.int64)
+        noise_scale = config.noise_scale if delivery.noise_scale is None else delivery.noise_scale
+        noise_w = config.noise_w_scale if delivery.noise_w is None else delivery.noise_w
         scales = np.array(
-            [config.noise_scale, config.length_scale * length_factor, config.noise_w_scale],
-            dtype=np.float32,
+            [noise_scale, config.length_scale * length_factor, noise_w], dtype=np.float32
         )
         inputs = {
             "input": ids,
@@ -262,6 +300,7 @@ class Voice:
             "scales": scales,
         }
         if config.num_speakers > 1:
+            speaker_id = delivery.speaker_id
             sid = config.default_speaker_id if speaker_id is None else speaker_id
             inputs["sid"] = np.array([sid], dtype=np.int64)
         run_options = cancel.run_options if cancel is not None else None
@@ -320,6 +359,7 @@ class Engine:
         workers: int | None = None,
         intra_op_threads: int | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        disk_cache: DiskCache | None = None,
     ) -> None:
         cores = os.cpu_count() or 1
         self.catalog = catalog
@@ -329,6 +369,8 @@ class Engine:
         self._voices: dict[str, Voice] = {}
         self._loading: dict[str, asyncio.Future[Voice]] = {}
         self.cache = PreparedLines(cache_bytes)
+        self.disk_cache = disk_cache
+        self._disk_writes: set[asyncio.Task[None]] = set()
 
     async def voice(self, name: str | None = None) -> Voice:
         """The loaded voice, loading it on first use (raises UnknownVoice, SynthesisError)."""
@@ -339,7 +381,7 @@ class Engine:
         pending = self._loading.get(name)
         if pending is None:
             # Not on the inference pool: a 2-second load must not hold up other lines.
-            load = asyncio.to_thread(Voice.load, files, self.intra_op_threads)
+            load = asyncio.to_thread(self._load, files)
             pending = asyncio.ensure_future(load)
             self._loading[name] = pending
         try:
@@ -354,44 +396,112 @@ class Engine:
         self._voices[name] = voice
         return voice
 
+    def _load(self, files: _VoiceFiles) -> Voice:
+        voice = Voice.load(files, self.intra_op_threads)
+        if self.disk_cache is not None:  # disk entries are keyed by the voice's contents
+            voice.digest = file_digest(files.model, files.config)
+        return voice
+
+    def cache_counters(self) -> dict[str, Any]:
+        counters: dict[str, Any] = {"memory": self.cache.counters()}
+        if self.disk_cache is not None:
+            counters["disk"] = self.disk_cache.counters()
+        return counters
+
     async def stream(
         self,
         request: SynthesisRequest,
         cancel: CancelToken,
         priority: PriorityKey = _current,
+        on_fallback: Callable[[str], None] | None = None,
     ) -> AsyncIterator[np.ndarray]:
         """Yield a line's audio as float32 pieces (clauses, and silences for pauses).
 
         Each piece is one ONNX call, run on the pool at ``priority``. A line that was
-        prepared streams from the cache with no inference.
+        prepared streams from the cache with no inference. If the voice fails before any
+        audio and the request names a fallback voice, the line is said in that voice
+        (resampled to the first voice's rate) and ``on_fallback`` gets the reason.
         """
-        voice = await self.voice(request.voice)
+        to_rate = request.sample_rate
+        produced = False
+        try:
+            voice = await self.voice(request.voice)
+            to_rate = to_rate or voice.sample_rate
+            async for piece in self._pieces(voice, request, cancel, priority):
+                produced = True
+                yield resample(piece, voice.sample_rate, to_rate)
+        except (SynthesisError, UnknownVoice) as exc:
+            if produced or request.fallback_voice in (None, request.voice):
+                raise
+            _LOGGER.warning("%s; saying the line with %s", exc, request.fallback_voice)
+            if on_fallback is not None:
+                on_fallback(f"{exc}; said with {request.fallback_voice}")
+            fallback = dataclasses.replace(
+                request, voice=request.fallback_voice, fallback_voice=None,
+                sample_rate=to_rate or self.catalog.info(request.voice).sample_rate,
+            )  # fmt: skip
+            async for piece in self.stream(fallback, cancel, priority):
+                yield piece
+
+    async def _pieces(
+        self, voice: Voice, request: SynthesisRequest, cancel: CancelToken, priority: PriorityKey
+    ) -> AsyncIterator[np.ndarray]:
+        """The line's pieces with gain applied, from a cache or synthesized."""
         gain = voice.gain * request.volume
-        cached = self.cache.get(request)
+        cached = await self._cached(voice, request)
         if cached is not None:
             for piece in cached:
                 cancel.raise_if_cancelled()
                 yield apply_gain(piece, gain)
             return
+        made = []
         async for piece in self._synthesize(voice, request, cancel, priority):
+            made.append(piece)
             yield apply_gain(piece, gain)
+        self._store_on_disk(voice, request, made)  # only reached when the line was whole
+
+    async def _cached(self, voice: Voice, request: SynthesisRequest) -> list[np.ndarray] | None:
+        pieces = self.cache.get(_memory_key(request))
+        disk_key = self._disk_key(voice, request)
+        if pieces is None and disk_key is not None:
+            assert self.disk_cache is not None
+            pieces = await asyncio.to_thread(self.disk_cache.get, disk_key)
+        return pieces
+
+    def _disk_key(self, voice: Voice, request: SynthesisRequest) -> str | None:
+        if self.disk_cache is None or voice.digest is None:
+            return None
+        settings = dataclasses.asdict(request.delivery)
+        return line_key(voice.digest, settings, request.parts)
+
+    def _store_on_disk(
+        self, voice: Voice, request: SynthesisRequest, pieces: list[np.ndarray]
+    ) -> None:
+        key = self._disk_key(voice, request)
+        if key is None or len(self._disk_writes) >= _MAX_PENDING_WRITES:
+            return
+        assert self.disk_cache is not None
+        task = asyncio.ensure_future(asyncio.to_thread(self.disk_cache.put, key, pieces))
+        self._disk_writes.add(task)
+        task.add_done_callback(self._disk_writes.discard)
 
     async def prepare(self, request: SynthesisRequest) -> float:
         """Synthesize a line into the cache (no playback); returns its duration in seconds."""
         voice = await self.voice(request.voice)
-        pieces = self.cache.get(request)
+        pieces = await self._cached(voice, request)
         if pieces is None:
             cancel = CancelToken()
             pieces = [p async for p in self._synthesize(voice, request, cancel, _background)]
-            self.cache.put(request, pieces)
+            self._store_on_disk(voice, request, pieces)
+        self.cache.put(_memory_key(request), pieces)
         return sum(len(piece) for piece in pieces) / voice.sample_rate
 
     async def render(self, request: SynthesisRequest) -> tuple[np.ndarray, int]:
         """A whole line as one array, with its sample rate (background priority)."""
         pieces = [piece async for piece in self.stream(request, CancelToken(), _background)]
-        voice = await self.voice(request.voice)
+        sample_rate = request.sample_rate or self.catalog.info(request.voice).sample_rate
         audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-        return audio, voice.sample_rate
+        return audio, sample_rate
 
     async def _synthesize(
         self, voice: Voice, request: SynthesisRequest, cancel: CancelToken, priority: PriorityKey
@@ -404,66 +514,23 @@ class Engine:
                 continue
             # One pool job phonemizes the part and synthesizes its first piece: a short line
             # then costs a single hand-off to the inference thread before its first audio.
-            start = functools.partial(
-                voice.first_piece, part, first, request.rate, request.speaker_id, cancel
-            )
+            start = functools.partial(voice.first_piece, part, first, request.delivery, cancel)
             pieces, audio = await self._pool.run(start, priority)
             first = False
             if audio is None:
                 continue
             yield fade_edges(audio)
             for ids in pieces[1:]:
-                infer = functools.partial(
-                    voice.infer, ids, request.rate, request.speaker_id, cancel
-                )
+                infer = functools.partial(voice.infer, ids, request.delivery, cancel)
                 yield fade_edges(await self._pool.run(infer, priority))
 
     def close(self) -> None:
         self._pool.close()
 
 
-class PreparedLines:
-    """Raw audio pieces of prepared lines, least recently used dropped past ``max_bytes``."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.hits = 0
-        self.misses = 0
-        self._bytes = 0
-        self._entries: OrderedDict[tuple[Any, ...], list[np.ndarray]] = OrderedDict()
-
-    @staticmethod
-    def _key(request: SynthesisRequest) -> tuple[Any, ...]:
-        # Volume is applied after synthesis, so it is not part of the key.
-        return (request.voice, request.rate, request.speaker_id, tuple(request.parts))
-
-    def get(self, request: SynthesisRequest) -> list[np.ndarray] | None:
-        pieces = self._entries.get(self._key(request))
-        if pieces is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._entries.move_to_end(self._key(request))
-        return pieces
-
-    def counters(self) -> dict[str, int]:
-        return {
-            "hits": self.hits, "misses": self.misses, "entries": len(self._entries),
-            "bytes": self._bytes,
-        }  # fmt: skip
-
-    def put(self, request: SynthesisRequest, pieces: list[np.ndarray]) -> None:
-        size = sum(piece.nbytes for piece in pieces)
-        if size > self.max_bytes:
-            return
-        key = self._key(request)
-        if key in self._entries:
-            self._bytes -= sum(piece.nbytes for piece in self._entries.pop(key))
-        self._entries[key] = pieces
-        self._bytes += size
-        while self._bytes > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= sum(piece.nbytes for piece in evicted)
+def _memory_key(request: SynthesisRequest) -> tuple[Any, ...]:
+    # Volume and output sample rate are applied after the cache, so they are not part of it.
+    return (request.voice, request.delivery, tuple(request.parts))
 
 
 def _read_info(name: str, config_path: Path) -> VoiceInfo:
@@ -477,6 +544,7 @@ def _read_info(name: str, config_path: Path) -> VoiceInfo:
         sample_rate=int(config["audio"]["sample_rate"]),
         speakers=sorted(speaker_ids, key=speaker_ids.__getitem__),
         quality=config["audio"].get("quality"),
+        speaker_ids=dict(speaker_ids),
     )
 
 

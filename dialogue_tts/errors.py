@@ -15,6 +15,7 @@ __all__ = [
     "FRAME_TOO_LARGE",
     "HELLO_REQUIRED",
     "INTERNAL_ERROR",
+    "INVALID_CAST",
     "INVALID_FIELD",
     "INVALID_FRAME",
     "INVALID_MESSAGE",
@@ -26,7 +27,9 @@ __all__ = [
     "TEXT_TOO_LONG",
     "TIMEOUT",
     "TOO_MANY_SPEAKERS",
+    "UNAUTHORIZED",
     "UNKNOWN_LINE",
+    "UNKNOWN_STYLE",
     "UNKNOWN_TYPE",
     "UNKNOWN_VOICE",
     "UNSUPPORTED_PROTOCOL",
@@ -53,6 +56,9 @@ QUEUE_FULL: Final = "queue_full"
 TOO_MANY_SPEAKERS: Final = "too_many_speakers"
 SERVER_BUSY: Final = "server_busy"  # too many connections; sent, then closed
 UNKNOWN_VOICE: Final = "unknown_voice"
+UNKNOWN_STYLE: Final = "unknown_style"  # the cast has no such style for that speaker
+INVALID_CAST: Final = "invalid_cast"  # the hello's cast; sent, then the server closes
+UNAUTHORIZED: Final = "unauthorized"  # wrong or missing token at hello; sent, then closed
 UNKNOWN_LINE: Final = "unknown_line"
 LINE_IN_USE: Final = "line_in_use"  # a client-chosen line id that is still queued or playing
 RESULT_TOO_LARGE: Final = "result_too_large"

@@ -30,6 +30,8 @@ __all__ = [
     "Bye",
     "Cancel",
     "Cancelled",
+    "CastReport",
+    "CastRequest",
     "Clear",
     "Cleared",
     "Error",
@@ -65,10 +67,11 @@ __all__ = [
 PROTOCOL_VERSION: typing.Final = 1
 MAX_NAME_CHARS: typing.Final = 256
 """Longest speaker name, voice name, line id string or client name."""
+SAMPLE_RATE_RANGE: typing.Final = (8000, 96000)
 
 LineId = int | str
 StreamFormat = Literal["s16le", "f32le", "wav"]
-FileFormat = Literal["wav", "ogg"]
+FileFormat = Literal["wav", "ogg", "flac"]
 Markup = Literal["plain", "renpy", "bbcode"]
 FinishStatus = Literal["done", "skipped", "cancelled", "error"]
 
@@ -151,6 +154,11 @@ class Hello(Request):
     client: str = field(metadata=_bounded())
     pace: bool = True
     """False: a line finishes as soon as its audio is sent, not when it would have played."""
+    token: str | None = field(default=None, metadata=_bounded(), repr=False)
+    """The server's shared secret, when it is started with one."""
+    cast: dict[str, Any] | str | None = None
+    """This connection's cast (a map shaped like the cast file, or its TOML text); it
+    replaces the server's cast for this connection."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,18 +166,33 @@ class TextRequest(Request):
     """A request that carries a line to synthesize: say, synthesize and prepare."""
 
     text: str
+    speaker: str | None = field(default=None, metadata=_bounded())
+    """Whose line it is: picks the speaker's cast entry (voice, rate, pitch, styles)."""
     voice: str | None = field(default=None, metadata=_bounded())
+    """Overrides the cast's voice for this line."""
+    style: str | None = field(default=None, metadata=_bounded())
+    """A named style of the cast ("angry", "whisper"...)."""
     markup: Markup = "plain"
     rate: float = 1.0
-    """Speaking-rate multiplier: 2.0 is twice as fast."""
+    """Speaking-rate multiplier: 2.0 is twice as fast (multiplies the cast's rate)."""
+    pitch: float = 1.0
+    """Pitch multiplier with the duration kept: 1.2 is higher (multiplies the cast's pitch)."""
     volume: float = 1.0
-    """Linear gain; samples are clipped, never wrapped."""
+    """Linear gain; samples are clipped, never wrapped (multiplies the cast's volume)."""
+    sample_rate: int | None = None
+    """Resample the audio to this rate (Hz); default: the voice's own rate."""
 
     def check(self) -> None:
-        if not 0.1 <= self.rate <= 10.0:
-            raise InvalidMessage(errors.INVALID_FIELD, f"{self.TYPE}.rate: must be 0.1 to 10")
-        if not 0.0 <= self.volume <= 10.0:
-            raise InvalidMessage(errors.INVALID_FIELD, f"{self.TYPE}.volume: must be 0 to 10")
+        for name, low, high in (("rate", 0.1, 10.0), ("pitch", 0.5, 2.0), ("volume", 0.0, 10.0)):
+            if not low <= getattr(self, name) <= high:
+                raise InvalidMessage(
+                    errors.INVALID_FIELD, f"{self.TYPE}.{name}: must be {low:g} to {high:g}"
+                )
+        low, high = SAMPLE_RATE_RANGE
+        if self.sample_rate is not None and not low <= self.sample_rate <= high:
+            raise InvalidMessage(
+                errors.INVALID_FIELD, f"{self.TYPE}.sample_rate: must be {low} to {high}"
+            )
         if not self.text.strip():
             raise InvalidMessage(errors.EMPTY_TEXT, f"{self.TYPE}.text: empty or only whitespace")
 
@@ -230,6 +253,13 @@ class VoicesRequest(Request):
     """Ask for the voice list."""
 
     TYPE: ClassVar[str] = "voices"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CastRequest(Request):
+    """Ask for this connection's cast."""
+
+    TYPE: ClassVar[str] = "cast"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -374,12 +404,20 @@ class VoiceList(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class CastReport(Event):
+    TYPE: ClassVar[str] = "cast"
+    id: int | str | None = None
+    cast: dict[str, Any]
+    """The cast in the shape of the cast file, plus "source" (where it came from)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class StatusReport(Event):
     TYPE: ClassVar[str] = "status"
     id: int | str | None = None
     speakers: dict[str, Any]
-    cache: dict[str, int] | None = None
-    """Prepared-line cache counters: hits, misses, entries, bytes."""
+    cache: dict[str, Any] | None = None
+    """Cache counters: {"memory": {hits, misses, entries, bytes}, "disk": {...}}."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -418,15 +456,15 @@ class Error(Event):
 REQUEST_TYPES: typing.Final[dict[str, type[Request]]] = {
     cls.TYPE: cls
     for cls in (
-        Hello, Say, Skip, Cancel, Clear, Pause, Resume, VoicesRequest, StatusRequest,
-        Synthesize, Prepare, Ping, Bye,
+        Hello, Say, Skip, Cancel, Clear, Pause, Resume, VoicesRequest, CastRequest,
+        StatusRequest, Synthesize, Prepare, Ping, Bye,
     )
 }  # fmt: skip
 EVENT_TYPES: typing.Final[dict[str, type[Event]]] = {
     cls.TYPE: cls
     for cls in (
         Welcome, Queued, Started, Audio, Finished, Skipped, Cancelled, Cleared, Paused,
-        Resumed, VoiceList, StatusReport, AudioFile, Prepared, Pong, Error,
+        Resumed, VoiceList, CastReport, StatusReport, AudioFile, Prepared, Pong, Error,
     )
 }  # fmt: skip
 

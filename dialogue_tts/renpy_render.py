@@ -24,10 +24,11 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO
+
+from .progress import ProgressBar
 
 __all__ = ["DialogueLine", "ExportError", "add_parser", "read_dialogue_tab", "render_lines"]
 
@@ -236,7 +237,7 @@ def render_lines(
         return 0
     output.mkdir(parents=True, exist_ok=True)
     manifest = _read_manifest(output)
-    bar = _ProgressBar(len(jobs), progress)
+    bar = ProgressBar(len(jobs), progress)
     try:
         failures = run_async(_render_all(catalog, jobs, output, manifest, bar))
     finally:
@@ -248,7 +249,7 @@ def render_lines(
 
 
 async def _render_all(
-    catalog: Any, jobs: list[_Job], output: Path, manifest: dict[str, str], bar: _ProgressBar
+    catalog: Any, jobs: list[_Job], output: Path, manifest: dict[str, str], bar: ProgressBar
 ) -> list[str]:
     from .engine import Engine
 
@@ -313,13 +314,14 @@ def _plan(
 
 async def _render_one(engine: Any, job: _Job) -> bytes:
     from .audio import encode_file
-    from .engine import SynthesisRequest
+    from .engine import Delivery, SynthesisRequest
     from .text import prepare
 
+    language = engine.catalog.info(job.settings.voice).language
     request = SynthesisRequest(
-        parts=prepare(job.line.text, "renpy"),
+        parts=prepare(job.line.text, "renpy", language),
         voice=job.settings.voice,
-        rate=job.settings.rate,
+        delivery=Delivery(rate=job.settings.rate),
         volume=job.settings.volume,
     )
     audio, sample_rate = await engine.render(request)
@@ -354,33 +356,3 @@ def _write_atomic(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
-
-
-class _ProgressBar:
-    """``[#####-----] 12/40 start_1d74fc79`` on one line of a terminal, else a line per 10%."""
-
-    def __init__(self, total: int, stream: TextIO | None, width: int = 30) -> None:
-        self.total = total
-        self.done = 0
-        self.stream = stream
-        self.width = width
-        self._tty = bool(stream is not None and stream.isatty())
-        self._printed = -1
-        self._write: Callable[[str], Any] = stream.write if stream is not None else len
-
-    def advance(self, label: str) -> None:
-        self.done += 1
-        if self.stream is None:
-            return
-        filled = self.width * self.done // self.total
-        bar = f"[{'#' * filled}{'-' * (self.width - filled)}] {self.done}/{self.total}"
-        if self._tty:
-            self._write(f"\r{bar} {label[:40]:40}")
-        elif self.done * 10 // self.total > self._printed or self.done == self.total:
-            self._printed = self.done * 10 // self.total
-            self._write(f"{bar}\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self._tty and self.stream is not None:
-            self._write("\n")

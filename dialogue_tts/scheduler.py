@@ -22,13 +22,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 
 from . import errors
 from .audio import DEFAULT_CHUNK_SAMPLES, encode_stream_chunk, split_samples
+from .cast import DEFAULT_CAST, Cast
 from .engine import (
     CancelToken,
     SynthesisCancelled,
@@ -38,6 +38,7 @@ from .engine import (
     VoiceInfo,
 )
 from .errors import RemoteProtocolError
+from .jobs import DEFAULT_LIMITS, Catalog, Limits, synthesis_request
 from .messages import (
     Audio,
     Cancelled,
@@ -50,13 +51,10 @@ from .messages import (
     Skipped,
     Started,
 )
-from .text import prepare
 from .workers import Priority, PriorityKey
 
 __all__ = [
-    "DEFAULT_LIMITS",
     "ConnectionQueues",
-    "Limits",
     "Line",
     "LineState",
     "Outbox",
@@ -68,19 +66,6 @@ __all__ = [
 _LOGGER = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on what one connection may ask for."""
-
-    max_text_chars: int = 5000
-    """Per line; far below what fits in a 1 MiB frame."""
-    max_queue: int = 64
-    """Lines per speaker, counting the current one."""
-    max_speakers: int = 32
-    """Speakers per connection; idle speakers are forgotten to make room."""
-
-
-DEFAULT_LIMITS: Final = Limits()
 PREFETCH_LINES: Final = 1
 """Queued lines per speaker synthesized ahead while the current one plays."""
 PREFETCH_SECONDS: Final = 15
@@ -100,19 +85,17 @@ class Outbox(Protocol):
         """Wait while the peer is behind on reading."""
 
 
-class _Catalog(Protocol):
-    default_voice: str
-
-    def info(self, name: str) -> VoiceInfo: ...
-
-
 class Synthesizer(Protocol):
     """What the queues need of the engine (``engine.Engine``, or a fake in unit tests)."""
 
-    catalog: _Catalog
+    catalog: Catalog
 
     def stream(
-        self, request: SynthesisRequest, cancel: CancelToken, priority: PriorityKey
+        self,
+        request: SynthesisRequest,
+        cancel: CancelToken,
+        priority: PriorityKey,
+        on_fallback: Callable[[str], None] | None = None,
     ) -> AsyncIterator[np.ndarray]: ...
 
 
@@ -174,6 +157,10 @@ class Line:
         self.clock: _Clock | None = None
         self.audio: _LineAudio | None = None
         self.queued_at = time.monotonic()
+        self.sample_rate = request.sample_rate or voice.sample_rate
+        """Of the audio sent: the client's requested rate, else the voice's."""
+        self.notes: list[str] = []
+        """What the finished event should tell, e.g. that the line fell back to another voice."""
 
     def priority(self) -> tuple[Priority, float]:
         """How urgent this line's next ONNX call is (read from inference threads)."""
@@ -182,7 +169,7 @@ class Line:
         clock = self.clock
         if clock is None:
             return Priority.URGENT, self.queued_at  # the player is waiting for its first audio
-        runs_dry = clock.started + self.samples_ready / self.voice.sample_rate
+        runs_dry = clock.started + self.samples_ready / self.sample_rate
         if runs_dry - time.monotonic() < URGENT_MARGIN:
             return Priority.URGENT, runs_dry
         return Priority.CURRENT, runs_dry
@@ -222,9 +209,11 @@ class _LineAudio:
 
     async def _fill(self, engine: Synthesizer) -> None:
         line = self._line
-        limit = PREFETCH_SECONDS * line.voice.sample_rate
+        limit = PREFETCH_SECONDS * line.sample_rate
         try:
-            stream = engine.stream(line.request, line.cancel_token, line.priority)
+            stream = engine.stream(
+                line.request, line.cancel_token, line.priority, on_fallback=line.notes.append
+            )
             async for piece in stream:
                 self.pieces.append(piece)
                 self._buffered += len(piece)
@@ -255,30 +244,6 @@ class _LineAudio:
 
     def cancel(self) -> None:
         self._task.cancel()
-
-
-def synthesis_request(
-    text: str,
-    markup: str,
-    voice: str,
-    rate: float,
-    volume: float,
-    limits: Limits,
-    request_id: int | str | None,
-) -> SynthesisRequest:
-    """Check a line's text against the limits and prepare it; raises RemoteProtocolError."""
-    if len(text) > limits.max_text_chars:
-        raise RemoteProtocolError(
-            errors.TEXT_TOO_LONG,
-            f"text has {len(text)} characters; the limit is {limits.max_text_chars}",
-            request_id,
-        )
-    parts = prepare(text, markup)
-    if not parts:
-        raise RemoteProtocolError(
-            errors.EMPTY_TEXT, "nothing to say once markup is removed", request_id
-        )
-    return SynthesisRequest(parts=parts, voice=voice, rate=rate, volume=volume)
 
 
 class SpeakerQueue:
@@ -430,7 +395,7 @@ class SpeakerQueue:
             line.all_sent = True
             if self._owner.pace:
                 await self._wait_played(line)
-            self.finish(line, "done")
+            self.finish(line, "done", "; ".join(line.notes) or None)
         except SynthesisCancelled:
             pass  # whoever cancelled it has finished it
         except (SynthesisError, UnknownVoice) as exc:
@@ -459,7 +424,7 @@ class SpeakerQueue:
                 line=line.id,
                 speaker=self.name,
                 voice=line.voice.name,
-                sample_rate=line.voice.sample_rate,
+                sample_rate=line.sample_rate,
                 channels=1,
                 format=line.say.format,
             )
@@ -470,7 +435,7 @@ class SpeakerQueue:
             return
         if line.clock is None:
             line.clock = _Clock()
-        data = encode_stream_chunk(samples, line.say.format, line.voice.sample_rate)
+        data = encode_stream_chunk(samples, line.say.format, line.sample_rate)
         self._owner.outbox.send(
             Audio(line=line.id, speaker=self.name, seq=line.next_seq, data=data)
         )
@@ -481,7 +446,7 @@ class SpeakerQueue:
         """Wait until the line's audio would have finished playing (paused time excluded)."""
         if line.clock is None:
             return  # nothing was sent
-        duration = line.samples_sent / line.voice.sample_rate
+        duration = line.samples_sent / line.sample_rate
         while True:
             await self._unpaused.wait()
             remaining = duration - line.clock.elapsed()
@@ -501,8 +466,10 @@ class ConnectionQueues:
         pace: bool = True,
         limits: Limits = DEFAULT_LIMITS,
         chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
+        cast: Cast = DEFAULT_CAST,
     ) -> None:
         self.engine = engine
+        self.cast = cast
         self.outbox = outbox
         self.pace = pace
         self.limits = limits
@@ -514,16 +481,7 @@ class ConnectionQueues:
 
     def say(self, say: Say) -> Queued:
         """Queue a line (interrupting first if asked); raises RemoteProtocolError."""
-        voice_name = say.voice or self.engine.catalog.default_voice
-        try:
-            voice = self.engine.catalog.info(voice_name)
-        except UnknownVoice:
-            raise RemoteProtocolError(
-                errors.UNKNOWN_VOICE, f"no voice named {voice_name!r}", say.id
-            ) from None
-        request = synthesis_request(
-            say.text, say.markup, voice.name, say.rate, say.volume, self.limits, say.id
-        )
+        request, voice = synthesis_request(say, self.cast, self.engine.catalog, self.limits)
         if say.line is not None and say.line in self._lines:
             raise RemoteProtocolError(
                 errors.LINE_IN_USE, f"line {say.line!r} is still queued or playing", say.id

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import ipaddress
 import logging
 import os
@@ -20,14 +21,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from . import __version__, errors
-from .audio import encode_file
-from .engine import Engine, SynthesisError, SynthesisRequest, UnknownVoice
+from .cast import DEFAULT_CAST, Cast, CastError
+from .engine import Engine, SynthesisError, SynthesisRequest
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from .jobs import DEFAULT_LIMITS, Limits, render_file, synthesis_request
 from .messages import (
     PROTOCOL_VERSION,
     AudioFile,
     Bye,
     Cancel,
+    CastReport,
+    CastRequest,
     Clear,
     Event,
     Hello,
@@ -59,7 +63,7 @@ from .protocol import (
     Connection,
     Role,
 )
-from .scheduler import DEFAULT_LIMITS, ConnectionQueues, Limits, synthesis_request
+from .scheduler import ConnectionQueues
 
 if TYPE_CHECKING:
     from .websocket import WebServer
@@ -134,6 +138,10 @@ class ServerConfig:
     """Also serve WebSocket and the preview page on this port (needs the ``web`` extra)."""
     web_origins: tuple[str, ...] = ()
     """Page origins allowed to open a WebSocket besides the preview page's own."""
+    cast: Cast = DEFAULT_CAST
+    """Speakers' voices and styles, unless a client sends its own cast in hello."""
+    token: str | None = field(default=None, repr=False)
+    """Shared secret every hello must carry (compared in constant time); None: no token."""
 
 
 class Server:
@@ -233,7 +241,7 @@ class ConnectionHandler:
         self._handlers: dict[type[Message], Callable[..., Awaitable[bool]]] = {
             Hello: self._hello, Say: self._say, Skip: self._skip, Cancel: self._cancel,
             Clear: self._clear, Pause: self._pause, Resume: self._resume,
-            VoicesRequest: self._voices, StatusRequest: self._status,
+            VoicesRequest: self._voices, CastRequest: self._cast, StatusRequest: self._status,
             Synthesize: self._synthesize, Prepare: self._prepare, Ping: self._ping,
             Bye: self._bye,
         }  # fmt: skip
@@ -323,9 +331,23 @@ class ConnectionHandler:
 
     async def _hello(self, hello: Hello) -> bool:
         engine = self.server.engine
+        if not token_matches(self.config.token, hello.token):
+            _LOGGER.warning("Refused a client with a missing or wrong token")
+            self.send_error(
+                RemoteProtocolError(errors.UNAUTHORIZED, "missing or wrong token", hello.id)
+            )
+            return False
+        cast = self.config.cast
+        if hello.cast is not None:
+            try:
+                cast = _client_cast(hello.cast, set(engine.catalog.names()))
+            except CastError as exc:
+                self.send_error(RemoteProtocolError(errors.INVALID_CAST, str(exc), hello.id))
+                return False
         self.queues = ConnectionQueues(
-            engine, self, pace=hello.pace and self.config.pace, limits=self.config.limits
-        )
+            engine, self, pace=hello.pace and self.config.pace, limits=self.config.limits,
+            cast=cast,
+        )  # fmt: skip
         self.send(
             Welcome(
                 id=hello.id,
@@ -375,8 +397,12 @@ class ConnectionHandler:
         self.send(VoiceList(id=request.id, voices=[info.to_dict() for info in infos]))
         return True
 
+    async def _cast(self, request: CastRequest) -> bool:
+        self.send(CastReport(id=request.id, cast=self._queues.cast.to_dict()))
+        return True
+
     async def _status(self, request: StatusRequest) -> bool:
-        cache = self.server.engine.cache.counters()
+        cache = self.server.engine.cache_counters()
         self.send(StatusReport(id=request.id, speakers=self._queues.status(), cache=cache))
         return True
 
@@ -396,18 +422,10 @@ class ConnectionHandler:
                 f"{self.config.max_file_requests} synthesize/prepare requests are already running",
                 request.id,
             )
-        catalog = self.server.engine.catalog
-        voice = request.voice or catalog.default_voice
-        try:
-            catalog.info(voice)
-        except UnknownVoice:
-            raise RemoteProtocolError(
-                errors.UNKNOWN_VOICE, f"no voice named {voice!r}", request.id
-            ) from None
-        return synthesis_request(
-            request.text, request.markup, voice, request.rate, request.volume,
-            self.config.limits, request.id,
-        )  # fmt: skip
+        job, _ = synthesis_request(
+            request, self._queues.cast, self.server.engine.catalog, self.config.limits
+        )
+        return job
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
@@ -424,12 +442,11 @@ class ConnectionHandler:
 
     async def _render_file(self, request: Synthesize, synthesis: SynthesisRequest) -> None:
         try:
-            audio, sample_rate = await self.server.engine.render(synthesis)
-            data = await asyncio.to_thread(encode_file, audio, request.format, sample_rate)
+            rendered = await render_file(self.server.engine, synthesis, request.format)
         except SynthesisError as exc:
             self.send_error(RemoteProtocolError(errors.SYNTHESIS_FAILED, str(exc), request.id))
             return
-        if len(data) > MAX_EVENT_FRAME - 1024:
+        if len(rendered.data) > MAX_EVENT_FRAME - 1024:
             self.send_error(
                 RemoteProtocolError(
                     errors.RESULT_TOO_LARGE,
@@ -442,9 +459,9 @@ class ConnectionHandler:
             AudioFile(
                 id=request.id,
                 format=request.format,
-                data=data,
-                duration=len(audio) / sample_rate,
-                sample_rate=sample_rate,
+                data=rendered.data,
+                duration=rendered.duration,
+                sample_rate=rendered.sample_rate,
             )
         )
 
@@ -455,6 +472,21 @@ class ConnectionHandler:
     async def _bye(self, bye: Bye) -> bool:
         self._queues.finish_all()
         return False
+
+
+def token_matches(expected: str | None, given: str | None) -> bool:
+    """True when no token is configured, or ``given`` is it (constant-time compare)."""
+    if expected is None:
+        return True
+    if given is None:
+        return False
+    return hmac.compare_digest(expected.encode(), given.encode())
+
+
+def _client_cast(data: dict[str, Any] | str, voices: set[str]) -> Cast:
+    cast = Cast.from_toml(data, "hello") if isinstance(data, str) else Cast.from_dict(data, "hello")
+    cast.check_voices(voices)
+    return cast
 
 
 def is_loopback(host: str) -> bool:

@@ -85,6 +85,16 @@ class ServerThread:
         future: Any = asyncio.run_coroutine_threadsafe(_call(function), self.loop)
         return future.result(30)
 
+    async def wait_for_connections(self, at_most: int, timeout: float = 10.0) -> None:
+        """Wait until the server holds at most ``at_most`` connections.
+
+        A client's close reaches the server a little later; tests that count connections
+        against ``max_connections`` wait here instead of racing the previous test's teardown.
+        """
+        async with asyncio.timeout(timeout):
+            while self.call(lambda: len(self.server.handlers)) > at_most:
+                await asyncio.sleep(0.02)
+
     def stop(self) -> None:
         if self.server is not None:
             asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(30)
@@ -162,7 +172,11 @@ class FakeEngine:
     catalog: FakeCatalog = field(default_factory=FakeCatalog)
 
     async def stream(
-        self, request: SynthesisRequest, cancel: CancelToken, priority: Any = None
+        self,
+        request: SynthesisRequest,
+        cancel: CancelToken,
+        priority: Any = None,
+        on_fallback: Any = None,
     ) -> AsyncIterator[np.ndarray]:
         from dialogue_tts.engine import SynthesisError
 

@@ -15,6 +15,7 @@ import pytest
 from dialogue_tts.engine import (
     DEFAULT_VOICE_NAME,
     CancelToken,
+    Delivery,
     Engine,
     SynthesisCancelled,
     SynthesisError,
@@ -113,7 +114,7 @@ async def test_rate_is_calibrated_and_volume_is_linear(engine: Engine) -> None:
     text = ["I didn't think it polite to listen, sir."]
     normal = [len((await engine.render(SynthesisRequest(text, DEFAULT_VOICE_NAME)))[0])
               for _ in range(3)]  # fmt: skip
-    slow = [len((await engine.render(SynthesisRequest(text, DEFAULT_VOICE_NAME, rate=0.5)))[0])
+    slow = [len((await engine.render(SynthesisRequest(text, DEFAULT_VOICE_NAME, Delivery(rate=0.5))))[0])
             for _ in range(3)]  # fmt: skip
     assert 1.7 < np.mean(slow) / np.mean(normal) < 2.3
 
@@ -130,13 +131,14 @@ async def test_clause_pieces_sound_like_whole_sentences(engine: Engine) -> None:
     lines = [json.loads(line)["text"] for line in (CORPUS / "dialogue-lines.jsonl").open()]
     total_whole = total_pieces = 0
     worst_join = 0.0
+    steady = Delivery(noise_w=0.0)  # no random phoneme lengths: the comparison is exact
     for text in lines:
-        whole = sum(len(voice.infer(ids)) for ids in voice.phoneme_ids(text))
-        pieces = [fade_edges(voice.infer(ids)) for ids in voice.pieces(text)]
+        whole = sum(len(voice.infer(ids, steady)) for ids in voice.phoneme_ids(text))
+        pieces = [fade_edges(voice.infer(ids, steady)) for ids in voice.pieces(text)]
         joined = np.concatenate(pieces)
         total_whole += whole
         total_pieces += len(joined)
-        assert 0.85 < len(joined) / whole < 1.15, text  # noise_w makes lengths vary
+        assert 0.85 < len(joined) / whole < 1.15, text
         for left, right in itertools.pairwise(pieces):
             worst_join = max(worst_join, abs(float(right[0]) - float(left[-1])))
     assert 0.95 < total_pieces / total_whole < 1.05

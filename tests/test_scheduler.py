@@ -256,9 +256,9 @@ class RecordingEngine(FakeEngine):
         super().__init__(delay=delay)
         self.started: list[str] = []
 
-    def stream(self, request: Any, cancel: Any, priority: Any = None) -> Any:
+    def stream(self, request: Any, cancel: Any, priority: Any = None, **options: Any) -> Any:
         self.started.append(str(request.parts[0]))
-        return super().stream(request, cancel, priority)
+        return super().stream(request, cancel, priority, **options)
 
 
 async def test_next_line_is_synthesized_while_the_current_one_plays() -> None:

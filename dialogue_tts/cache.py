@@ -1,0 +1,308 @@
+"""Caches of rendered lines: prepared lines in memory, and every line on disk.
+
+The disk cache is content-addressed: an entry's name is the SHA-256 of the voice files'
+digest, every synthesis setting and the line's normalized text, so a changed voice file or
+setting can never serve stale audio. Writers create a temporary file in the cache folder,
+fsync it and rename it into place; a rename is atomic, so a reader (in this process or
+another server sharing the folder) sees a whole entry or none, even when a writer is killed
+mid-write. Each entry also records its length and CRC-32, and one that does not check out is
+deleted instead of served. Size is bounded by evicting the least recently used entries
+(a hit touches the entry's mtime).
+
+The disk cache never fails a line: a folder that is read-only, full or gone only turns
+writes off for a while, with one warning in the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import struct
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from .text import Part, Pause
+
+__all__ = [
+    "DEFAULT_DISK_CACHE_BYTES",
+    "DiskCache",
+    "PreparedLines",
+    "default_cache_dir",
+    "file_digest",
+    "line_key",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+DEFAULT_DISK_CACHE_BYTES: Final = 512 * 1024 * 1024
+"""About 100 minutes of 22.05 kHz speech (entries are float32)."""
+CACHE_DIR_ENV: Final = "DIALOGUE_TTS_CACHE"
+_MAGIC: Final = b"DTTS-LINE-1\n"
+_HEADER: Final = struct.Struct("<I")
+_KEY_VERSION: Final = 1
+"""Bump when synthesis changes in a way that makes old entries wrong."""
+_STALE_TEMP_SECONDS: Final = 3600.0
+"""A temporary file this old belongs to a writer that died; younger ones may be in use."""
+_RETRY_WRITES_AFTER: Final = 60.0
+_EVICT_TO: Final = 0.9
+"""Eviction goes down to this share of the limit, so it does not run for every write."""
+
+
+def default_cache_dir() -> Path:
+    """$DIALOGUE_TTS_CACHE, else the platform's user cache folder."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV])
+    if os.name == "nt":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    elif os.uname().sysname == "Darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "dialogue-tts"
+
+
+def file_digest(*paths: Path) -> str:
+    """SHA-256 of the files' contents, in order (a voice's .onnx and .onnx.json)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as file:
+            digest.update(hashlib.file_digest(file, "sha256").digest())
+    return digest.hexdigest()
+
+
+def line_key(voice_digest: str, settings: dict[str, Any], parts: list[Part]) -> str:
+    """The content address of a rendered line."""
+    spoken = [["pause", part.seconds] if isinstance(part, Pause) else str(part) for part in parts]
+    material = json.dumps(
+        [_KEY_VERSION, voice_digest, settings, spoken], sort_keys=True, ensure_ascii=False
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+class DiskCache:
+    """Rendered lines as files under ``folder``, at most ``max_bytes`` in all.
+
+    Blocking: call ``get`` and ``put`` from worker threads. Thread-safe.
+    """
+
+    def __init__(self, folder: Path, max_bytes: int = DEFAULT_DISK_CACHE_BYTES) -> None:
+        self.folder = folder
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+        self.writes = 0
+        self.write_errors = 0
+        self._lock = threading.Lock()
+        self._sizes: dict[str, int] = {}
+        self._bytes = 0
+        self._writes_off_until = 0.0
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._scan()
+        except OSError as exc:
+            self._writes_failed(exc)
+
+    # --- reading ------------------------------------------------------------------------
+
+    def get(self, key: str) -> list[np.ndarray] | None:
+        """The entry's pieces, or None (missing, or damaged and now deleted)."""
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            with self._lock:
+                self.misses += 1
+            return None
+        pieces = _decode(data)
+        with self._lock:
+            if pieces is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+        if pieces is None:
+            _LOGGER.warning("Deleting damaged cache entry %s", path)
+            self._remove(key)
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # most recently used
+        return pieces
+
+    # --- writing ------------------------------------------------------------------------
+
+    def put(self, key: str, pieces: list[np.ndarray]) -> None:
+        """Store an entry atomically; failures are logged, never raised."""
+        data = _encode(pieces)
+        if len(data) > self.max_bytes or time.monotonic() < self._writes_off_until:
+            return
+        path = self._path(key)
+        temp = path.parent / f".tmp-{os.getpid()}-{threading.get_ident()}-{key[:16]}"
+        try:
+            path.parent.mkdir(exist_ok=True)
+            with open(temp, "wb") as file:
+                _write_all(file, data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            self._writes_failed(exc)
+            return
+        with self._lock:
+            self.writes += 1
+            self._bytes += len(data) - self._sizes.get(key, 0)
+            self._sizes[key] = len(data)
+            over = self._bytes > self.max_bytes
+        if over:
+            self._evict()
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "hits": self.hits, "misses": self.misses, "entries": len(self._sizes),
+                "bytes": self._bytes, "writes": self.writes, "write_errors": self.write_errors,
+            }  # fmt: skip
+
+    # --- housekeeping -------------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        return self.folder / key[:2] / key
+
+    def _entries(self) -> list[tuple[float, int, str]]:
+        """(mtime, size, key) of every entry on disk; removes temp files of dead writers."""
+        found = []
+        now = time.time()
+        for sub in self.folder.iterdir():
+            if not sub.is_dir() or len(sub.name) != 2:
+                continue
+            for entry in os.scandir(sub):
+                try:
+                    info = entry.stat()
+                except OSError:
+                    continue  # removed meanwhile by another process
+                if entry.name.startswith(".tmp-"):
+                    if now - info.st_mtime > _STALE_TEMP_SECONDS:
+                        with contextlib.suppress(OSError):
+                            os.unlink(entry.path)
+                    continue
+                found.append((info.st_mtime, info.st_size, entry.name))
+        return found
+
+    def _scan(self) -> None:
+        entries = self._entries()
+        with self._lock:
+            self._sizes = {key: size for _, size, key in entries}
+            self._bytes = sum(self._sizes.values())
+
+    def _evict(self) -> None:
+        """Delete least recently used entries, looking at the folder itself, since other
+        processes may share it."""
+        try:
+            entries = sorted(self._entries())
+        except OSError as exc:
+            _LOGGER.warning("Cannot list the cache folder %s: %s", self.folder, exc)
+            return
+        total = sum(size for _, size, _ in entries)
+        target = self.max_bytes * _EVICT_TO
+        for _, size, key in entries:
+            if total <= target:
+                break
+            self._remove(key)
+            total -= size
+        self._scan()
+
+    def _remove(self, key: str) -> None:
+        with contextlib.suppress(OSError):
+            self._path(key).unlink()
+        with self._lock:
+            self._bytes -= self._sizes.pop(key, 0)
+
+    def _writes_failed(self, exc: OSError) -> None:
+        with self._lock:
+            self.write_errors += 1
+            first = self.write_errors == 1
+        self._writes_off_until = time.monotonic() + _RETRY_WRITES_AFTER
+        log = _LOGGER.warning if first else _LOGGER.debug
+        log("Cache folder %s is not writable (%s); lines are not cached for a while",
+            self.folder, exc)  # fmt: skip
+
+
+class PreparedLines:
+    """Raw audio pieces of prepared lines, least recently used dropped past ``max_bytes``."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+        self._bytes = 0
+        self._entries: OrderedDict[Any, list[np.ndarray]] = OrderedDict()
+
+    def get(self, key: Any) -> list[np.ndarray] | None:
+        pieces = self._entries.get(key)
+        if pieces is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return pieces
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "hits": self.hits, "misses": self.misses, "entries": len(self._entries),
+            "bytes": self._bytes,
+        }  # fmt: skip
+
+    def put(self, key: Any, pieces: list[np.ndarray]) -> None:
+        size = sum(piece.nbytes for piece in pieces)
+        if size > self.max_bytes:
+            return
+        if key in self._entries:
+            self._bytes -= sum(piece.nbytes for piece in self._entries.pop(key))
+        self._entries[key] = pieces
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= sum(piece.nbytes for piece in evicted)
+
+
+def _encode(pieces: list[np.ndarray]) -> bytes:
+    samples = b"".join(piece.astype("<f4", copy=False).tobytes() for piece in pieces)
+    header = json.dumps(
+        {"pieces": [len(piece) for piece in pieces], "crc32": zlib.crc32(samples)}
+    ).encode()
+    return _MAGIC + _HEADER.pack(len(header)) + header + samples
+
+
+def _decode(data: bytes) -> list[np.ndarray] | None:
+    """The pieces of an entry, or None if it is not a whole, intact entry."""
+    start = len(_MAGIC) + _HEADER.size
+    if not data.startswith(_MAGIC) or len(data) < start:
+        return None
+    (header_size,) = _HEADER.unpack_from(data, len(_MAGIC))
+    try:
+        header = json.loads(data[start : start + header_size])
+        lengths = [int(n) for n in header["pieces"]]
+        crc = int(header["crc32"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    samples = data[start + header_size :]
+    if len(samples) != 4 * sum(lengths) or zlib.crc32(samples) != crc:
+        return None
+    audio = np.frombuffer(samples, dtype="<f4").astype(np.float32)
+    return np.split(audio, np.cumsum(lengths)[:-1]) if lengths else []
+
+
+def _write_all(file: Any, data: bytes) -> None:
+    """Write in slices, so a test can stop a writer between two of them."""
+    view = memoryview(data)
+    for offset in range(0, len(view), 1 << 16):
+        file.write(view[offset : offset + (1 << 16)])

@@ -1,0 +1,123 @@
+"""From a request to a synthesis job: the cast, the limits and the text, in one place.
+
+Every way of saying a line (a queued say, a synthesize or prepare request, the CLI's say,
+renpy-render and preview) goes through ``synthesis_request``, so that a line prepared one way
+hits the cache when it is said another way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from . import errors
+from .audio import encode_file
+from .cast import Cast, UnknownStyle
+from .engine import Engine, SynthesisRequest, UnknownVoice, VoiceInfo
+from .errors import RemoteProtocolError
+from .messages import LineId, TextRequest
+from .text import prepare
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Catalog",
+    "Limits",
+    "RenderedFile",
+    "render_file",
+    "synthesis_request",
+]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one connection may ask for."""
+
+    max_text_chars: int = 5000
+    """Per line; far below what fits in a 1 MiB frame."""
+    max_queue: int = 64
+    """Lines per speaker, counting the current one."""
+    max_speakers: int = 32
+    """Speakers per connection; idle speakers are forgotten to make room."""
+
+
+DEFAULT_LIMITS: Final = Limits()
+
+
+class Catalog(Protocol):
+    default_voice: str
+
+    def info(self, name: str) -> VoiceInfo: ...
+
+
+def synthesis_request(
+    request: TextRequest, cast: Cast, catalog: Catalog, limits: Limits
+) -> tuple[SynthesisRequest, VoiceInfo]:
+    """Resolve a say, synthesize or prepare through the cast, check it against the limits
+    and prepare its text; returns the job and its voice. Raises RemoteProtocolError."""
+    text, request_id = request.text, request.id
+    if len(text) > limits.max_text_chars:
+        raise RemoteProtocolError(
+            errors.TEXT_TOO_LONG,
+            f"text has {len(text)} characters; the limit is {limits.max_text_chars}",
+            request_id,
+        )
+    try:
+        casting = cast.resolve(
+            request.speaker, request.style, voice=request.voice,
+            rate=request.rate, pitch=request.pitch, volume=request.volume,
+        )  # fmt: skip
+    except UnknownStyle as exc:
+        raise RemoteProtocolError(errors.UNKNOWN_STYLE, str(exc), request_id) from None
+    voice_name = casting.voice or catalog.default_voice
+    try:
+        voice = catalog.info(voice_name)
+    except UnknownVoice:
+        raise RemoteProtocolError(
+            errors.UNKNOWN_VOICE, f"no voice named {voice_name!r}", request_id
+        ) from None
+    delivery = casting.delivery
+    if casting.speaker is not None:
+        speaker_id = _speaker_id(voice, casting.speaker, request_id)
+        delivery = dataclasses.replace(delivery, speaker_id=speaker_id)
+    parts = prepare(text, request.markup, voice.language)
+    if not parts:
+        raise RemoteProtocolError(
+            errors.EMPTY_TEXT, "nothing to say once markup is removed", request_id
+        )
+    fallback = casting.fallback and voice.name != catalog.default_voice
+    job = SynthesisRequest(
+        parts=parts, voice=voice.name, delivery=delivery, volume=casting.volume,
+        fallback_voice=catalog.default_voice if fallback else None,
+        sample_rate=request.sample_rate,
+    )  # fmt: skip
+    return job, voice
+
+
+def _speaker_id(voice: VoiceInfo, speaker: str | int, request_id: LineId | None) -> int:
+    """The id of a multi-speaker voice's speaker, named or numbered in the cast."""
+    if isinstance(speaker, int) and 0 <= speaker < max(len(voice.speakers), 1):
+        return speaker
+    if isinstance(speaker, str) and speaker in voice.speaker_ids:
+        return voice.speaker_ids[speaker]
+    raise RemoteProtocolError(
+        errors.INVALID_CAST,
+        f"voice {voice.name!r} has no speaker {speaker!r} (it has {len(voice.speakers)})",
+        request_id,
+    )
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    data: bytes
+    duration: float
+    """Seconds."""
+    sample_rate: int
+
+
+async def render_file(engine: Engine, job: SynthesisRequest, file_format: str) -> RenderedFile:
+    """A whole line as one encoded file (wav, ogg or flac), at background priority."""
+    audio, sample_rate = await engine.render(job)
+    data = await asyncio.to_thread(encode_file, audio, file_format, sample_rate)
+    return RenderedFile(data, len(audio) / sample_rate, sample_rate)
