@@ -254,7 +254,7 @@ async def _serve_async(args: argparse.Namespace) -> None:
     if config.token is not None:
         print("clients must send the token (from --token-file or $DIALOGUE_TTS_TOKEN)")
     if server.web is not None:
-        print(f"preview page: {server.web.url}", flush=True)
+        print(f"preview page: {server.web.page_url(config.token)}", flush=True)
     serving = asyncio.create_task(server.serve_forever())
     try:
         await stop.wait()
@@ -334,6 +334,7 @@ async def _render_in_process(args: argparse.Namespace, request: Any) -> tuple[by
         except RemoteProtocolError as exc:
             raise ValueError(exc.message) from None
         rendered = await render_file(engine, job, request.format)
+        await engine.finish_cache_writes()
     finally:
         engine.close()
     return rendered.data, rendered.duration, "in-process"

@@ -63,6 +63,8 @@ DEFAULT_CACHE_BYTES: Final = 64 * 1024 * 1024
 _MAX_PENDING_WRITES: Final = 8
 """Disk-cache writes in flight; past this a line is simply not cached."""
 _MIN_LENGTH_SCALE: Final = 0.1
+_CALIBRATION_FACTORS: Final = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+"""length_scale factors at which warm-up measures a voice's durations."""
 _TARGET_PEAK: Final = 0.9
 """Each voice gets one gain, measured at warm-up, that brings typical speech to this peak.
 Piper instead rescales every sentence to full scale, which makes loudness jump between
@@ -187,7 +189,9 @@ class Voice:
         self.digest: str | None = None
         """SHA-256 of the voice's files, when a disk cache needs it."""
         self.fixed_duration = 0.0
-        """Share of a line's duration that length_scale does not scale (see ``length_scale``)."""
+        """Share of a line's duration that length_scale does not scale (see ``warm_up``)."""
+        self._duration_curve = list(_CALIBRATION_FACTORS)
+        """Relative duration at each of ``_CALIBRATION_FACTORS`` (measured in warm_up)."""
 
     @classmethod
     def load(cls, files: _VoiceFiles, intra_op_threads: int) -> Voice:
@@ -217,22 +221,38 @@ class Voice:
     def warm_up(self) -> None:
         """Run a sentence, so the first real line pays no start-up cost, and calibrate.
 
-        Sets ``gain`` from the peak level, and ``fixed_duration`` from the length at half
-        the length_scale: durations are rounded up per phoneme id, so d(ls) = a + (1 - a) * ls
-        rather than d = ls (a is about 0.25 for the joe voice).
+        Sets ``gain`` from the peak level, and the duration curve: durations are rounded up
+        per phoneme id, so a line's length is not proportional to length_scale (at half
+        the length_scale the joe voice is 0.61 times as long, at twice it 1.70 times).
+        The curve, measured on the warm-up text with no random phoneme lengths, is
+        inverted to find the length_scale for a wanted duration (rate and pitch).
         """
         ids = self.phoneme_ids(_WARMUP_TEXT)
         audio = np.concatenate([self._infer_scaled(run, 1.0) for run in ids])
-        normal = len(audio) + sum(len(self._infer_scaled(run, 1.0)) for run in ids)
-        halved = sum(len(self._infer_scaled(run, 0.5)) for run in ids + ids)
-        self.fixed_duration = min(max(2 * halved / normal - 1, 0.0), 0.8)
+        steady = Delivery(noise_w=0.0)
+        lengths = [
+            sum(len(self._infer_scaled(run, factor, steady)) for run in ids)
+            for factor in _CALIBRATION_FACTORS
+        ]
+        normal = lengths[_CALIBRATION_FACTORS.index(1.0)]
+        self._duration_curve = [length / normal for length in lengths]
+        self.fixed_duration = min(max(2 * self._duration_curve[0] - 1, 0.0), 0.8)
         peak = float(np.max(np.abs(audio))) if audio.size else 0.0
         self.gain = round(min(max(_TARGET_PEAK / peak, 1.0), 4.0), 2) if peak > 1e-4 else 1.0
 
     def length_scale(self, rate: float) -> float:
         """The length_scale factor that makes speech ``rate`` times as fast."""
-        fixed = self.fixed_duration
-        return max((1.0 / rate - fixed) / (1.0 - fixed), _MIN_LENGTH_SCALE)
+        wanted = 1.0 / rate
+        curve, factors = self._duration_curve, _CALIBRATION_FACTORS
+        if curve[0] <= wanted <= curve[-1]:
+            return float(np.interp(wanted, curve, factors))
+        # Beyond the measured ends, the curve goes on as a line through its last two points.
+        (x0, y0), (x1, y1) = (
+            ((curve[0], factors[0]), (curve[1], factors[1]))
+            if (wanted < curve[0])
+            else ((curve[-2], factors[-2]), (curve[-1], factors[-1]))
+        )
+        return max(y0 + (wanted - x0) * (y1 - y0) / (x1 - x0), _MIN_LENGTH_SCALE)
 
     def pieces(self, text: str, first: bool = True) -> list[list[int]]:
         """Phoneme ids for each piece of ``text`` (clauses; see ``pieces.split_sentence``)."""
@@ -523,6 +543,11 @@ class Engine:
             for ids in pieces[1:]:
                 infer = functools.partial(voice.infer, ids, request.delivery, cancel)
                 yield fade_edges(await self._pool.run(infer, priority))
+
+    async def finish_cache_writes(self) -> None:
+        """Wait for disk-cache writes in flight (before a batch command exits)."""
+        if self._disk_writes:
+            await asyncio.wait(set(self._disk_writes))
 
     def close(self) -> None:
         self._pool.close()

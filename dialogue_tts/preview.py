@@ -14,6 +14,9 @@ The output folder gets the whole scene as one file with natural gaps between lin
 line's start and end in the scene (``scene.srt`` or ``scene.vtt``). Lines are rendered
 in-process on every synthesis thread at once, through the cast and the disk cache, so a
 second preview of an edited scene renders only the lines that changed.
+
+The server's ``synthesize_scene`` request (the preview page's scene download) renders a scene
+with the same two functions as this command: ``scene_jobs`` then ``render_scene``.
 """
 
 from __future__ import annotations
@@ -26,19 +29,41 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import numpy as np
 
+from .errors import RemoteProtocolError
+from .messages import MAX_SCENE_PAUSE, InvalidMessage, SceneLine, Synthesize
 from .progress import ProgressBar
 
-__all__ = ["Cue", "ScriptError", "ScriptLine", "add_parser", "read_script", "subtitles"]
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from .cast import Cast
+    from .engine import Engine, SynthesisRequest
+    from .jobs import Catalog, Limits
+
+__all__ = [
+    "Cue",
+    "Scene",
+    "SceneLineError",
+    "SceneRenderError",
+    "ScriptError",
+    "ScriptLine",
+    "add_parser",
+    "mix",
+    "read_script",
+    "render_scene",
+    "scene_jobs",
+    "subtitles",
+]
 
 SPEAKER_CHANGE_GAP: Final = 0.45
 """Seconds between two speakers' lines: a turn in a conversation."""
 SAME_SPEAKER_GAP: Final = 0.25
 """Seconds between two lines of one speaker: a breath."""
-MAX_SCRIPT_PAUSE: Final = 30.0
+MAX_SCRIPT_PAUSE: Final = MAX_SCENE_PAUSE
 _LINE = re.compile(
     r"^(?P<speaker>[^:()#][^:()]{0,63}?)\s*(?:\((?P<style>[\w -]+)\))?\s*:\s*(?P<text>.*)$"
 )
@@ -47,6 +72,26 @@ _PAUSE = re.compile(r"^\(\s*pause\s+(?P<seconds>\d+(?:\.\d+)?)\s*s?\s*\)$", re.I
 
 class ScriptError(ValueError):
     """A script that cannot be read; the message names the file and line."""
+
+
+class SceneLineError(ValueError):
+    """A line of a scene that cannot be said as written (found before anything is rendered).
+
+    ``index`` is the line's place in the scene (from 0), ``code`` a wire error code
+    (``unknown_style``, ``unknown_voice``, ``text_too_long``...)."""
+
+    def __init__(self, index: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+        self.code = code
+
+
+class SceneRenderError(RuntimeError):
+    """Lines whose synthesis failed, as ``(index, why)``; every other line was rendered."""
+
+    def __init__(self, failures: list[tuple[int, str]]) -> None:
+        super().__init__("; ".join(f"line {index}: {why}" for index, why in failures))
+        self.failures = failures
 
 
 @dataclass(frozen=True)
@@ -58,6 +103,19 @@ class ScriptLine:
     """Extra silence asked for by a ``(pause N)`` line before this one."""
     where: str = ""
     """"scene.txt:12", for messages."""
+    voice: str | None = None
+    """Overrides the cast's voice; rate, pitch and volume multiply the cast's (as in a say)."""
+    rate: float = 1.0
+    pitch: float = 1.0
+    volume: float = 1.0
+
+    @classmethod
+    def from_scene_line(cls, line: SceneLine) -> ScriptLine:
+        """A line of a ``synthesize_scene`` request."""
+        return cls(
+            line.speaker, line.text, line.style, line.pause, voice=line.voice,
+            rate=line.rate, pitch=line.pitch, volume=line.volume,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -66,6 +124,20 @@ class Cue:
     end: float
     speaker: str
     text: str
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A rendered scene: the mixed track, each line's audio, and each line's place in it."""
+
+    audio: np.ndarray
+    lines: list[np.ndarray]
+    cues: list[Cue]
+    sample_rate: int
+
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / self.sample_rate
 
 
 def add_parser(commands: Any) -> None:
@@ -235,81 +307,125 @@ async def _preview(
     from .cli import build_engine, load_cast_option
 
     engine = build_engine(args)
+    failures: list[tuple[int, str]] = []
     try:
         cast = load_cast_option(args, set(engine.catalog.names()))
         sample_rate = (
             args.sample_rate or engine.catalog.info(engine.catalog.default_voice).sample_rate
         )
-        jobs = [_job(line, args.markup, sample_rate, cast, engine) for line in lines]
-        bar = ProgressBar(len(jobs), progress)
         try:
-            audio = await _render_all(engine, jobs, lines, bar)
+            jobs = scene_jobs(lines, cast, engine.catalog, markup=args.markup,
+                              sample_rate=sample_rate)  # fmt: skip
+        except SceneLineError as exc:
+            raise ScriptError(f"{lines[exc.index].where}: {exc}") from None
+        bar = ProgressBar(len(jobs), progress)
+
+        def advance(index: int) -> None:
+            bar.advance(f"{lines[index].speaker}: {lines[index].text}")
+
+        try:
+            scene = await render_scene(engine, lines, jobs, sample_rate, gap=args.gap,
+                                       on_line=advance)  # fmt: skip
+        except SceneRenderError as exc:
+            failures = exc.failures
         finally:
             bar.close()
+        await engine.finish_cache_writes()
     finally:
         engine.close()
-    failures = [f"{line.where}: {result}" for line, result in zip(lines, audio, strict=True)
-                if isinstance(result, str)]  # fmt: skip
-    for failure in failures:
-        print(f"error: {failure}", file=sys.stderr)
+    for index, why in failures:
+        print(f"error: {lines[index].where}: {why}", file=sys.stderr)
     if failures:
         return 1
-    rendered: list[np.ndarray] = [a for a in audio if isinstance(a, np.ndarray)]
-    scene, cues = mix(lines, rendered, sample_rate, args.gap)
     (output / "lines").mkdir(parents=True, exist_ok=True)
-    for number, (line, samples) in enumerate(zip(lines, rendered, strict=True), start=1):
+    for number, (line, samples) in enumerate(zip(lines, scene.lines, strict=True), start=1):
         path = output / "lines" / f"{number:03d}-{_file_name(line.speaker)}.{args.format}"
         path.write_bytes(encode_file(samples, args.format, sample_rate))
     scene_path = output / f"scene.{args.format}"
-    scene_path.write_bytes(encode_file(scene, args.format, sample_rate))
+    scene_path.write_bytes(encode_file(scene.audio, args.format, sample_rate))
     subtitles_path = output / f"scene.{args.subtitles}"
-    subtitles_path.write_text(subtitles(cues, args.subtitles), encoding="utf-8")
+    subtitles_path.write_text(subtitles(scene.cues, args.subtitles), encoding="utf-8")
     print(
-        f"wrote {scene_path} ({len(scene) / sample_rate:.1f} s, {len(lines)} lines), "
+        f"wrote {scene_path} ({scene.duration:.1f} s, {len(lines)} lines), "
         f"{output / 'lines'}/ and {subtitles_path}",
         file=progress or sys.stdout,
     )
     return 0
 
 
-def _job(line: ScriptLine, markup: str, sample_rate: int, cast: Any, engine: Any) -> Any:
-    from .errors import RemoteProtocolError
+def scene_jobs(
+    lines: Sequence[ScriptLine],
+    cast: Cast,
+    catalog: Catalog,
+    *,
+    markup: str = "plain",
+    sample_rate: int,
+    limits: Limits | None = None,
+) -> list[SynthesisRequest]:
+    """Each line's synthesis job, through the cast, at one sample rate (the lines' voices may
+    differ). Raises SceneLineError for the first line that cannot be said."""
     from .jobs import DEFAULT_LIMITS, synthesis_request
-    from .messages import InvalidMessage, Synthesize
 
-    try:
-        request = Synthesize(
-            text=line.text, speaker=line.speaker, style=line.style, markup=markup,  # type: ignore[arg-type]
-            sample_rate=sample_rate,
-        )  # fmt: skip
-        request.check()
-        job, _ = synthesis_request(request, cast, engine.catalog, DEFAULT_LIMITS)
-    except (InvalidMessage, RemoteProtocolError) as exc:
-        raise ScriptError(f"{line.where}: {exc}") from None
-    return job
+    jobs = []
+    for index, line in enumerate(lines):
+        try:
+            request = Synthesize(
+                text=line.text, speaker=line.speaker, style=line.style, voice=line.voice,
+                rate=line.rate, pitch=line.pitch, volume=line.volume,
+                markup=markup, sample_rate=sample_rate,  # type: ignore[arg-type]
+            )  # fmt: skip
+            request.check()
+            job, _ = synthesis_request(request, cast, catalog, limits or DEFAULT_LIMITS)
+        except InvalidMessage as exc:
+            raise SceneLineError(index, exc.code, str(exc)) from None
+        except RemoteProtocolError as exc:
+            raise SceneLineError(index, exc.code, exc.message) from None
+        jobs.append(job)
+    return jobs
 
 
-async def _render_all(
-    engine: Any, jobs: list[Any], lines: list[ScriptLine], bar: ProgressBar
-) -> list[np.ndarray | str]:
-    """Each line's audio, or the error that stopped it (one bad line loses no other)."""
+async def render_scene(
+    engine: Engine,
+    lines: Sequence[ScriptLine],
+    jobs: Sequence[SynthesisRequest],
+    sample_rate: int,
+    *,
+    gap: float | None = None,
+    on_line: Callable[[int], None] | None = None,
+) -> Scene:
+    """Render the ``scene_jobs`` of ``lines`` on every synthesis thread at once (at
+    background priority, so a server's playing lines come first) and mix them.
+
+    ``on_line(index)`` is called as each line is done. Raises SceneRenderError naming every
+    line that failed: one bad line stops no other.
+    """
     limit = asyncio.Semaphore(engine.workers)  # every synthesis thread busy, no more
 
-    async def render(job: Any, line: ScriptLine) -> np.ndarray | str:
+    async def render(index: int, job: SynthesisRequest) -> np.ndarray | str:
         async with limit:
             try:
                 audio, _ = await engine.render(job)
             except Exception as exc:
                 return str(exc) or type(exc).__name__
             finally:
-                bar.advance(f"{line.speaker}: {line.text}")
+                if on_line is not None:
+                    on_line(index)
         return audio
 
-    return list(await asyncio.gather(*(render(j, ln) for j, ln in zip(jobs, lines, strict=True))))
+    results = await asyncio.gather(*(render(index, job) for index, job in enumerate(jobs)))
+    failures = [(index, result) for index, result in enumerate(results) if isinstance(result, str)]
+    if failures:
+        raise SceneRenderError(failures)
+    rendered = [result for result in results if isinstance(result, np.ndarray)]
+    audio, cues = mix(lines, rendered, sample_rate, gap)
+    return Scene(audio, rendered, cues, sample_rate)
 
 
 def mix(
-    lines: list[ScriptLine], audio: list[np.ndarray], sample_rate: int, gap: float | None = None
+    lines: Sequence[ScriptLine],
+    audio: Sequence[np.ndarray],
+    sample_rate: int,
+    gap: float | None = None,
 ) -> tuple[np.ndarray, list[Cue]]:
     """One track of the scene, with gaps between lines; and each line's place in it."""
     pieces: list[np.ndarray] = []

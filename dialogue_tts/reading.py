@@ -78,7 +78,7 @@ _TIMES = re.compile(r"(?<![\w.])(?:[xX×]\s?(\d+)\b|(\d+)[xX×](?!\w))")
 _FRACTION = re.compile(r"(?<![\d/])(" + "|".join(re.escape(f) for f in _FRACTIONS) + r")(?![\d/])")
 _THOUSANDS = re.compile(r"\b\d{1,3}(?:,\d{3})+\b")
 _YEAR_AFTER = re.compile(
-    r"\b(?:in|of|since|until|till|by|from|year|circa|around|before|after|during"
+    r"\b(?:(?i:in|of|since|until|till|by|from|year|circa|around|before|after|during)"
     r"|(?:" + _MONTHS + r")(?: \d{1,2})?,?) (1[1-9]\d\d|20[1-9]\d)\b(?![.,]\d|%)"
 )
 _YEAR_ERA = re.compile(r"\b(1[1-9]\d\d|20[1-9]\d)(?=\s?(?:AD|BC|BCE|CE)\b)")
@@ -113,6 +113,8 @@ def _ellipsis(match: re.Match[str]) -> str:
         return "."
     if at_start:
         return ""
+    if match.string[: match.start()].rstrip()[-1:] in (",", ";", ":", ".", "!", "?"):
+        return " "  # "Well, [name]... I" once the name is gone: the comma is the pause
     # Before a capital the ellipsis ends a sentence; inside one it is a pause.
     return ". " if match.string[match.end()].isupper() else ", "
 

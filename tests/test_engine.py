@@ -114,8 +114,8 @@ async def test_rate_is_calibrated_and_volume_is_linear(engine: Engine) -> None:
     text = ["I didn't think it polite to listen, sir."]
     normal = [len((await engine.render(SynthesisRequest(text, DEFAULT_VOICE_NAME)))[0])
               for _ in range(3)]  # fmt: skip
-    slow = [len((await engine.render(SynthesisRequest(text, DEFAULT_VOICE_NAME, Delivery(rate=0.5))))[0])
-            for _ in range(3)]  # fmt: skip
+    slower = SynthesisRequest(text, DEFAULT_VOICE_NAME, Delivery(rate=0.5))
+    slow = [len((await engine.render(slower))[0]) for _ in range(3)]
     assert 1.7 < np.mean(slow) / np.mean(normal) < 2.3
 
 
@@ -143,3 +143,77 @@ async def test_clause_pieces_sound_like_whole_sentences(engine: Engine) -> None:
             worst_join = max(worst_join, abs(float(right[0]) - float(left[-1])))
     assert 0.95 < total_pieces / total_whole < 1.05
     assert worst_join < 0.01  # faded edges: no step, no click
+
+
+def median_f0(audio: np.ndarray, sample_rate: int) -> float:
+    """Median fundamental frequency of the voiced frames, by YIN (de Cheveigné & Kawahara
+    2002): the first lag whose normalized difference dips below a threshold, which avoids
+    the octave errors of picking the autocorrelation's highest peak."""
+    max_lag, min_lag = sample_rate // 60, sample_rate // 400  # 60 to 400 Hz
+    frame = 2 * max_lag
+    loudness = np.sqrt(np.mean(audio**2))
+    estimates = []
+    for start in range(0, len(audio) - frame - max_lag, frame // 2):
+        window = audio[start : start + frame + max_lag]
+        if np.sqrt(np.mean(window**2)) < 0.5 * loudness:
+            continue  # silence and soft consonants
+        base = window[:frame]
+        difference = np.array(
+            [np.sum((base - window[lag : lag + frame]) ** 2) for lag in range(max_lag)]
+        )
+        normalized = (
+            difference[1:] * np.arange(1, max_lag) / np.maximum(np.cumsum(difference[1:]), 1e-12)
+        )
+        dips = np.flatnonzero(normalized[min_lag - 1 :] < 0.15)
+        if dips.size:  # clearly periodic: voiced
+            lag = min_lag + int(dips[0])
+            while lag < max_lag - 1 and normalized[lag] < normalized[lag - 1]:
+                lag += 1  # down to the bottom of the dip
+            estimates.append(sample_rate / lag)
+    return float(np.median(estimates))
+
+
+async def test_pitch_moves_the_voice_and_keeps_the_duration(engine: Engine) -> None:
+    """Pitch moves F0 the right way, by about the factor, and keeps the duration.
+
+    Measured on six corpus lines together: one line alone may be up to 8% off, because
+    Piper rounds each phoneme up to whole frames, so a line's length steps with length_scale.
+    """
+    import json
+
+    from helpers import CORPUS
+
+    lines = [json.loads(line)["text"] for line in (CORPUS / "dialogue-lines.jsonl").open()][:6]
+    lengths: dict[float, int] = {}
+    f0: dict[float, float] = {}
+    for pitch in (0.8, 1.0, 1.25):
+        delivery = Delivery(pitch=pitch, noise_w=0.0)  # the same phoneme lengths every time
+        rendered = [await engine.render(SynthesisRequest([text], DEFAULT_VOICE_NAME, delivery))
+                    for text in lines]  # fmt: skip
+        lengths[pitch] = sum(len(audio) for audio, _ in rendered)
+        f0[pitch] = median_f0(np.concatenate([audio for audio, _ in rendered]), rendered[0][1])
+    for pitch in (0.8, 1.25):
+        assert lengths[pitch] / lengths[1.0] == pytest.approx(1.0, abs=0.05), pitch
+        assert f0[pitch] / f0[1.0] == pytest.approx(pitch, rel=0.2), pitch
+    assert f0[0.8] < f0[1.0] < f0[1.25]
+
+
+@pytest.mark.parametrize("file_format", ["wav", "ogg", "flac"])
+async def test_files_round_trip_at_any_sample_rate(engine: Engine, file_format: str) -> None:
+    import io
+
+    import soundfile
+
+    from dialogue_tts.jobs import render_file
+
+    text = ["Fine wares, cheap!"]
+    native = await render_file(engine, SynthesisRequest(text, DEFAULT_VOICE_NAME), file_format)
+    resampled = await render_file(
+        engine, SynthesisRequest(text, DEFAULT_VOICE_NAME, sample_rate=48000), file_format
+    )
+    for rendered, rate in ((native, 22050), (resampled, 48000)):
+        audio, read_rate = soundfile.read(io.BytesIO(rendered.data), dtype="float32")
+        assert read_rate == rendered.sample_rate == rate
+        assert len(audio) / rate == pytest.approx(rendered.duration, abs=0.01)
+        assert 0.05 < float(np.sqrt(np.mean(audio**2))) < 0.5  # speech, not silence or noise
+    assert resampled.duration == pytest.approx(native.duration, rel=0.1)
