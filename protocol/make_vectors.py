@@ -45,11 +45,49 @@ REQUESTS: list[tuple[str, m.Request]] = [
     ("voices", m.VoicesRequest(id=16)),
     ("status", m.StatusRequest(id=17)),
     ("synthesize", m.Synthesize(id=18, text="Papers, please.", format="ogg")),
+    (
+        "synthesize_flac",
+        m.Synthesize(id=22, text="Papers, please.", speaker="guard", format="flac"),
+    ),
+    ("cast", m.CastRequest(id=23)),
+    (
+        "hello_token_cast",
+        m.Hello(
+            protocol=1,
+            client="godot-demo",
+            id=2,
+            token="s3cret",
+            cast={"speakers": {"guard": {"pitch": 0.8, "styles": {"angry": {"rate": 1.2}}}}},
+        ),
+    ),  # fmt: skip
+    (
+        "say_styled",
+        m.Say(id=21, speaker="guard", text="Halt!", style="angry", pitch=0.9, sample_rate=48000),
+    ),
     ("ping", m.Ping(id=19)),
     ("ping_big_id", m.Ping(id=4_000_000_000)),
     ("ping_negative_id", m.Ping(id=-1)),
     ("bye", m.Bye()),
     ("prepare", m.Prepare(id=20, text="Papers, please.", voice="en_US-joe-medium", rate=1.1)),
+    (
+        "synthesize_scene",
+        m.SynthesizeScene(
+            id=24,
+            lines=[
+                {"speaker": "guard", "text": "Halt!", "style": "angry"},
+                {
+                    "speaker": "innkeeper",
+                    "text": "Easy, friend.",
+                    "voice": "en_US-joe-medium",
+                    "rate": 0.9,
+                    "pitch": 1.1,
+                    "pause": 0.5,
+                },
+            ],
+            format="ogg",
+            gap=0.3,
+        ),
+    ),
 ]
 
 VOICE = {
@@ -113,6 +151,18 @@ EVENTS: list[tuple[str, m.Event]] = [
     ("paused", m.Paused(id=14)),
     ("resumed", m.Resumed(id=15, speaker="guard")),
     ("voices", m.VoiceList(id=16, voices=[VOICE])),
+    (
+        "cast",
+        m.CastReport(
+            id=23,
+            cast={
+                "source": "cast.toml",
+                "default": {"fallback": True},
+                "styles": {},
+                "speakers": {"guard": {"pitch": 0.8, "styles": {"angry": {"rate": 1.2}}}},
+            },
+        ),
+    ),  # fmt: skip
     (
         "status",
         m.StatusReport(
@@ -205,6 +255,17 @@ BAD_FRAMES: list[dict[str, Any]] = [
         "map": {"type": "cancel", "id": 12, "line": 1.5},
         "error": "invalid_field",
         "id": 12,
+    },
+    {
+        "name": "scene_line_out_of_range",
+        "frame_hex": None,
+        "map": {
+            "type": "synthesize_scene",
+            "id": 13,
+            "lines": [{"speaker": "a", "text": "hi"}, {"speaker": "b", "text": "hi", "pitch": 3.0}],
+        },
+        "error": "invalid_field",
+        "id": 13,
     },
     {
         "name": "hello_wrong_protocol",
