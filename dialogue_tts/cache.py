@@ -31,6 +31,7 @@ from typing import Any, Final
 import numpy as np
 
 from .text import Part, Pause
+from .timings import PhonemeUnit, Piece, WordUnit
 
 __all__ = [
     "DEFAULT_DISK_CACHE_BYTES",
@@ -46,9 +47,9 @@ _LOGGER = logging.getLogger(__name__)
 DEFAULT_DISK_CACHE_BYTES: Final = 512 * 1024 * 1024
 """About 100 minutes of 22.05 kHz speech (entries are float32)."""
 CACHE_DIR_ENV: Final = "DIALOGUE_TTS_CACHE"
-_MAGIC: Final = b"DTTS-LINE-1\n"
+_MAGIC: Final = b"DTTS-LINE-2\n"
 _HEADER: Final = struct.Struct("<I")
-_KEY_VERSION: Final = 1
+_KEY_VERSION: Final = 2
 """Bump when synthesis changes in a way that makes old entries wrong."""
 _STALE_TEMP_SECONDS: Final = 3600.0
 """A temporary file this old belongs to a writer that died; younger ones may be in use."""
@@ -113,7 +114,7 @@ class DiskCache:
 
     # --- reading ------------------------------------------------------------------------
 
-    def get(self, key: str) -> list[np.ndarray] | None:
+    def get(self, key: str) -> list[Piece] | None:
         """The entry's pieces, or None (missing, or damaged and now deleted)."""
         path = self._path(key)
         try:
@@ -138,7 +139,7 @@ class DiskCache:
 
     # --- writing ------------------------------------------------------------------------
 
-    def put(self, key: str, pieces: list[np.ndarray]) -> None:
+    def put(self, key: str, pieces: list[Piece]) -> None:
         """Store an entry atomically; failures are logged, never raised."""
         data = _encode(pieces)
         if len(data) > self.max_bytes or time.monotonic() < self._writes_off_until:
@@ -244,9 +245,9 @@ class PreparedLines:
         self.hits = 0
         self.misses = 0
         self._bytes = 0
-        self._entries: OrderedDict[Any, list[np.ndarray]] = OrderedDict()
+        self._entries: OrderedDict[Any, list[Piece]] = OrderedDict()
 
-    def get(self, key: Any) -> list[np.ndarray] | None:
+    def get(self, key: Any) -> list[Piece] | None:
         pieces = self._entries.get(key)
         if pieces is None:
             self.misses += 1
@@ -261,44 +262,56 @@ class PreparedLines:
             "bytes": self._bytes,
         }  # fmt: skip
 
-    def put(self, key: Any, pieces: list[np.ndarray]) -> None:
-        size = sum(piece.nbytes for piece in pieces)
+    def put(self, key: Any, pieces: list[Piece]) -> None:
+        size = sum(piece.audio.nbytes for piece in pieces)
         if size > self.max_bytes:
             return
         if key in self._entries:
-            self._bytes -= sum(piece.nbytes for piece in self._entries.pop(key))
+            self._bytes -= sum(piece.audio.nbytes for piece in self._entries.pop(key))
         self._entries[key] = pieces
         self._bytes += size
         while self._bytes > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
-            self._bytes -= sum(piece.nbytes for piece in evicted)
+            self._bytes -= sum(piece.audio.nbytes for piece in evicted)
 
 
-def _encode(pieces: list[np.ndarray]) -> bytes:
-    samples = b"".join(piece.astype("<f4", copy=False).tobytes() for piece in pieces)
-    header = json.dumps(
-        {"pieces": [len(piece) for piece in pieces], "crc32": zlib.crc32(samples)}
-    ).encode()
-    return _MAGIC + _HEADER.pack(len(header)) + header + samples
+def _encode(pieces: list[Piece]) -> bytes:
+    samples = b"".join(piece.audio.astype("<f4", copy=False).tobytes() for piece in pieces)
+    header = {
+        "pieces": [len(piece.audio) for piece in pieces],
+        "crc32": zlib.crc32(samples),
+        "phonemes": [[[u.phoneme, u.start, u.n_samples] for u in p.phonemes] for p in pieces],
+        "words": [
+            [[u.start_char, u.end_char, u.start, u.n_samples] for u in p.words] for p in pieces
+        ],
+    }
+    encoded = json.dumps(header, ensure_ascii=False).encode()
+    return _MAGIC + _HEADER.pack(len(encoded)) + encoded + samples
 
 
-def _decode(data: bytes) -> list[np.ndarray] | None:
+def _decode(data: bytes) -> list[Piece] | None:
     """The pieces of an entry, or None if it is not a whole, intact entry."""
     start = len(_MAGIC) + _HEADER.size
     if not data.startswith(_MAGIC) or len(data) < start:
         return None
     (header_size,) = _HEADER.unpack_from(data, len(_MAGIC))
+    samples = data[start + header_size :]
     try:
         header = json.loads(data[start : start + header_size])
         lengths = [int(n) for n in header["pieces"]]
-        crc = int(header["crc32"])
+        if len(samples) != 4 * sum(lengths) or zlib.crc32(samples) != int(header["crc32"]):
+            return None
+        phonemes = [tuple(PhonemeUnit(str(p), int(s), int(n)) for p, s, n in units)
+                    for units in header["phonemes"]]  # fmt: skip
+        words = [tuple(WordUnit(int(a), int(b), int(s), int(n)) for a, b, s, n in units)
+                 for units in header["words"]]  # fmt: skip
     except (ValueError, KeyError, TypeError):
         return None
-    samples = data[start + header_size :]
-    if len(samples) != 4 * sum(lengths) or zlib.crc32(samples) != crc:
+    if not len(phonemes) == len(words) == len(lengths):
         return None
     audio = np.frombuffer(samples, dtype="<f4").astype(np.float32)
-    return np.split(audio, np.cumsum(lengths)[:-1]) if lengths else []
+    parts = np.split(audio, np.cumsum(lengths)[:-1]) if lengths else []
+    return [Piece(*fields) for fields in zip(parts, phonemes, words, strict=True)]
 
 
 def _write_all(file: Any, data: bytes) -> None:

@@ -342,7 +342,7 @@ async def _render_in_process(args: argparse.Namespace, request: Any) -> tuple[by
 
 async def _try_connect(args: argparse.Namespace) -> Any:
     """A client of the running server, with the cast file if one was given; else None."""
-    from .client import Client
+    from .client import Client, ServerError
 
     cast = args.cast.read_text(encoding="utf-8") if args.cast is not None else None
     try:
@@ -353,6 +353,8 @@ async def _try_connect(args: argparse.Namespace) -> Any:
             )  # fmt: skip
     except (OSError, TimeoutError):
         return None
+    except ServerError as exc:  # e.g. unauthorized: say so rather than render behind its back
+        raise ValueError(f"the running server refused us: {exc.message} ({exc.code})") from None
 
 
 def _play(wav: bytes, duration: float) -> int:

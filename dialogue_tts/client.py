@@ -37,6 +37,7 @@ from .messages import (
     Finished,
     Hello,
     LineId,
+    Marks,
     Pause,
     Paused,
     Ping,
@@ -80,6 +81,8 @@ class LineResult:
     started: Started | None = None
     audio: bytearray = field(default_factory=bytearray)
     seqs: list[int] = field(default_factory=list)
+    marks: list[Marks] = field(default_factory=list)
+    """Word / phoneme / viseme timings, when the line asked for them."""
 
 
 class LineHandle:
@@ -109,7 +112,8 @@ class LineHandle:
         return arrived
 
     async def events(self) -> AsyncIterator[Event]:
-        """Started, Audio..., then Finished (always last). Raises ConnectionError if cut off."""
+        """Started, Marks and Audio..., then Finished (always last). Raises ConnectionError
+        if cut off."""
         while True:
             event = await self._events.get()
             if event is None:
@@ -123,14 +127,17 @@ class LineHandle:
         started: Started | None = None
         audio = bytearray()
         seqs: list[int] = []
+        marks: list[Marks] = []
         async for event in self.events():
             if isinstance(event, Started):
                 started = event
             elif isinstance(event, Audio):
                 audio += event.data
                 seqs.append(event.seq)
+            elif isinstance(event, Marks):
+                marks.append(event)
             elif isinstance(event, Finished):
-                return LineResult(event, started, audio, seqs)
+                return LineResult(event, started, audio, seqs, marks)
         raise AssertionError("events() always ends with Finished")
 
 
@@ -161,11 +168,13 @@ class Client:
         hello: bool = True,
         token: str | None = None,
         cast: dict[str, Any] | str | None = None,
+        timings: list[str] | None = None,
     ) -> Self:
         """Connect and (unless ``hello`` is False) do the handshake.
 
         ``token`` is the server's shared secret, if it has one; ``cast`` replaces the
-        server's cast for this connection (a cast map, or a cast file's TOML text).
+        server's cast for this connection (a cast map, or a cast file's TOML text);
+        ``timings`` asks "marks" events for every line ("word", "phoneme", "viseme").
         """
         if unix_path is not None:
             reader, writer = await asyncio.open_unix_connection(str(unix_path))
@@ -174,7 +183,7 @@ class Client:
         client = cls(reader, writer)
         if hello:
             try:
-                await client.hello(client_name, pace=pace, token=token, cast=cast)
+                await client.hello(client_name, pace=pace, token=token, cast=cast, timings=timings)
             except BaseException:
                 await client.close(bye=False)
                 raise
@@ -214,10 +223,12 @@ class Client:
         pace: bool = True,
         token: str | None = None,
         cast: dict[str, Any] | str | None = None,
+        timings: list[str] | None = None,
     ) -> Welcome:
         hello = Hello(
-            protocol=PROTOCOL_VERSION, client=client_name, pace=pace, token=token, cast=cast
-        )
+            protocol=PROTOCOL_VERSION, client=client_name, pace=pace, token=token, cast=cast,
+            timings=timings,
+        )  # fmt: skip
         reply = await self.request(hello)
         assert isinstance(reply, Welcome)
         self.welcome = reply
@@ -314,7 +325,7 @@ class Client:
             future.set_result(event)
             return
         handle = self._lines.get(getattr(event, "line", None)) if hasattr(event, "line") else None
-        if handle is not None and isinstance(event, Started | Audio | Finished):
+        if handle is not None and isinstance(event, Started | Audio | Marks | Finished):
             handle._put(event)
             if isinstance(event, Finished):
                 del self._lines[event.line]

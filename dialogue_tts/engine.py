@@ -28,7 +28,17 @@ from piper.voice import PiperVoice
 from .audio import apply_gain, fade_edges, resample, shift_pitch
 from .cache import DiskCache, PreparedLines, file_digest, line_key
 from .pieces import split_sentence
-from .text import Part, Pause
+from .text import Part, Pause, Spoken
+from .timings import (
+    PhonemeUnit,
+    Piece,
+    WordSpan,
+    add_duration_output,
+    phoneme_units,
+    place,
+    word_spans,
+    word_units,
+)
 from .workers import InferencePool, Priority, PriorityKey, run_niced
 
 __all__ = [
@@ -174,9 +184,13 @@ class SynthesisRequest:
     sample_rate: int | None = None
     """Resample the output to this rate; None keeps the voice's rate. Like volume, applied
     after synthesis and after the cache."""
+    words: bool = False
+    """Map the pieces' words back to the text (costs a few ms per line: off unless asked)."""
 
 
 _PLAIN: Final = Delivery()
+Timed = tuple[np.ndarray, list[PhonemeUnit]]
+"""A piece's audio and its phonemes' samples."""
 
 
 class Voice:
@@ -186,6 +200,8 @@ class Voice:
         self.info = info
         self._piper = piper_voice
         self.gain = 1.0
+        self.timed = False
+        """The model gives phoneme durations, so pieces carry timings."""
         self.digest: str | None = None
         """SHA-256 of the voice's files, when a disk cache needs it."""
         self.fixed_duration = 0.0
@@ -205,12 +221,21 @@ class Voice:
         options.enable_mem_pattern = False
         # A game shares the machine: idle intra-op threads must sleep, not spin.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # The model, in memory, with its phoneme durations as an extra output (timings.py);
+        # the user's file is never written. None: a model whose durations cannot be found.
+        model = add_duration_output(files.model)
+        source = model if model is not None else str(files.model)
         session = run_niced(
             lambda: onnxruntime.InferenceSession(
-                str(files.model), sess_options=options, providers=["CPUExecutionProvider"]
+                source, sess_options=options, providers=["CPUExecutionProvider"]
             )
         )
+        # onnxruntime keeps model bytes only to rebuild the session with fallback providers,
+        # which a CPU-only session never does; kept, they cost 90 MiB of RSS per voice.
+        if model is not None and hasattr(session, "_model_bytes"):
+            session._model_bytes = None
         voice = cls(files.info, PiperVoice(session=session, config=config))
+        voice.timed = model is not None
         voice.warm_up()
         return voice
 
@@ -256,9 +281,12 @@ class Voice:
 
     def pieces(self, text: str, first: bool = True) -> list[list[int]]:
         """Phoneme ids for each piece of ``text`` (clauses; see ``pieces.split_sentence``)."""
+        return self._split(self._piper.phonemize(text), first)
+
+    def _split(self, sentences: list[list[str]], first: bool) -> list[list[int]]:
         return [
             self._piper.phonemes_to_ids(piece)
-            for index, sentence in enumerate(self._piper.phonemize(text))
+            for index, sentence in enumerate(sentences)
             if sentence
             for piece in split_sentence(sentence, first=first and index == 0)
         ]
@@ -269,12 +297,15 @@ class Voice:
         first: bool,
         delivery: Delivery = _PLAIN,
         cancel: CancelToken | None = None,
-    ) -> tuple[list[list[int]], np.ndarray | None]:
-        """``pieces(text)`` and the audio of the first one (None if there are no pieces)."""
-        pieces = self.pieces(text, first)
-        if not pieces:
-            return pieces, None
-        return pieces, self.infer(pieces[0], delivery, cancel)
+        words: bool = False,
+    ) -> tuple[list[list[int]], Timed | None, list[WordSpan]]:
+        """``pieces(text)``, the first one synthesized (None if there are no pieces), and,
+        if ``words``, where each IPA word of ``text`` came from in it."""
+        sentences = self._piper.phonemize(text)
+        pieces = self._split(sentences, first)
+        timed = self.infer_timed(pieces[0], delivery, cancel) if pieces else None
+        spans = word_spans(text, sentences, self._piper.phonemize) if words and self.timed else []
+        return pieces, timed, spans
 
     def phoneme_ids(self, text: str) -> list[list[int]]:
         """Phoneme ids for each sentence of ``text``."""
@@ -291,12 +322,28 @@ class Voice:
         cancel: CancelToken | None = None,
     ) -> np.ndarray:
         """Float32 audio for one run of phoneme ids; raises SynthesisCancelled."""
+        return self.infer_timed(phoneme_ids, delivery, cancel)[0]
+
+    def infer_timed(
+        self,
+        phoneme_ids: list[int],
+        delivery: Delivery = _PLAIN,
+        cancel: CancelToken | None = None,
+    ) -> Timed:
+        """``infer``, with each phoneme's samples in the audio (none if the voice is untimed)."""
         # A pitch shift resamples the audio shorter by ``pitch``: synthesize it that much longer.
         length_factor = self.length_scale(delivery.rate / delivery.pitch)
-        audio = self._infer_scaled(phoneme_ids, length_factor, delivery, cancel)
+        raw, durations = self._run(phoneme_ids, length_factor, delivery, cancel)
+        audio = raw
         if delivery.pitch != 1.0:
-            audio = shift_pitch(audio, delivery.pitch, self.sample_rate)
-        return audio
+            audio = shift_pitch(raw, delivery.pitch, self.sample_rate)
+        units: list[PhonemeUnit] = []
+        if durations is not None:
+            config = self._piper.config
+            units = phoneme_units(phoneme_ids, durations, config.phoneme_id_map, config.hop_length)
+            if len(audio) != len(raw) and len(raw):
+                units = place(units, 0, len(audio) / len(raw))
+        return audio, units
 
     def _infer_scaled(
         self,
@@ -305,6 +352,16 @@ class Voice:
         delivery: Delivery = _PLAIN,
         cancel: CancelToken | None = None,
     ) -> np.ndarray:
+        return self._run(phoneme_ids, length_factor, delivery, cancel)[0]
+
+    def _run(
+        self,
+        phoneme_ids: list[int],
+        length_factor: float,
+        delivery: Delivery = _PLAIN,
+        cancel: CancelToken | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One ONNX call: the audio, and the frames of each phoneme id if the model says."""
         config = self._piper.config
         if cancel is not None:
             cancel.raise_if_cancelled()
@@ -330,7 +387,8 @@ class Voice:
             if cancel is not None and cancel.cancelled:
                 raise SynthesisCancelled from exc
             raise SynthesisError(f"voice {self.info.name!r} failed: {exc}") from exc
-        return np.asarray(result[0], dtype=np.float32).reshape(-1)
+        audio = np.asarray(result[0], dtype=np.float32).reshape(-1)
+        return audio, (np.asarray(result[-1]).reshape(-1) if self.timed else None)
 
 
 class VoiceCatalog:
@@ -434,8 +492,8 @@ class Engine:
         cancel: CancelToken,
         priority: PriorityKey = _current,
         on_fallback: Callable[[str], None] | None = None,
-    ) -> AsyncIterator[np.ndarray]:
-        """Yield a line's audio as float32 pieces (clauses, and silences for pauses).
+    ) -> AsyncIterator[Piece]:
+        """Yield a line's audio as pieces (clauses, and silences for pauses).
 
         Each piece is one ONNX call, run on the pool at ``priority``. A line that was
         prepared streams from the cache with no inference. If the voice fails before any
@@ -449,7 +507,7 @@ class Engine:
             to_rate = to_rate or voice.sample_rate
             async for piece in self._pieces(voice, request, cancel, priority):
                 produced = True
-                yield resample(piece, voice.sample_rate, to_rate)
+                yield piece.with_audio(resample(piece.audio, voice.sample_rate, to_rate))
         except (SynthesisError, UnknownVoice) as exc:
             if produced or request.fallback_voice in (None, request.voice):
                 raise
@@ -465,27 +523,30 @@ class Engine:
 
     async def _pieces(
         self, voice: Voice, request: SynthesisRequest, cancel: CancelToken, priority: PriorityKey
-    ) -> AsyncIterator[np.ndarray]:
+    ) -> AsyncIterator[Piece]:
         """The line's pieces with gain applied, from a cache or synthesized."""
         gain = voice.gain * request.volume
         cached = await self._cached(voice, request)
         if cached is not None:
             for piece in cached:
                 cancel.raise_if_cancelled()
-                yield apply_gain(piece, gain)
+                yield piece.with_audio(apply_gain(piece.audio, gain))
             return
         made = []
         async for piece in self._synthesize(voice, request, cancel, priority):
             made.append(piece)
-            yield apply_gain(piece, gain)
+            yield piece.with_audio(apply_gain(piece.audio, gain))
         self._store_on_disk(voice, request, made)  # only reached when the line was whole
 
-    async def _cached(self, voice: Voice, request: SynthesisRequest) -> list[np.ndarray] | None:
+    async def _cached(self, voice: Voice, request: SynthesisRequest) -> list[Piece] | None:
         pieces = self.cache.get(_memory_key(request))
         disk_key = self._disk_key(voice, request)
         if pieces is None and disk_key is not None:
             assert self.disk_cache is not None
             pieces = await asyncio.to_thread(self.disk_cache.get, disk_key)
+        wants_words = request.words and voice.timed
+        if pieces is not None and wants_words and not any(piece.words for piece in pieces):
+            return None  # cached without words: say it again, with them
         return pieces
 
     def _disk_key(self, voice: Voice, request: SynthesisRequest) -> str | None:
@@ -494,9 +555,7 @@ class Engine:
         settings = dataclasses.asdict(request.delivery)
         return line_key(voice.digest, settings, request.parts)
 
-    def _store_on_disk(
-        self, voice: Voice, request: SynthesisRequest, pieces: list[np.ndarray]
-    ) -> None:
+    def _store_on_disk(self, voice: Voice, request: SynthesisRequest, pieces: list[Piece]) -> None:
         key = self._disk_key(voice, request)
         if key is None or len(self._disk_writes) >= _MAX_PENDING_WRITES:
             return
@@ -514,35 +573,44 @@ class Engine:
             pieces = [p async for p in self._synthesize(voice, request, cancel, _background)]
             self._store_on_disk(voice, request, pieces)
         self.cache.put(_memory_key(request), pieces)
-        return sum(len(piece) for piece in pieces) / voice.sample_rate
+        return sum(len(piece.audio) for piece in pieces) / voice.sample_rate
 
     async def render(self, request: SynthesisRequest) -> tuple[np.ndarray, int]:
         """A whole line as one array, with its sample rate (background priority)."""
+        audio, sample_rate, _ = await self.render_timed(request)
+        return audio, sample_rate
+
+    async def render_timed(self, request: SynthesisRequest) -> tuple[np.ndarray, int, list[Piece]]:
+        """``render``, and the pieces it was made of (with their timings)."""
         pieces = [piece async for piece in self.stream(request, CancelToken(), _background)]
         sample_rate = request.sample_rate or self.catalog.info(request.voice).sample_rate
-        audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-        return audio, sample_rate
+        audio = np.concatenate([p.audio for p in pieces]) if pieces else np.zeros(0, np.float32)
+        return audio, sample_rate, pieces
 
     async def _synthesize(
         self, voice: Voice, request: SynthesisRequest, cancel: CancelToken, priority: PriorityKey
-    ) -> AsyncIterator[np.ndarray]:
+    ) -> AsyncIterator[Piece]:
         first = True
         for part in request.parts:
             cancel.raise_if_cancelled()
             if isinstance(part, Pause):
-                yield np.zeros(round(part.seconds * voice.sample_rate), dtype=np.float32)
+                yield Piece(np.zeros(round(part.seconds * voice.sample_rate), dtype=np.float32))
                 continue
             # One pool job phonemizes the part and synthesizes its first piece: a short line
             # then costs a single hand-off to the inference thread before its first audio.
-            start = functools.partial(voice.first_piece, part, first, request.delivery, cancel)
-            pieces, audio = await self._pool.run(start, priority)
+            start = functools.partial(
+                voice.first_piece, part, first, request.delivery, cancel, request.words
+            )
+            pieces, timed, spans = await self._pool.run(start, priority)
             first = False
-            if audio is None:
+            if timed is None:
                 continue
-            yield fade_edges(audio)
+            piece, spans = _piece(part, timed, spans)
+            yield piece
             for ids in pieces[1:]:
-                infer = functools.partial(voice.infer, ids, request.delivery, cancel)
-                yield fade_edges(await self._pool.run(infer, priority))
+                infer = functools.partial(voice.infer_timed, ids, request.delivery, cancel)
+                piece, spans = _piece(part, await self._pool.run(infer, priority), spans)
+                yield piece
 
     async def finish_cache_writes(self) -> None:
         """Wait for disk-cache writes in flight (before a batch command exits)."""
@@ -551,6 +619,20 @@ class Engine:
 
     def close(self) -> None:
         self._pool.close()
+
+
+def _piece(part: str, timed: Timed, spans: list[WordSpan]) -> tuple[Piece, list[WordSpan]]:
+    """A synthesized piece with its words, whose characters point into the client's original
+    text; and the spans left for the part's next pieces."""
+    audio, phonemes = timed
+    found = word_units(phonemes, spans) if spans else []
+    if isinstance(part, Spoken):  # offsets into the part -> offsets into the original line
+        found = [
+            dataclasses.replace(word, start_char=start, end_char=end)
+            for word in found
+            for start, end in [part.origin(word.start_char, word.end_char)]
+        ]
+    return Piece(fade_edges(audio), tuple(phonemes), tuple(found)), spans[len(found) :]
 
 
 def _memory_key(request: SynthesisRequest) -> tuple[Any, ...]:

@@ -40,6 +40,9 @@ class Limits:
     """Lines per speaker, counting the current one."""
     max_speakers: int = 32
     """Speakers per connection; idle speakers are forgotten to make room."""
+    max_scene_chars: int = 10_000
+    """Text of one synthesize_scene, all lines together: about 12 minutes of speech, whose
+    WAV (32 MiB at 22.05 kHz) fits in one audio_file frame."""
 
 
 DEFAULT_LIMITS: Final = Limits()

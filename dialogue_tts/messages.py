@@ -40,6 +40,7 @@ __all__ = [
     "Hello",
     "InvalidMessage",
     "LineId",
+    "Marks",
     "Message",
     "Pause",
     "Paused",
@@ -52,12 +53,14 @@ __all__ = [
     "Resume",
     "Resumed",
     "Say",
+    "SceneLine",
     "Skip",
     "Skipped",
     "Started",
     "StatusReport",
     "StatusRequest",
     "Synthesize",
+    "SynthesizeScene",
     "TextRequest",
     "VoiceList",
     "VoicesRequest",
@@ -68,12 +71,19 @@ PROTOCOL_VERSION: typing.Final = 1
 MAX_NAME_CHARS: typing.Final = 256
 """Longest speaker name, voice name, line id string or client name."""
 SAMPLE_RATE_RANGE: typing.Final = (8000, 96000)
+MAX_SCENE_LINES: typing.Final = 200
+"""Lines of one synthesize_scene; checked before any line is validated, so that a frame of
+tiny lines costs no time."""
+MAX_SCENE_PAUSE: typing.Final = 30.0
+"""Longest gap or pause, in seconds, in a synthesize_scene."""
 
 LineId = int | str
 StreamFormat = Literal["s16le", "f32le", "wav"]
 FileFormat = Literal["wav", "ogg", "flac"]
 Markup = Literal["plain", "renpy", "bbcode"]
 FinishStatus = Literal["done", "skipped", "cancelled", "error"]
+TIMINGS: typing.Final = ("word", "phoneme", "viseme")
+"""What a client may ask "marks" events for."""
 
 
 class InvalidMessage(ValueError):
@@ -159,6 +169,11 @@ class Hello(Request):
     cast: dict[str, Any] | str | None = None
     """This connection's cast (a map shaped like the cast file, or its TOML text); it
     replaces the server's cast for this connection."""
+    timings: list[str] | None = None
+    """Marks every say of the connection gets unless it says otherwise (see ``Say.timings``)."""
+
+    def check(self) -> None:
+        _check_timings(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,18 +198,23 @@ class TextRequest(Request):
     """Resample the audio to this rate (Hz); default: the voice's own rate."""
 
     def check(self) -> None:
-        for name, low, high in (("rate", 0.1, 10.0), ("pitch", 0.5, 2.0), ("volume", 0.0, 10.0)):
-            if not low <= getattr(self, name) <= high:
-                raise InvalidMessage(
-                    errors.INVALID_FIELD, f"{self.TYPE}.{name}: must be {low:g} to {high:g}"
-                )
+        _check_line(self)
         low, high = SAMPLE_RATE_RANGE
         if self.sample_rate is not None and not low <= self.sample_rate <= high:
             raise InvalidMessage(
                 errors.INVALID_FIELD, f"{self.TYPE}.sample_rate: must be {low} to {high}"
             )
-        if not self.text.strip():
-            raise InvalidMessage(errors.EMPTY_TEXT, f"{self.TYPE}.text: empty or only whitespace")
+
+
+def _check_line(line: TextRequest | SceneLine) -> None:
+    """The checks a line's own settings need, in a request or in a scene."""
+    for name, low, high in (("rate", 0.1, 10.0), ("pitch", 0.5, 2.0), ("volume", 0.0, 10.0)):
+        if not low <= getattr(line, name) <= high:
+            raise InvalidMessage(
+                errors.INVALID_FIELD, f"{line.TYPE}.{name}: must be {low:g} to {high:g}"
+            )
+    if not line.text.strip():
+        raise InvalidMessage(errors.EMPTY_TEXT, f"{line.TYPE}.text: empty or only whitespace")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -206,6 +226,12 @@ class Say(TextRequest):
     line: LineId | None = field(default=None, metadata=_bounded())
     interrupt: bool = False
     format: StreamFormat = "s16le"
+    timings: list[str] | None = None
+    """Ask for "marks" events: any of "word", "phoneme", "viseme"; None: the hello's."""
+
+    def check(self) -> None:
+        super().check()
+        _check_timings(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -287,6 +313,71 @@ class Prepare(TextRequest):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SceneLine(Message):
+    """One line of a ``synthesize_scene``: a map in its ``lines``, not a message of its own
+    (so its ``TYPE`` is empty, and its errors read ``synthesize_scene.lines[3].rate: ...``)."""
+
+    speaker: str = field(metadata=_bounded())
+    text: str
+    style: str | None = field(default=None, metadata=_bounded())
+    voice: str | None = field(default=None, metadata=_bounded())
+    rate: float = 1.0
+    pitch: float = 1.0
+    volume: float = 1.0
+    pause: float = 0.0
+    """Seconds of silence before this line, on top of the gap."""
+
+    def check(self) -> None:
+        _check_line(self)
+        if not 0.0 <= self.pause <= MAX_SCENE_PAUSE:
+            raise InvalidMessage(
+                errors.INVALID_FIELD, f"{self.TYPE}.pause: must be 0 to {MAX_SCENE_PAUSE:g}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SynthesizeScene(Request):
+    """Render several lines as one file, joined with natural gaps (a whole scene)."""
+
+    TYPE: ClassVar[str] = "synthesize_scene"
+    lines: list[dict[str, Any]]
+    """``SceneLine`` maps, in order."""
+    format: FileFormat = "wav"
+    gap: float | None = None
+    """Seconds between lines; default 0.45 between speakers and 0.25 within one."""
+    markup: Markup = "plain"
+
+    def check(self) -> None:
+        if not self.lines:
+            raise InvalidMessage(errors.EMPTY_TEXT, f"{self.TYPE}.lines: no lines")
+        if len(self.lines) > MAX_SCENE_LINES:
+            raise InvalidMessage(
+                errors.INVALID_FIELD,
+                f"{self.TYPE}.lines: {len(self.lines)} lines; at most {MAX_SCENE_LINES}",
+            )
+        if self.gap is not None and not 0.0 <= self.gap <= MAX_SCENE_PAUSE:
+            raise InvalidMessage(
+                errors.INVALID_FIELD, f"{self.TYPE}.gap: must be 0 to {MAX_SCENE_PAUSE:g}"
+            )
+        self.scene_lines()
+
+    def scene_lines(self) -> list[SceneLine]:
+        """The lines, validated; raises ``InvalidMessage`` naming the line's index."""
+        lines = []
+        for index, entry in enumerate(self.lines):
+            where = f"{self.TYPE}.lines[{index}]"
+            if not isinstance(entry, dict):
+                raise InvalidMessage(
+                    errors.INVALID_FIELD, f"{where}: expected a map, got {type(entry).__name__}"
+                )
+            try:
+                lines.append(SceneLine.from_dict(entry))
+            except InvalidMessage as exc:  # ".rate: must be..." -> "...lines[3].rate: must be..."
+                raise InvalidMessage(exc.code, f"{where}{exc}") from None
+        return lines
+
+
+@dataclass(frozen=True, kw_only=True)
 class Ping(Request):
     TYPE: ClassVar[str] = "ping"
 
@@ -341,6 +432,23 @@ class Audio(Event):
     speaker: str
     seq: int
     data: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class Marks(Event):
+    """What is said when in the audio that follows: sent before the audio events that carry
+    the samples it describes. Positions are samples from the line's first sample."""
+
+    TYPE: ClassVar[str] = "marks"
+    line: LineId
+    speaker: str
+    words: list[list[int]] | None = None
+    """[start, length, start_char, end_char]: the word is text[start_char:end_char] of the
+    text the client sent."""
+    phonemes: list[list[Any]] | None = None
+    """[start, length, phoneme] (espeak IPA)."""
+    visemes: list[list[Any]] | None = None
+    """[start, length, viseme]: a mouth shape of ``timings.VISEMES``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -457,16 +565,25 @@ REQUEST_TYPES: typing.Final[dict[str, type[Request]]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Say, Skip, Cancel, Clear, Pause, Resume, VoicesRequest, CastRequest,
-        StatusRequest, Synthesize, Prepare, Ping, Bye,
+        StatusRequest, Synthesize, SynthesizeScene, Prepare, Ping, Bye,
     )
 }  # fmt: skip
 EVENT_TYPES: typing.Final[dict[str, type[Event]]] = {
     cls.TYPE: cls
     for cls in (
-        Welcome, Queued, Started, Audio, Finished, Skipped, Cancelled, Cleared, Paused,
+        Welcome, Queued, Started, Audio, Marks, Finished, Skipped, Cancelled, Cleared, Paused,
         Resumed, VoiceList, CastReport, StatusReport, AudioFile, Prepared, Pong, Error,
     )
 }  # fmt: skip
+
+
+def _check_timings(message: Hello | Say) -> None:
+    timings = message.timings
+    if timings is not None and not all(isinstance(t, str) and t in TIMINGS for t in timings):
+        raise InvalidMessage(
+            errors.INVALID_FIELD,
+            f"{message.TYPE}.timings: a list of {', '.join(repr(t) for t in TIMINGS)}",
+        )
 
 
 # --- validation from type hints ---------------------------------------------------------

@@ -207,10 +207,9 @@ def _text_lines(text: str, name: str) -> list[ScriptLine]:
                 f"{where}: expected 'NAME: line' (or 'NAME (style): line', '(pause 1.5)', "
                 f"'# comment'), found {row[:60]!r}"
             )
+        style = (match["style"] or "").strip() or None  # "NAME ( angry ):" is "angry"
         lines.append(
-            ScriptLine(
-                match["speaker"].strip(), match["text"].strip(), match["style"], pause, where
-            )
+            ScriptLine(match["speaker"].strip(), match["text"].strip(), style, pause, where)
         )
         pause = 0.0
     return lines

@@ -22,6 +22,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any, Final, Literal, Protocol
 
 import numpy as np
@@ -46,11 +47,13 @@ from .messages import (
     Event,
     Finished,
     LineId,
+    Marks,
     Queued,
     Say,
     Skipped,
     Started,
 )
+from .timings import Piece, place, viseme_units
 from .workers import Priority, PriorityKey
 
 __all__ = [
@@ -96,7 +99,7 @@ class Synthesizer(Protocol):
         cancel: CancelToken,
         priority: PriorityKey,
         on_fallback: Callable[[str], None] | None = None,
-    ) -> AsyncIterator[np.ndarray]: ...
+    ) -> AsyncIterator[Piece]: ...
 
 
 class LineState(enum.Enum):
@@ -159,6 +162,8 @@ class Line:
         self.queued_at = time.monotonic()
         self.sample_rate = request.sample_rate or voice.sample_rate
         """Of the audio sent: the client's requested rate, else the voice's."""
+        self.timings = frozenset(say.timings or ())
+        """The marks the client asked for with this line."""
         self.notes: list[str] = []
         """What the finished event should tell, e.g. that the line fell back to another voice."""
 
@@ -199,7 +204,7 @@ class _LineAudio:
 
     def __init__(self, line: Line, engine: Synthesizer) -> None:
         self._line = line
-        self.pieces: deque[np.ndarray] = deque()
+        self.pieces: deque[Piece] = deque()
         self._buffered = 0
         self._done = False
         self._error: BaseException | None = None
@@ -216,8 +221,8 @@ class _LineAudio:
             )
             async for piece in stream:
                 self.pieces.append(piece)
-                self._buffered += len(piece)
-                line.samples_ready += len(piece)
+                self._buffered += len(piece.audio)
+                line.samples_ready += len(piece.audio)
                 self._changed.set()
                 while self._buffered > limit and not line.finished:
                     self._room.clear()
@@ -228,7 +233,7 @@ class _LineAudio:
             self._done = True
             self._changed.set()
 
-    async def next_piece(self) -> np.ndarray | None:
+    async def next_piece(self) -> Piece | None:
         """The next piece in order, None at the end; raises what synthesis raised."""
         while not self.pieces:
             if self._done:
@@ -238,7 +243,7 @@ class _LineAudio:
             self._changed.clear()
             await self._changed.wait()
         piece = self.pieces.popleft()
-        self._buffered -= len(piece)
+        self._buffered -= len(piece.audio)
         self._room.set()
         return piece
 
@@ -388,7 +393,8 @@ class SpeakerQueue:
         assert line.audio is not None, "the runner starts a line's synthesis with the line"
         try:
             while (piece := await line.audio.next_piece()) is not None:
-                for chunk in split_samples(piece, self._owner.chunk_samples):
+                self._send_marks(line, piece)
+                for chunk in split_samples(piece.audio, self._owner.chunk_samples):
                     await self._unpaused.wait()
                     self._send_audio(line, chunk)
                     await self._owner.outbox.drain()
@@ -430,6 +436,24 @@ class SpeakerQueue:
             )
         )
 
+    def _send_marks(self, line: Line, piece: Piece) -> None:
+        """The piece's timings the client asked for, placed in the line, before its audio."""
+        if line.finished or not line.timings or not (piece.phonemes or piece.words):
+            return
+        offset = line.samples_sent
+        marks = Marks(line=line.id, speaker=self.name)
+        if "word" in line.timings:
+            words = place(piece.words, offset)
+            marks = replace(marks, words=[[w.start, w.n_samples, w.start_char, w.end_char]
+                                          for w in words])  # fmt: skip
+        if "phoneme" in line.timings:
+            phonemes = place(piece.phonemes, offset)
+            marks = replace(marks, phonemes=[[p.start, p.n_samples, p.phoneme] for p in phonemes])
+        if "viseme" in line.timings:
+            visemes = place(viseme_units(piece.phonemes), offset)
+            marks = replace(marks, visemes=[[v.start, v.n_samples, v.viseme] for v in visemes])
+        self._owner.outbox.send(marks)
+
     def _send_audio(self, line: Line, samples: np.ndarray) -> None:
         if line.finished:
             return
@@ -467,9 +491,12 @@ class ConnectionQueues:
         limits: Limits = DEFAULT_LIMITS,
         chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
         cast: Cast = DEFAULT_CAST,
+        timings: frozenset[str] = frozenset(),
     ) -> None:
         self.engine = engine
         self.cast = cast
+        self.timings = timings
+        """Marks for every say that does not choose its own (from the hello)."""
         self.outbox = outbox
         self.pace = pace
         self.limits = limits
@@ -481,7 +508,11 @@ class ConnectionQueues:
 
     def say(self, say: Say) -> Queued:
         """Queue a line (interrupting first if asked); raises RemoteProtocolError."""
+        if say.timings is None and self.timings:
+            say = replace(say, timings=sorted(self.timings))  # the hello's default
         request, voice = synthesis_request(say, self.cast, self.engine.catalog, self.limits)
+        if say.timings and "word" in say.timings:
+            request = replace(request, words=True)
         if say.line is not None and say.line in self._lines:
             raise RemoteProtocolError(
                 errors.LINE_IN_USE, f"line {say.line!r} is still queued or playing", say.id

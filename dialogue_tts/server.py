@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from . import __version__, errors
+from .audio import encode_file
 from .cast import DEFAULT_CAST, Cast, CastError
 from .engine import Engine, SynthesisError, SynthesisRequest
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from .jobs import DEFAULT_LIMITS, Limits, render_file, synthesis_request
+from .jobs import DEFAULT_LIMITS, Limits, RenderedFile, render_file, synthesis_request
 from .messages import (
     PROTOCOL_VERSION,
     AudioFile,
@@ -49,10 +50,12 @@ from .messages import (
     StatusReport,
     StatusRequest,
     Synthesize,
+    SynthesizeScene,
     VoiceList,
     VoicesRequest,
     Welcome,
 )
+from .preview import SceneLineError, SceneRenderError, ScriptLine, render_scene, scene_jobs
 from .protocol import (
     CLOSED,
     DEFAULT_HOST,
@@ -242,8 +245,8 @@ class ConnectionHandler:
             Hello: self._hello, Say: self._say, Skip: self._skip, Cancel: self._cancel,
             Clear: self._clear, Pause: self._pause, Resume: self._resume,
             VoicesRequest: self._voices, CastRequest: self._cast, StatusRequest: self._status,
-            Synthesize: self._synthesize, Prepare: self._prepare, Ping: self._ping,
-            Bye: self._bye,
+            Synthesize: self._synthesize, SynthesizeScene: self._synthesize_scene,
+            Prepare: self._prepare, Ping: self._ping, Bye: self._bye,
         }  # fmt: skip
 
     # --- Outbox -------------------------------------------------------------------------
@@ -346,7 +349,7 @@ class ConnectionHandler:
                 return False
         self.queues = ConnectionQueues(
             engine, self, pace=hello.pace and self.config.pace, limits=self.config.limits,
-            cast=cast,
+            cast=cast, timings=frozenset(hello.timings or ()),
         )  # fmt: skip
         self.send(
             Welcome(
@@ -414,14 +417,37 @@ class ConnectionHandler:
         self._background(self._prepare_line(request, self._background_request(request)))
         return True
 
-    def _background_request(self, request: Synthesize | Prepare) -> SynthesisRequest:
-        """Check a synthesize or prepare request; raises RemoteProtocolError."""
+    async def _synthesize_scene(self, request: SynthesizeScene) -> bool:
+        self._check_file_slot(request)
+        lines = [ScriptLine.from_scene_line(line) for line in request.scene_lines()]
+        limits, catalog = self.config.limits, self.server.engine.catalog
+        total = sum(len(line.text) for line in lines)
+        if total > limits.max_scene_chars:
+            raise RemoteProtocolError(
+                errors.TEXT_TOO_LONG,
+                f"the scene has {total} characters of text; the limit is {limits.max_scene_chars}",
+                request.id,
+            )
+        sample_rate = catalog.info(catalog.default_voice).sample_rate  # as the CLI's preview
+        try:
+            jobs = scene_jobs(lines, self._queues.cast, catalog, markup=request.markup,
+                              sample_rate=sample_rate, limits=limits)  # fmt: skip
+        except SceneLineError as exc:
+            raise RemoteProtocolError(exc.code, f"lines[{exc.index}]: {exc}", request.id) from None
+        self._background(self._render_scene(request, lines, jobs, sample_rate))
+        return True
+
+    def _check_file_slot(self, request: Synthesize | SynthesizeScene | Prepare) -> None:
         if len(self._file_tasks) >= self.config.max_file_requests:
             raise RemoteProtocolError(
                 errors.QUEUE_FULL,
                 f"{self.config.max_file_requests} synthesize/prepare requests are already running",
                 request.id,
             )
+
+    def _background_request(self, request: Synthesize | Prepare) -> SynthesisRequest:
+        """Check a synthesize or prepare request; raises RemoteProtocolError."""
+        self._check_file_slot(request)
         job, _ = synthesis_request(
             request, self._queues.cast, self.server.engine.catalog, self.config.limits
         )
@@ -446,6 +472,28 @@ class ConnectionHandler:
         except SynthesisError as exc:
             self.send_error(RemoteProtocolError(errors.SYNTHESIS_FAILED, str(exc), request.id))
             return
+        self._send_file(request, rendered)
+
+    async def _render_scene(
+        self,
+        request: SynthesizeScene,
+        lines: list[ScriptLine],
+        jobs: list[SynthesisRequest],
+        sample_rate: int,
+    ) -> None:
+        try:
+            engine = self.server.engine
+            scene = await render_scene(engine, lines, jobs, sample_rate, gap=request.gap)
+        except SceneRenderError as exc:
+            failed = [f"lines[{index}]: {why}" for index, why in exc.failures]
+            more = f" (and {len(failed) - 3} more lines)" if len(failed) > 3 else ""
+            message = "; ".join(failed[:3]) + more
+            self.send_error(RemoteProtocolError(errors.SYNTHESIS_FAILED, message, request.id))
+            return
+        data = await asyncio.to_thread(encode_file, scene.audio, request.format, sample_rate)
+        self._send_file(request, RenderedFile(data, scene.duration, sample_rate))
+
+    def _send_file(self, request: Synthesize | SynthesizeScene, rendered: RenderedFile) -> None:
         if len(rendered.data) > MAX_EVENT_FRAME - 1024:
             self.send_error(
                 RemoteProtocolError(

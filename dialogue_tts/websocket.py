@@ -14,6 +14,11 @@ stream reader and writer:
 Browsers let any page open a WebSocket to 127.0.0.1 (CORS does not cover WebSockets), so a
 handshake is accepted only from an allowed ``Origin`` (``WebAccess.refusal``). Plain HTTP
 GETs serve the preview page's files from ``web/``.
+
+When the server has a token, the page needs it for its hello, yet the page's files must not
+hold it: any local process can fetch them. ``WebServer.page_url`` puts it in the URL's
+fragment (``#token=...``), which the browser never sends to a server, so it reaches neither
+this server's requests nor any log; the page reads it from ``location.hash``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
@@ -62,7 +67,6 @@ _STATIC_FILES: Final = {
     "/index.html": ("index.html", "text/html; charset=utf-8"),
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/msgpack.js": ("msgpack.js", "text/javascript; charset=utf-8"),
-    "/wav.js": ("wav.js", "text/javascript; charset=utf-8"),
     "/tap-worklet.js": ("tap-worklet.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
@@ -91,10 +95,10 @@ def parse_origin(origin: str) -> str:
 class WebAccess:
     """Who may use the web port: the check made on every HTTP request and WebSocket handshake.
 
-    This is the hook for access rules on the WebSocket side. The shared-secret token (a later
-    issue) is checked at ``hello`` by ``ConnectionHandler``, so it will apply to WebSocket
-    connections unchanged; browsers cannot set headers on a WebSocket, which is why it
-    belongs in ``hello`` and not here.
+    This is the hook for access rules on the WebSocket side. The shared-secret token is
+    checked at ``hello`` by ``ConnectionHandler``, so it applies to WebSocket connections
+    unchanged; browsers cannot set headers on a WebSocket, which is why it belongs in
+    ``hello`` and not here.
     """
 
     hosts: frozenset[str]
@@ -279,6 +283,10 @@ class WebServer:
         host = DEFAULT_HOST if host in _WILDCARD_HOSTS else host
         self.url = f"http://[{host}]:{self.port}/" if ":" in host else f"http://{host}:{self.port}/"
         """The preview page (its WebSocket is the same address with ``ws://``)."""
+
+    def page_url(self, token: str | None = None) -> str:
+        """The page's address to give the user: with the token, if any, in the fragment."""
+        return self.url if token is None else f"{self.url}#token={quote(token, safe='')}"
 
     @classmethod
     async def start(cls, server: Server, port: int) -> WebServer:

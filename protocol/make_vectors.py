@@ -50,6 +50,8 @@ REQUESTS: list[tuple[str, m.Request]] = [
         m.Synthesize(id=22, text="Papers, please.", speaker="guard", format="flac"),
     ),
     ("cast", m.CastRequest(id=23)),
+    ("say_timings", m.Say(id=24, speaker="guard", text="Halt!", timings=["word", "viseme"])),
+    ("hello_timings", m.Hello(protocol=1, client="lipsync", id=3, timings=["viseme"])),
     (
         "hello_token_cast",
         m.Hello(
@@ -59,7 +61,7 @@ REQUESTS: list[tuple[str, m.Request]] = [
             token="s3cret",
             cast={"speakers": {"guard": {"pitch": 0.8, "styles": {"angry": {"rate": 1.2}}}}},
         ),
-    ),  # fmt: skip
+    ),
     (
         "say_styled",
         m.Say(id=21, speaker="guard", text="Halt!", style="angry", pitch=0.9, sample_rate=48000),
@@ -125,6 +127,16 @@ EVENTS: list[tuple[str, m.Event]] = [
     ),
     ("audio_s16le", m.Audio(line=12, speaker="guard", seq=0, data=bytes([0, 0, 255, 127, 1, 128]))),
     ("audio_empty", m.Audio(line=12, speaker="guard", seq=1, data=b"")),
+    (
+        "marks",
+        m.Marks(
+            line=12,
+            speaker="guard",
+            words=[[0, 5632, 0, 4], [11264, 4864, 6, 9]],
+            phonemes=[[0, 1024, "^"], [1024, 768, "h"], [1792, 1536, "ˈɔ"]],
+            visemes=[[0, 1024, "sil"], [1024, 2304, "aa"]],
+        ),
+    ),
     ("audio_long", m.Audio(line=12, speaker="guard", seq=2, data=bytes(range(256)) * 2)),
     (
         "finished_done",
@@ -162,7 +174,7 @@ EVENTS: list[tuple[str, m.Event]] = [
                 "speakers": {"guard": {"pitch": 0.8, "styles": {"angry": {"rate": 1.2}}}},
             },
         ),
-    ),  # fmt: skip
+    ),
     (
         "status",
         m.StatusReport(

@@ -1,9 +1,19 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 from helpers import ServerThread
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Commands the tests run (and their subprocesses) cache lines in a temporary folder,
+    never in the user's own cache."""
+    os.environ["DIALOGUE_TTS_CACHE"] = str(tmp_path_factory.mktemp("line-cache"))
+    yield
+    del os.environ["DIALOGUE_TTS_CACHE"]
 
 
 @pytest.fixture(scope="session")

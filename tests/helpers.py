@@ -20,6 +20,7 @@ import numpy as np
 from dialogue_tts.engine import CancelToken, Engine, SynthesisRequest, VoiceCatalog, VoiceInfo
 from dialogue_tts.messages import Event
 from dialogue_tts.server import Server, ServerConfig
+from dialogue_tts.timings import Piece
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "tests" / "data"
@@ -187,7 +188,8 @@ class FakeEngine:
             cancel.raise_if_cancelled()
             if request.voice == "broken" and index == 1:
                 raise SynthesisError("the broken voice broke")
-            yield np.full(len(sentence.split()) * self.samples_per_word, 0.25, dtype=np.float32)
+            samples = len(sentence.split()) * self.samples_per_word
+            yield Piece(np.full(samples, 0.25, dtype=np.float32))
 
 
 class RecordingOutbox:

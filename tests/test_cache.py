@@ -27,13 +27,14 @@ from dialogue_tts.engine import (
     VoiceCatalog,
 )
 from dialogue_tts.text import prepare
+from dialogue_tts.timings import PhonemeUnit, Piece, WordUnit
 
 LINE = "The lanterns are lit, and the road is clear."
 
 
-def pieces(*lengths: int) -> list[np.ndarray]:
+def pieces(*lengths: int) -> list[Piece]:
     rng = np.random.default_rng(sum(lengths))
-    return [rng.uniform(-1, 1, n).astype(np.float32) for n in lengths]
+    return [Piece(rng.uniform(-1, 1, n).astype(np.float32)) for n in lengths]
 
 
 def test_entries_round_trip_and_are_addressed_by_content(tmp_path: Path) -> None:
@@ -45,13 +46,24 @@ def test_entries_round_trip_and_are_addressed_by_content(tmp_path: Path) -> None
     stored = pieces(300, 0, 1000)
     cache.put(key, stored)
     loaded = cache.get(key)
-    assert loaded is not None and [len(p) for p in loaded] == [300, 0, 1000]
-    assert all(np.array_equal(a, b) for a, b in zip(loaded, stored, strict=True))
-    assert cache.counters() | {} == {
-        "hits": 1, "misses": 1, "entries": 1, "bytes": cache.counters()["bytes"],
-        "writes": 1, "write_errors": 0,
-    }  # fmt: skip
+    assert loaded is not None and [len(p.audio) for p in loaded] == [300, 0, 1000]
+    assert all(np.array_equal(a.audio, b.audio) for a, b in zip(loaded, stored, strict=True))
+    counters = cache.counters()
+    assert (counters["hits"], counters["misses"], counters["writes"]) == (1, 1, 1)
+    assert counters["entries"] == 1 and counters["bytes"] > 1300 * 4
     assert DiskCache(tmp_path).counters()["entries"] == 1  # a new process finds it
+
+
+def test_timings_are_kept_with_the_audio(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path)
+    timed = Piece(
+        np.zeros(512, np.float32), (PhonemeUnit("h", 0, 256), PhonemeUnit("ə", 256, 256)),
+        (WordUnit(3, 8, 0, 512),),
+    )  # fmt: skip
+    cache.put("k" * 64, [timed, Piece(np.zeros(100, np.float32))])
+    loaded = cache.get("k" * 64)
+    assert loaded is not None and loaded[0].phonemes == timed.phonemes
+    assert loaded[0].words == timed.words and loaded[1].phonemes == ()
 
 
 def test_least_recently_used_entries_are_evicted(tmp_path: Path) -> None:
@@ -91,6 +103,7 @@ def test_a_writer_killed_mid_write_leaves_no_entry(tmp_path: Path) -> None:
         import numpy as np
         from pathlib import Path
         from dialogue_tts import cache
+        from dialogue_tts.timings import Piece
 
         def slow(file, data):
             file.write(data[: len(data) // 2])
@@ -99,7 +112,7 @@ def test_a_writer_killed_mid_write_leaves_no_entry(tmp_path: Path) -> None:
             time.sleep(60)
 
         cache._write_all = slow
-        cache.DiskCache(Path({str(tmp_path)!r})).put({key!r}, [np.zeros(100000, np.float32)])
+        cache.DiskCache(Path({str(tmp_path)!r})).put({key!r}, [Piece(np.zeros(100000, np.float32))])
     """)
     process = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
     try:
@@ -132,7 +145,7 @@ def request(text: str = LINE, **delivery: Any) -> SynthesisRequest:
 
 
 async def stream_all(engine: Engine, job: SynthesisRequest) -> list[np.ndarray]:
-    return [piece async for piece in engine.stream(job, CancelToken())]
+    return [piece.audio async for piece in engine.stream(job, CancelToken())]
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +11,11 @@ import soundfile
 from helpers import server_process
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "dialogue_tts", *args], capture_output=True, text=True, timeout=300
-    )
+        [sys.executable, "-m", "dialogue_tts", *args], capture_output=True, text=True,
+        timeout=300, env={**os.environ, **(env or {})},
+    )  # fmt: skip
 
 
 def test_say_in_process_writes_a_wav(tmp_path: Path) -> None:
@@ -44,3 +46,19 @@ def test_say_through_a_running_server(tmp_path: Path) -> None:
         assert rate == 22050 and len(audio) > rate / 2
         listed = run("voices", "--port", str(port))
         assert "en_US-joe-medium" in listed.stdout
+
+
+def test_a_server_with_a_token_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("tea-and-biscuits\n")
+    with server_process("--token-file", str(token_file)) as (port, _process):
+        out = tmp_path / "line.flac"
+        refused = run("say", "Papers, please.", "-o", str(out), "--port", str(port))
+        assert refused.returncode == 1 and "unauthorized" in refused.stderr
+        assert not out.exists()  # no quiet in-process render behind the refusal
+        by_env = run("say", "Papers, please.", "-o", str(out), "--port", str(port),
+                     env={"DIALOGUE_TTS_TOKEN": "tea-and-biscuits"})  # fmt: skip
+        assert by_env.returncode == 0 and "from the running server" in by_env.stdout
+        assert soundfile.info(str(out)).format == "FLAC"
+        by_file = run("voices", "--port", str(port), "--token-file", str(token_file))
+        assert by_file.returncode == 0 and "en_US-joe-medium" in by_file.stdout

@@ -23,9 +23,9 @@ from test_scheduler import check_invariants
 
 from dialogue_tts import errors
 from dialogue_tts.client import Client, LineResult, ServerError
+from dialogue_tts.jobs import Limits
 from dialogue_tts.messages import Event, Hello, Ping, Pong, Say, Skip
 from dialogue_tts.protocol import CLOSED, NEED_DATA, Connection, Role, encode_frame
-from dialogue_tts.scheduler import Limits
 from dialogue_tts.server import ConnectionHandler, ServerConfig
 
 VECTORS = json.loads((REPO / "protocol" / "vectors.json").read_text(encoding="utf-8"))
@@ -488,3 +488,25 @@ async def test_prepare_then_say_streams_from_the_cache(client: Client) -> None:
     with pytest.raises(ServerError) as caught:
         await client.prepare("Hi.", voice="nobody")
     assert caught.value.code == errors.UNKNOWN_VOICE
+
+
+async def test_a_token_is_required_when_the_server_has_one() -> None:
+    server = ServerThread(ServerConfig(port=0, token="correct horse")).start()
+    try:
+        for wrong in (None, "", "correct hors", "correct horse "):
+            with pytest.raises(ServerError) as caught:
+                await Client.connect(port=server.port, token=wrong)
+            assert caught.value.code == errors.UNAUTHORIZED
+        refused = await RawPeer.open(server.port, hello=False)
+        refused.send(encode_frame(Hello(protocol=1, client="x", token="nope")))
+        assert (await refused.next_event()).code == errors.UNAUTHORIZED
+        assert await refused.next_event() is CLOSED  # the server closes after refusing
+        async with await Client.connect(port=server.port, token="correct horse") as client:
+            assert (await (await client.say("a", "Welcome.")).wait()).finished.status == "done"
+    finally:
+        server.stop()
+
+
+def test_the_token_never_shows_in_logs_or_reprs() -> None:
+    assert "s3cret" not in repr(Hello(protocol=1, client="x", token="s3cret"))
+    assert "s3cret" not in repr(ServerConfig(token="s3cret"))

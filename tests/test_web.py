@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import quote
 
 import msgpack
 import numpy as np
@@ -34,7 +35,17 @@ from websockets.protocol import State
 from websockets.typing import Origin
 
 from dialogue_tts import errors
-from dialogue_tts.messages import Hello, Message, Ping, Say, Skip
+from dialogue_tts.cast import Cast
+from dialogue_tts.messages import (
+    Hello,
+    Message,
+    Ping,
+    Prepare,
+    Say,
+    Skip,
+    Synthesize,
+    SynthesizeScene,
+)
 from dialogue_tts.protocol import HEADER_SIZE, NEED_DATA, Connection, Role, encode_frame
 from dialogue_tts.server import ServerConfig
 from dialogue_tts.websocket import MessageWriter, WebAccess, parse_origin
@@ -48,12 +59,29 @@ LONG_LINE = (
     "Alone? At night? Wolves have been seen up there, and worse than wolves, if you believe "
     "the shepherds, and the shepherds have never lied to me about the mountain."
 )
+CAST = Cast.from_dict(
+    {
+        "styles": {"whisper": {"volume": 0.4, "rate": 0.9}},
+        "speakers": {"GUARD": {"pitch": 0.9, "styles": {"angry": {"rate": 1.15, "volume": 1.3}}}},
+    },
+    "test-cast.toml",
+)
+TOKEN = "tea+biscuits/=&#1"  # characters that a URL fragment must carry percent-encoded
 
 
 @pytest.fixture(scope="module")
 def web_server() -> Iterator[ServerThread]:
-    config = ServerConfig(port=0, web_port=0, web_origins=(GAME_ORIGIN,), max_connections=8)
+    config = ServerConfig(
+        port=0, web_port=0, web_origins=(GAME_ORIGIN,), max_connections=8, cast=CAST
+    )
     server = ServerThread(config).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def token_server() -> Iterator[ServerThread]:
+    server = ServerThread(ServerConfig(port=0, web_port=0, token=TOKEN)).start()
     yield server
     server.stop()
 
@@ -72,7 +100,12 @@ class WsPeer:
 
     @classmethod
     async def open(
-        cls, server: ServerThread, *, origin: str | None = None, hello: bool = True
+        cls,
+        server: ServerThread,
+        *,
+        origin: str | None = None,
+        hello: bool = True,
+        token: str | None = None,
     ) -> WsPeer:
         websocket = await connect(
             f"ws://127.0.0.1:{web_port(server)}/",
@@ -81,7 +114,7 @@ class WsPeer:
         )
         peer = cls(websocket)
         if hello:
-            await peer.send(Hello(protocol=1, client="ws-test", id=0))
+            await peer.send(Hello(protocol=1, client="ws-test", id=0, token=token))
             assert (await peer.next_event()).TYPE == "welcome"
         return peer
 
@@ -229,6 +262,95 @@ async def wait_for_no_connections(server: ServerThread) -> None:
             await asyncio.sleep(0.05)
 
 
+# --- whole scenes: synthesize_scene ---------------------------------------------------------
+
+SCENE_LINES: list[dict[str, Any]] = [
+    {"speaker": "GUARD", "text": "Halt! Who goes there?", "style": "angry"},
+    {"speaker": "GUARD", "text": "Closer. Slowly.", "style": "whisper", "pitch": 1.2},
+    {"speaker": "INNKEEPER", "text": "Only me, the innkeeper.", "pause": 0.5},
+]
+
+
+def wav_samples(data: bytes) -> np.ndarray:
+    samples, sample_rate = soundfile.read(io.BytesIO(data), dtype="int16")
+    assert sample_rate == SAMPLE_RATE and samples.ndim == 1
+    return samples
+
+
+async def test_synthesize_scene_is_its_lines_with_natural_gaps(peer: WsPeer) -> None:
+    """The scene is each line as synthesize renders it (same cast, style and pitch), joined by
+    preview.mix's gaps: 0.25 s within a speaker, 0.45 s at a change, plus a line's pause."""
+    requests = [{k: v for k, v in line.items() if k != "pause"} for line in SCENE_LINES]
+    # Prepared lines come from the cache, so every render below has the very same samples.
+    for index, fields in enumerate(requests):
+        await peer.send(Prepare(id=f"prepare-{index}", **fields))
+        assert (await peer.next_event()).TYPE == "prepared"
+    lines = []
+    for index, fields in enumerate(requests):
+        await peer.send(Synthesize(id=index, format="wav", **fields))
+        lines.append(wav_samples((await peer.next_event()).data))
+
+    await peer.send(SynthesizeScene(id="scene", lines=SCENE_LINES, format="wav"))
+    reply = await peer.next_event()
+    assert (reply.TYPE, reply.id, reply.format, reply.sample_rate) == (
+        "audio_file", "scene", "wav", SAMPLE_RATE
+    )  # fmt: skip
+
+    def silence(seconds: float) -> np.ndarray:
+        return np.zeros(round(seconds * SAMPLE_RATE), dtype=np.int16)
+
+    expected = np.concatenate([lines[0], silence(0.25), lines[1], silence(0.45 + 0.5), lines[2]])
+    scene = wav_samples(reply.data)
+    assert len(scene) == len(expected) and np.array_equal(scene, expected)
+    assert reply.duration == pytest.approx(len(expected) / SAMPLE_RATE)
+
+    # The same scene as OGG Vorbis (which the page cannot encode), and with an even gap.
+    await peer.send(SynthesizeScene(id="ogg", lines=SCENE_LINES, format="ogg", gap=1.0))
+    reply = await peer.next_event()
+    assert (reply.TYPE, reply.format) == ("audio_file", "ogg") and reply.data[:4] == b"OggS"
+    ogg = decode(reply.data)
+    even = sum(len(line) for line in lines) + len(silence(1.0)) * 2 + len(silence(0.5))
+    assert abs(len(ogg) - even) < SAMPLE_RATE * 0.01
+    assert np.sqrt(np.mean(ogg**2)) > 0.02  # speech, not silence
+
+
+async def test_synthesize_scene_errors_name_the_line(peer: WsPeer) -> None:
+    guard = {"speaker": "GUARD", "text": "Halt!"}
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        ({"lines": [guard, {"speaker": "INNKEEPER", "text": "Hm.", "style": "angry"}]},
+         errors.UNKNOWN_STYLE, "lines[1]: no style 'angry' for speaker 'INNKEEPER'"),
+        ({"lines": [guard, guard, {**guard, "rate": 50.0}]},
+         errors.INVALID_FIELD, "synthesize_scene.lines[2].rate: must be 0.1 to 10"),
+        ({"lines": [guard, {**guard, "voice": "nobody"}]},
+         errors.UNKNOWN_VOICE, "lines[1]: no voice named 'nobody'"),
+        ({"lines": [guard, "Halt!"]}, errors.INVALID_FIELD, "synthesize_scene.lines[1]: expected"),
+        ({"lines": [guard, {"speaker": "GUARD", "text": " "}]},
+         errors.EMPTY_TEXT, "synthesize_scene.lines[1].text"),
+        ({"lines": [guard] * 201}, errors.INVALID_FIELD, "at most 200"),
+        ({"lines": [{**guard, "text": "x" * 4000}] * 3}, errors.TEXT_TOO_LONG, "12000 characters"),
+        ({"lines": []}, errors.EMPTY_TEXT, "no lines"),
+        ({"lines": [guard], "gap": -1.0}, errors.INVALID_FIELD, "synthesize_scene.gap"),
+    ]  # fmt: skip
+    for index, (fields, code, message) in enumerate(cases):
+        await peer.websocket.send(
+            msgpack.packb({"type": "synthesize_scene", "id": index, **fields})
+        )
+        error = await peer.next_event()
+        assert (error.TYPE, error.id, error.code) == ("error", index, code), error
+        assert message in error.message, error.message
+    await peer.send(Ping(id="still-here"))
+    assert (await peer.next_event()).id == "still-here"
+
+
+async def test_synthesize_scene_counts_against_file_requests(peer: WsPeer) -> None:
+    """Four synthesize requests are running (lines of half a minute): a scene must wait."""
+    for index in range(4):
+        await peer.send(Synthesize(id=index, text=" ".join([LONG_LINE] * 3)))
+    await peer.send(SynthesizeScene(id="scene", lines=SCENE_LINES))
+    error = await peer.next_event()
+    assert (error.TYPE, error.id, error.code) == ("error", "scene", errors.QUEUE_FULL)
+
+
 # --- who may connect ----------------------------------------------------------------------
 
 
@@ -248,6 +370,36 @@ async def test_allowed_origins_are_accepted(web_server: ServerThread) -> None:
     for origin in [*own, GAME_ORIGIN, None]:  # None: a native program sends no Origin
         peer = await WsPeer.open(web_server, origin=origin)  # fails unless welcomed
         await peer.close()
+
+
+async def test_token_server_refuses_a_websocket_hello_without_it(
+    token_server: ServerThread,
+) -> None:
+    for token in [None, "tea"]:
+        peer = await WsPeer.open(token_server, hello=False)
+        await peer.send(Hello(protocol=1, client="ws-test", id="h", token=token))
+        error = await peer.next_event()
+        assert (error.TYPE, error.code, error.id) == ("error", errors.UNAUTHORIZED, "h")
+        with pytest.raises(ConnectionClosed) as closed:
+            await peer.next_event()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+    peer = await WsPeer.open(token_server, token=TOKEN)  # fails unless welcomed
+    await peer.close()
+
+
+def test_page_url_carries_the_token_in_its_fragment(
+    web_server: ServerThread, token_server: ServerThread
+) -> None:
+    assert web_server.server is not None and web_server.server.web is not None
+    web = web_server.server.web
+    assert web.page_url() == web.page_url(None) == f"http://127.0.0.1:{web.port}/"
+    assert web.page_url(TOKEN) == f"http://127.0.0.1:{web.port}/#token=tea%2Bbiscuits%2F%3D%26%231"
+    # The page's files never hold the token: any local program could fetch them.
+    port = web_port(token_server)
+    for path in ["/", "/app.js", "/msgpack.js", "/tap-worklet.js", "/style.css"]:
+        status, _, body = http_get(port, path)
+        assert status == 200, path
+        assert TOKEN.encode() not in body and quote(TOKEN, safe="").encode() not in body, path
 
 
 def test_origin_allowlist_parsing() -> None:
@@ -276,7 +428,7 @@ def test_page_files_are_served(web_server: ServerThread) -> None:
     status, content_type, body = http_get(port, "/")
     assert (status, content_type) == (200, "text/html; charset=utf-8")
     assert b'<script type="module" src="app.js">' in body
-    for path in ["/app.js", "/msgpack.js", "/wav.js", "/tap-worklet.js"]:
+    for path in ["/app.js", "/msgpack.js", "/tap-worklet.js"]:
         assert http_get(port, path)[:2] == (200, "text/javascript; charset=utf-8")
     assert http_get(port, "/style.css")[:2] == (200, "text/css; charset=utf-8")
     for path in ["/../pyproject.toml", "/websocket.py", "/web/app.js", "/%2e%2e/server.py"]:
@@ -285,7 +437,7 @@ def test_page_files_are_served(web_server: ServerThread) -> None:
     assert http_get(port, "/", host=f"evil.example:{port}")[0] == 403
 
 
-def test_serve_web_prints_the_page_and_checks_origins(tmp_path: Path) -> None:
+def test_serve_web_prints_the_page_with_its_token_and_checks_origins(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "dialogue_tts", "serve", "--port", "0", "--web"]
     refused = subprocess.run(
         [*command, "--web-origin", "null"], capture_output=True, text=True, timeout=GUARD
@@ -294,21 +446,24 @@ def test_serve_web_prints_the_page_and_checks_origins(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [*command, "--web-port", "0", "--web-origin", GAME_ORIGIN],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "DIALOGUE_TTS_TOKEN": TOKEN},
     )  # fmt: skip
     try:
         assert process.stdout is not None
         listening = process.stdout.readline()
         assert re.fullmatch(r"dialogue-tts listening on 127\.0\.0\.1:\d+\n", listening), listening
+        assert "must send the token" in process.stdout.readline()
         page = process.stdout.readline()
-        match = re.fullmatch(r"preview page: http://127\.0\.0\.1:(\d+)/\n", page)
-        assert match, page
+        # The token goes in the fragment, which the browser keeps to itself.
+        match = re.fullmatch(r"preview page: http://127\.0\.0\.1:(\d+)/#token=(\S+)\n", page)
+        assert match and match.group(2) == quote(TOKEN, safe=""), page
         port = int(match.group(1))
         assert http_get(port, "/")[0] == 200
 
         async def hello_from_the_game() -> str:
             async with connect(f"ws://127.0.0.1:{port}/", origin=Origin(GAME_ORIGIN)) as websocket:
                 peer = WsPeer(websocket)
-                await peer.send(Hello(protocol=1, client="game"))
+                await peer.send(Hello(protocol=1, client="game", token=TOKEN))
                 return str((await peer.next_event()).TYPE)
 
         assert asyncio.run(hello_from_the_game()) == "welcome"
@@ -474,8 +629,8 @@ def test_preview_page_plays_skips_and_downloads(
         wait_for(page, "() => window.dialoguePreview?.ready === true")
         page.fill("#scene", TWO_LINE_SCENE)
         assert page.locator("#cast tbody th").all_inner_texts() == ["INNKEEPER", "TRAVELER"]
-        page.fill("#cast tbody tr:nth-child(2) input", "1.2")  # the traveler speaks faster
-        page.locator("#cast tbody tr:nth-child(2) input").dispatch_event("change")
+        page.fill("#cast tbody tr:nth-child(2) input.rate", "1.2")  # the traveler speaks faster
+        page.locator("#cast tbody tr:nth-child(2) input.rate").dispatch_event("change")
 
         page.click("#play")
         # The first line is heard: samples came out of the Web Audio graph's tap.
@@ -516,7 +671,7 @@ def test_preview_page_plays_skips_and_downloads(
         line_wav = download(page, "#lines li[data-index='1'] .download-wav")
         line_ogg = download(page, "#lines li[data-index='1'] .download-ogg")
         first_wav = download(page, "#lines li[data-index='0'] .download-wav")
-        scene_wav = download(page, "#download-scene")
+        scene_wav = download(page, "#download-scene-wav")
 
     for name, data in [("line.wav", line_wav), ("line.ogg", line_ogg), ("scene.wav", scene_wav)]:
         (artifact_dir(tmp_path) / name).write_bytes(data)
@@ -527,9 +682,102 @@ def test_preview_page_plays_skips_and_downloads(
     for audio in (first, second, ogg, scene):
         assert np.sqrt(np.mean(audio**2)) > 0.02  # speech, not silence
     assert 0.8 < len(ogg) / len(second) < 1.25  # the same line (synthesis varies a little)
-    # The scene is both lines with a 0.35 s gap (each render of a line varies a little).
-    expected = len(first) + len(second) + round(0.35 * SAMPLE_RATE)
+    # The scene is both lines with a 0.45 s gap between speakers (each render of a line varies
+    # a little).
+    expected = len(first) + len(second) + round(0.45 * SAMPLE_RATE)
     assert 0.85 < len(scene) / expected < 1.15
+
+
+STYLED_SCENE = """GUARD: Halt! Who goes there?
+GUARD (whisper): Closer. Slowly.
+(pause 0.5)
+innkeeper: Only me, the innkeeper.
+"""
+
+
+def test_preview_page_offers_the_cast_styles_and_pitch(
+    web_server: ServerThread, tmp_path: Path
+) -> None:
+    """The page asks for the cast: each character gets the styles the cast defines for it (its
+    own and the shared ones) and a pitch; a line's own (style) wins; say requests and the
+    scene download carry speaker, style and pitch; the OGG scene decodes."""
+    sent: list[dict[str, Any]] = []
+    with chromium_page() as page:
+        page.on(
+            "websocket",
+            lambda ws: ws.on("framesent", lambda data: sent.append(msgpack.unpackb(data))),
+        )
+        page.goto(f"http://127.0.0.1:{web_port(web_server)}/")
+        wait_for(page, "() => window.dialoguePreview?.ready === true")
+        page.fill("#scene", STYLED_SCENE)
+        assert page.locator("#cast tbody th").all_inner_texts() == ["GUARD", "innkeeper"]
+        assert page.locator("#lines .speaker").all_inner_texts() == [
+            "GUARD", "GUARD (whisper)", "innkeeper"
+        ]  # fmt: skip
+        options = [
+            page.locator(f"#cast tbody tr:nth-child({row}) select.style option").all_inner_texts()
+            for row in (1, 2)
+        ]
+        assert options == [["none", "angry", "whisper"], ["none", "whisper"]]
+        assert "test-cast.toml" in page.inner_text("#cast-source")
+        page.select_option("#cast tbody tr:nth-child(1) select.style", "angry")
+        page.fill("#cast tbody tr:nth-child(1) input.pitch", "1.2")
+        page.locator("#cast tbody tr:nth-child(1) input.pitch").dispatch_event("change")
+
+        page.focus("#play")  # from the keyboard
+        page.keyboard.press("Enter")
+        wait_for(page, "() => dialoguePreview.results().join() === 'done,done,done'")
+        received = page.evaluate("dialoguePreview.receivedSamples()")
+        scene_ogg = download(page, "#download-scene-ogg")
+
+        page.reload()  # the choices are kept
+        wait_for(page, "() => window.dialoguePreview?.ready === true")
+        assert page.input_value("#cast tbody tr:nth-child(1) select.style") == "angry"
+        assert page.input_value("#cast tbody tr:nth-child(1) input.pitch") == "1.2"
+
+    says = [message for message in sent if message["type"] == "say"]
+    assert [(m["speaker"], m.get("style"), m["pitch"]) for m in says] == [
+        ("GUARD", "angry", 1.2), ("GUARD", "whisper", 1.2), ("innkeeper", None, 1.0)
+    ]  # fmt: skip
+    assert all(isinstance(m["pitch"], float) and "voice" not in m for m in says)  # as cast
+    (scene,) = [message for message in sent if message["type"] == "synthesize_scene"]
+    assert scene["format"] == "ogg"
+    assert [(line.get("style"), line.get("pause")) for line in scene["lines"]] == [
+        ("angry", None), ("whisper", None), (None, 0.5)
+    ]  # fmt: skip
+    (artifact_dir(tmp_path) / "scene.ogg").write_bytes(scene_ogg)
+    assert scene_ogg[:4] == b"OggS"
+    audio = decode(scene_ogg)  # soundfile reads OGG Vorbis
+    assert np.sqrt(np.mean(audio**2)) > 0.02
+    # The three lines as they were heard, and the gaps: 0.25 s within GUARD's lines, then
+    # 0.45 s at the change of speaker plus the 0.5 s pause (each render varies a little).
+    expected = sum(received) + round((0.25 + 0.45 + 0.5) * SAMPLE_RATE)
+    assert 0.85 < len(audio) / expected < 1.15
+
+
+def test_preview_page_sends_the_token_from_its_address(token_server: ServerThread) -> None:
+    """Without the token in its address the page says so; with it, the page works."""
+    sent: list[dict[str, Any]] = []
+    port = web_port(token_server)
+    with chromium_page() as page:
+        page.on(
+            "websocket",
+            lambda ws: ws.on("framesent", lambda data: sent.append(msgpack.unpackb(data))),
+        )
+        page.goto(f"http://127.0.0.1:{port}/")
+        wait_for(page, "() => document.querySelector('#connection').textContent"
+                       ".includes('needs a token')")  # fmt: skip
+        assert page.evaluate("dialoguePreview.ready") is False
+        assert page.is_disabled("#play") and page.is_disabled("#download-scene-ogg")
+        # The address that serve printed: the page connects again at once.
+        page.goto(f"http://127.0.0.1:{port}/#token={quote(TOKEN, safe='')}")
+        wait_for(page, "() => window.dialoguePreview?.ready === true")
+        page.reload()  # and opened with the token from the start
+        wait_for(page, "() => window.dialoguePreview?.ready === true")
+        line = decode(download(page, "#lines li[data-index='0'] .download-wav"))
+    hellos = [message for message in sent if message["type"] == "hello"]
+    assert [hello.get("token") for hello in hellos] == [None, TOKEN, TOKEN]
+    assert np.sqrt(np.mean(line**2)) > 0.02
 
 
 def wait_for(page: Any, predicate: str, argument: Any = None) -> None:

@@ -1,15 +1,25 @@
-// The preview page: paste a scene, pick a voice and rate per character, hear it streamed
-// through Web Audio, skip or stop, download lines. It speaks the dialogue-tts protocol
-// (protocol/PROTOCOL.md) over the server's WebSocket, one msgpack map per binary message.
+// The preview page: paste a scene, pick a voice, style, rate and pitch per character, hear
+// it streamed through Web Audio, skip or stop, download lines and the whole scene. It speaks
+// the dialogue-tts protocol (protocol/PROTOCOL.md) over the server's WebSocket, one msgpack
+// map per binary message.
+//
+// A server started with a token prints this page's address with the token in the fragment
+// (http://127.0.0.1:5758/#token=...). Browsers never send a fragment to any server, and the
+// page's files never hold the token: the page reads it from location.hash for its hello.
 
 import { decode, encode } from "./msgpack.js";
-import { parseWav, resampled, wavFile } from "./wav.js";
 
-const GAP_SECONDS = 0.35; // silence between lines, in playback and in the scene file
+// Silence between lines, as in the CLI's preview and the server's scene file (preview.py).
+const SPEAKER_CHANGE_GAP = 0.45;
+const SAME_SPEAKER_GAP = 0.25;
+const MAX_PAUSE = 30; // seconds, as synthesize_scene accepts
 const LEAD_SECONDS = 0.05; // a line's first chunk is scheduled this far ahead of now
 const NARRATOR = "NARRATOR";
 const STORAGE_KEY = "dialogue-tts-preview";
-const SPEAKER_LINE = /^([^\s:#][^:]{0,39}?)\s*:\s*(\S.*)$/;
+// The CLI preview's text format (preview.py _LINE, _PAUSE): NAME: line, NAME (style): line.
+const SPEAKER_LINE = /^([^:()#][^:()]{0,63}?)\s*(?:\(([\p{L}\p{M}\p{N}_ -]+)\))?\s*:\s*(\S.*)$/u;
+const PAUSE_LINE = /^\(\s*pause\s+(\d+(?:\.\d+)?)\s*s?\s*\)$/i;
+const MIME_TYPES = { wav: "audio/wav", ogg: "audio/ogg" };
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -18,9 +28,10 @@ const ui = {
   play: $("play"),
   skip: $("skip"),
   stop: $("stop"),
-  downloadScene: $("download-scene"),
+  downloadScene: { wav: $("download-scene-wav"), ogg: $("download-scene-ogg") },
   nowPlaying: $("now-playing"),
   cast: document.querySelector("#cast tbody"),
+  castSource: $("cast-source"),
   lines: $("lines"),
   message: $("message"),
 };
@@ -30,8 +41,10 @@ const stats = { heardSamples: 0, peak: 0, scheduledSamples: 0, contextRate: 0 };
 
 let client = null;
 let welcome = null;
-let sceneLines = []; // [{speaker, text}]
-const cast = new Map(); // character -> {voice, rate}
+let serverCast = null; // the connection's cast: {source, default, styles, speakers}
+let tokenRefused = false;
+let sceneLines = []; // [{speaker, text, style, pause}]
+const cast = new Map(); // character -> {voice, style, rate, pitch}; "" = as the cast says
 let playback = null; // the scene being played, see startPlayback()
 let runCount = 0;
 let rendering = false;
@@ -56,7 +69,8 @@ class ProtocolClient {
       socket.binaryType = "arraybuffer";
       this.socket = socket;
       socket.onopen = () => {
-        this.request({ type: "hello", protocol: 1, client: "preview-page" }).then(resolve, reject);
+        this.request({ type: "hello", protocol: 1, client: "preview-page", token: pageToken() })
+          .then(resolve, reject);
       };
       socket.onmessage = (message) => this.receive(message.data);
       socket.onclose = (close) => {
@@ -96,27 +110,48 @@ class ProtocolClient {
   }
 }
 
+/** The server's token, from the page address's fragment (#token=...), if there is one. */
+function pageToken() {
+  return new URLSearchParams(location.hash.slice(1)).get("token") || undefined;
+}
+
 function connect() {
   ui.connection.textContent = "Connecting…";
+  tokenRefused = false;
   client = new ProtocolClient(`ws://${location.host}/`, {
     onEvent: handleEvent,
     onClose: () => {
       welcome = null;
+      serverCast = null;
       window.dialoguePreview.ready = false;
       if (playback) abandonPlayback("Disconnected.");
-      ui.connection.textContent = "Disconnected from the server; retrying…";
       updateButtons();
+      if (tokenRefused) { // retrying cannot help; a new address (hashchange) reconnects
+        ui.connection.textContent = (pageToken() === undefined
+          ? "This server needs a token. "
+          : "The server refused this page's token. ") +
+          "Open the page at the address that dialogue-tts serve printed (it ends in #token=…).";
+        return;
+      }
+      ui.connection.textContent = "Disconnected from the server; retrying…";
       setTimeout(connect, 2000);
     },
   });
-  client.connect().then((reply) => {
+  client.connect().then(async (reply) => {
     welcome = reply;
+    // The cast names the styles each character can use; without it (an older server) the
+    // page still works, with no styles to offer.
+    const castReply = await client.request({ type: "cast" }).catch(() => null);
+    if (welcome !== reply) return; // disconnected meanwhile
+    serverCast = castReply?.cast ?? null;
     window.dialoguePreview.ready = true;
     ui.connection.textContent =
       `Connected to ${reply.server}: ${reply.voices.length} voice(s).`;
     renderCast();
     updateButtons();
-  }, () => {}); // onClose reports and retries
+  }, (error) => {
+    if (error.code === "unauthorized") tokenRefused = true; // then onClose reports it
+  });
 }
 
 function handleEvent(event) {
@@ -192,21 +227,16 @@ function sayNext() {
   if (!run || run.stopped) return;
   const line = run.lines[run.cursor];
   if (line === undefined) return;
-  const settings = castFor(line.speaker);
   line.phase = "queued";
-  client.request({
-    type: "say", speaker: line.speaker, text: line.text, line: line.lineId,
-    voice: settings.voice, rate: settings.rate, format: "s16le",
-  }).catch((error) => {
-    if (playback === run) finishLine(line, "error", error.message);
-  });
+  client.request({ type: "say", ...lineRequest(line), line: line.lineId, format: "s16le" })
+    .catch((error) => {
+      if (playback === run) finishLine(line, "error", error.message);
+    });
   // The next line is synthesized now, so it starts at once when this one ends or is skipped.
   const next = run.lines[run.cursor + 1];
   if (next !== undefined) {
-    const nextSettings = castFor(next.speaker);
-    client.request({
-      type: "prepare", text: next.text, voice: nextSettings.voice, rate: nextSettings.rate,
-    }).catch(() => {}); // only a head start: the say reports real problems
+    client.request({ type: "prepare", ...lineRequest(next) })
+      .catch(() => {}); // only a head start: the say reports real problems
   }
 }
 
@@ -241,7 +271,7 @@ function scheduleChunk(line, buffer) {
   const run = playback;
   const now = audio.context.currentTime;
   if (line.startAt === null) {
-    const afterPrevious = run.playhead + (run.gapNext ? GAP_SECONDS : 0);
+    const afterPrevious = run.playhead + (run.gapNext ? gapBefore(run, line) : 0);
     line.startAt = Math.max(now + LEAD_SECONDS, afterPrevious);
     run.playhead = line.startAt;
   }
@@ -254,6 +284,13 @@ function scheduleChunk(line, buffer) {
   run.playhead = at + buffer.duration;
   line.endAt = run.playhead;
   stats.scheduledSamples += buffer.length;
+}
+
+/** The silence before ``line`` after the previous one played to its end (preview.mix). */
+function gapBefore(run, line) {
+  const previous = run.lines[run.lines.indexOf(line) - 1];
+  if (previous === undefined) return 0;
+  return (previous.speaker === line.speaker ? SAME_SPEAKER_GAP : SPEAKER_CHANGE_GAP) + line.pause;
 }
 
 function silence(line) {
@@ -360,54 +397,39 @@ function tick() {
 
 // --- downloads ------------------------------------------------------------------------
 
-async function synthesize(index, format) {
-  const line = sceneLines[index];
-  const settings = castFor(line.speaker);
-  return client.request({
-    type: "synthesize", text: line.text, voice: settings.voice, rate: settings.rate, format,
-  });
-}
-
 async function downloadLine(index, format) {
   try {
-    const reply = await synthesize(index, format);
-    saveFile(reply.data, `${fileStem(index)}.${format}`, format === "wav" ? "audio/wav" : "audio/ogg");
+    const reply = await client.request({
+      type: "synthesize", ...lineRequest(sceneLines[index]), format,
+    });
+    saveFile(reply.data, `${fileStem(index)}.${format}`, MIME_TYPES[format]);
   } catch (error) {
     showError(error);
   }
 }
 
 /**
- * The whole scene as one WAV: each line rendered by the server (synthesize, so skipped or
- * unplayed lines are complete too), joined here with a short gap. WAV only: joining is
- * plain PCM work, while an OGG would need a Vorbis encoder in the page.
+ * The whole scene as one file, rendered and mixed by the server (synthesize_scene): the same
+ * gaps as playback, every line complete (skipped or unplayed ones too), and OGG Vorbis,
+ * which a browser cannot encode itself.
  */
-async function downloadScene() {
+async function downloadScene(format) {
   rendering = true;
   updateButtons();
+  showMessage(`Rendering the scene (${sceneLines.length} lines)…`);
   try {
-    const parts = [];
-    for (let index = 0; index < sceneLines.length; index += 1) {
-      showMessage(`Rendering line ${index + 1} of ${sceneLines.length}…`);
-      parts.push(parseWav((await synthesize(index, "wav")).data));
-    }
-    const sampleRate = parts[0].sampleRate;
-    const gap = Math.round(GAP_SECONDS * sampleRate);
-    const joined = [];
-    for (const part of parts) {
-      joined.push(await resampled(part, sampleRate));
-      if (joined.length < parts.length * 2 - 1) joined.push(new Int16Array(gap));
-    }
-    const total = joined.reduce((sum, samples) => sum + samples.length, 0);
-    const pcm = new Int16Array(total);
-    let offset = 0;
-    for (const samples of joined) {
-      pcm.set(samples, offset);
-      offset += samples.length;
-    }
-    saveFile(wavFile(pcm, sampleRate), "scene.wav", "audio/wav");
-    showMessage(`Scene saved: ${(total / sampleRate).toFixed(1)} s.`);
+    const reply = await client.request({
+      type: "synthesize_scene", format,
+      lines: sceneLines.map((line) => ({ ...lineRequest(line), pause: line.pause || undefined })),
+    });
+    saveFile(reply.data, `scene.${format}`, MIME_TYPES[format]);
+    showMessage(`Scene saved as ${format.toUpperCase()}: ${reply.duration.toFixed(1)} s.`);
   } catch (error) {
+    // "synthesize_scene.lines[3].rate: ..." and "lines[3]: ..." name a line from 0.
+    error.message = String(error.message).replace(
+      /(?:synthesize_scene\.)?lines\[(\d+)\](?:\.|: )?/g,
+      (_, index) => `line ${Number(index) + 1} (${sceneLines[index]?.speaker ?? "?"}): `,
+    );
     showError(error);
   } finally {
     rendering = false;
@@ -435,19 +457,60 @@ function fileStem(index) {
 
 function parseScene(text) {
   const lines = [];
+  let pause = 0;
   for (const raw of text.split(/\r?\n/)) {
     const row = raw.trim();
     if (row === "" || row.startsWith("#")) continue;
+    const pauseMatch = PAUSE_LINE.exec(row);
+    if (pauseMatch) {
+      pause = Math.min(MAX_PAUSE, pause + Number(pauseMatch[1]));
+      continue;
+    }
     const match = SPEAKER_LINE.exec(row);
-    if (match) lines.push({ speaker: match[1].trim(), text: match[2].trim() });
-    else lines.push({ speaker: NARRATOR, text: row });
+    if (match) {
+      const style = match[2]?.trim() || undefined;
+      lines.push({ speaker: match[1].trim(), style, text: match[3].trim(), pause });
+    } else lines.push({ speaker: NARRATOR, style: undefined, text: row, pause });
+    pause = 0;
   }
   return lines;
 }
 
 function castFor(speaker) {
-  if (!cast.has(speaker)) cast.set(speaker, { voice: welcome?.default_voice ?? "", rate: 1.0 });
+  if (!cast.has(speaker)) cast.set(speaker, { voice: "", style: "", rate: 1, pitch: 1 });
   return cast.get(speaker);
+}
+
+/** The cast's entry for ``speaker``: exact name, then any case, then the default (cast.py). */
+function castEntry(speaker) {
+  const speakers = serverCast?.speakers ?? {};
+  if (Object.hasOwn(speakers, speaker)) return speakers[speaker];
+  const folded = speaker.toLowerCase();
+  const named = Object.keys(speakers).find((name) => name.toLowerCase() === folded);
+  return named === undefined ? serverCast?.default ?? {} : speakers[named];
+}
+
+/** The styles ``speaker`` may use: the cast's shared ones and the speaker's own. */
+function styleNames(speaker) {
+  const names = new Set([
+    ...Object.keys(serverCast?.styles ?? {}), ...Object.keys(castEntry(speaker).styles ?? {}),
+  ]);
+  return [...names].sort();
+}
+
+/** A line's fields for say, prepare, synthesize and synthesize_scene: the server resolves
+ * the speaker and style through its cast; voice only when chosen here, rate and pitch
+ * multiply the cast's. A line's own (style) wins over its character's. */
+function lineRequest(line) {
+  const settings = castFor(line.speaker);
+  return {
+    speaker: line.speaker,
+    text: line.text,
+    style: line.style ?? (settings.style || undefined),
+    voice: settings.voice || undefined,
+    rate: settings.rate,
+    pitch: settings.pitch,
+  };
 }
 
 function sceneChanged() {
@@ -461,8 +524,9 @@ function sceneChanged() {
 function renderLines() {
   const rows = sceneLines.map((line, index) => {
     const row = element("li", { "data-index": String(index), "data-status": "" });
+    const who = line.style === undefined ? line.speaker : `${line.speaker} (${line.style})`;
     row.append(
-      element("span", { class: "speaker" }, line.speaker),
+      element("span", { class: "speaker" }, who),
       element("span", { class: "text" }, line.text),
       element("span", { class: "status" }, ""),
     );
@@ -487,33 +551,65 @@ function renderLines() {
 
 function renderCast() {
   const speakers = [...new Set(sceneLines.map((line) => line.speaker))];
+  ui.castSource.textContent = serverCast ? `The server's cast: ${serverCast.source}.` : "";
   const rows = speakers.map((speaker) => {
     const settings = castFor(speaker);
-    const voice = element("select", { "aria-label": `Voice for ${speaker}` });
-    for (const info of welcome?.voices ?? [{ name: settings.voice, language: "" }]) {
-      const label = [info.name, info.language, info.quality].filter(Boolean).join(" · ");
-      voice.append(element("option", { value: info.name }, label));
-    }
-    if (welcome && !welcome.voices.some((info) => info.name === settings.voice)) {
-      settings.voice = welcome.default_voice;
-    }
-    voice.value = settings.voice;
-    voice.addEventListener("change", () => { settings.voice = voice.value; save(); });
-    const rate = element("input", {
-      type: "number", min: "0.5", max: "2", step: "0.05", value: String(settings.rate),
-      "aria-label": `Speaking rate for ${speaker} (1 is normal)`,
-    });
-    rate.addEventListener("change", () => {
-      const value = Number(rate.value);
-      settings.rate = Number.isFinite(value) && value >= 0.1 && value <= 10 ? value : 1.0;
-      rate.value = String(settings.rate);
-      save();
-    });
     const row = element("tr");
-    row.append(element("th", { scope: "row" }, speaker), cell(voice), cell(rate));
+    row.append(
+      element("th", { scope: "row" }, speaker),
+      cell(voiceSelect(speaker, settings)),
+      cell(styleSelect(speaker, settings)),
+      cell(numberInput(settings, "rate", [0.1, 10], `Speaking rate for ${speaker} (1 is normal)`)),
+      cell(numberInput(settings, "pitch", [0.5, 2], `Pitch for ${speaker} (1 is unchanged)`)),
+    );
     return row;
   });
   ui.cast.replaceChildren(...rows);
+}
+
+function voiceSelect(speaker, settings) {
+  const select = element("select", { "aria-label": `Voice for ${speaker}`, class: "voice" });
+  const castVoice = castEntry(speaker).voice ?? welcome?.default_voice;
+  select.append(element("option", { value: "" }, castVoice ? `as cast (${castVoice})` : "as cast"));
+  for (const info of welcome?.voices ?? []) {
+    const label = [info.name, info.language, info.quality].filter(Boolean).join(" · ");
+    select.append(element("option", { value: info.name }, label));
+  }
+  if (welcome && !welcome.voices.some((info) => info.name === settings.voice)) {
+    settings.voice = "";
+  }
+  if (welcome) select.value = settings.voice;
+  select.addEventListener("change", () => { settings.voice = select.value; save(); });
+  return select;
+}
+
+function styleSelect(speaker, settings) {
+  const select = element("select", { "aria-label": `Style for ${speaker}`, class: "style" });
+  let names = styleNames(speaker);
+  if (serverCast === null) names = settings.style ? [settings.style] : []; // not loaded yet
+  else if (!names.includes(settings.style)) settings.style = "";
+  select.append(element("option", { value: "" }, "none"));
+  for (const name of names) select.append(element("option", { value: name }, name));
+  select.value = settings.style;
+  select.disabled = names.length === 0;
+  if (select.disabled) select.title = "The server's cast defines no styles for this character.";
+  select.addEventListener("change", () => { settings.style = select.value; save(); });
+  return select;
+}
+
+/** A number field for ``settings[key]``, kept within ``[low, high]`` (else 1). */
+function numberInput(settings, key, [low, high], label) {
+  const input = element("input", {
+    type: "number", min: String(low), max: String(high), step: "0.05",
+    value: String(settings[key]), "aria-label": label, class: key,
+  });
+  input.addEventListener("change", () => {
+    const value = Number(input.value);
+    settings[key] = input.value !== "" && value >= low && value <= high ? value : 1;
+    input.value = String(settings[key]);
+    save();
+  });
+  return input;
 }
 
 function updateButtons() {
@@ -522,7 +618,9 @@ function updateButtons() {
   ui.play.disabled = !connected || sceneLines.length === 0;
   ui.skip.disabled = !active;
   ui.stop.disabled = !active;
-  ui.downloadScene.disabled = !connected || sceneLines.length === 0 || rendering;
+  for (const button of Object.values(ui.downloadScene)) {
+    button.disabled = !connected || sceneLines.length === 0 || rendering;
+  }
 }
 
 // --- small helpers --------------------------------------------------------------------
@@ -562,7 +660,13 @@ function restore() {
     if (saved === null) return;
     if (typeof saved.scene === "string") ui.scene.value = saved.scene;
     for (const [speaker, settings] of Object.entries(saved.cast ?? {})) {
-      cast.set(speaker, { voice: String(settings.voice ?? ""), rate: Number(settings.rate) || 1 });
+      const number = (value, low, high) => (value >= low && value <= high ? value : 1);
+      cast.set(speaker, {
+        voice: String(settings.voice ?? ""),
+        style: String(settings.style ?? ""),
+        rate: number(Number(settings.rate), 0.1, 10),
+        pitch: number(Number(settings.pitch), 0.5, 2),
+      });
     }
   } catch { /* a damaged entry is ignored */ }
 }
@@ -585,7 +689,12 @@ ui.play.addEventListener("click", () => {
 });
 ui.skip.addEventListener("click", skipLine);
 ui.stop.addEventListener("click", stopPlayback);
-ui.downloadScene.addEventListener("click", downloadScene);
+for (const [format, button] of Object.entries(ui.downloadScene)) {
+  button.addEventListener("click", () => downloadScene(format));
+}
+window.addEventListener("hashchange", () => {
+  if (tokenRefused) connect(); // the user pasted the address with the token
+});
 document.addEventListener("keydown", (event) => {
   if (event.altKey && event.key.toLowerCase() === "s" && playback?.active) {
     event.preventDefault();

@@ -3,7 +3,7 @@
 // Tested byte for byte against protocol/vectors.json (tests/test_web.py).
 
 /** Numbers under these keys are always floats on the wire; every other integer is an int. */
-export const FLOAT_FIELDS = new Set(["rate", "volume", "duration"]);
+export const FLOAT_FIELDS = new Set(["rate", "pitch", "volume", "duration", "gap", "pause"]);
 
 const utf8Encoder = new TextEncoder();
 const utf8Decoder = new TextDecoder("utf-8", { fatal: true });
