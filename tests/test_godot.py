@@ -3,8 +3,10 @@
 The Godot 4 addon (integrations/godot) cannot run here: no Godot 4 binary is packaged. It is
 parsed, linted and format-checked with gdtoolkit, and kept a line-for-line port of the Godot 3
 addon (integrations/godot3), which runs under Debian's ``godot3-server`` against a real server:
-its GDScript test decodes and encodes every protocol vector, reads split and merged frames, and
-voices two speakers with skip, cancel, clear, pause/resume and interrupt.
+its GDScript test decodes and encodes every protocol vector, reads split and merged frames,
+voices two speakers with skip, cancel, clear, pause/resume and interrupt, and against a server
+started with a token: is accepted with the token, refused (once, no retries) without it, and
+sends styles, pitch and its own cast.
 
 CI needs ``pip install gdtoolkit`` and ``apt-get install godot3-server``; without them the
 tests concerned are skipped with the reason.
@@ -22,7 +24,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, server_process
+from helpers import REPO, ServerThread, server_process
+
+from dialogue_tts.cast import Cast
+from dialogue_tts.server import ServerConfig
 
 GODOT4_ADDON = REPO / "integrations" / "godot" / "addons" / "dialogue_tts"
 GODOT3 = REPO / "integrations" / "godot3"
@@ -42,6 +47,12 @@ needs_godot3 = pytest.mark.skipif(
     reason="godot3-server is not on PATH (CI runs `apt-get install -y godot3-server`)",
 )
 HANG_GUARD_SECONDS = 300  # only so that a stuck engine cannot hang the suite
+TOKEN = "godot-test-token"
+# What test_dialogue_tts.gd expects of the token server's cast.
+TOKEN_SERVER_CAST = {
+    "speakers": {"guard": {"pitch": 0.85, "styles": {"stern": {"rate": 0.9, "volume": 1.2}}}},
+    "styles": {"whisper": {"volume": 0.5, "noise_scale": 0.3}},
+}
 
 
 def _gdtoolkit(tool: str) -> str:
@@ -121,17 +132,27 @@ def _unused_port() -> int:
 
 
 @needs_godot3
-def test_godot3_headless_against_server(godot3_project: Path) -> None:
+def test_godot3_headless_against_server(
+    godot3_project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     dead_port = _unused_port()  # nothing listens there once the socket is closed
-    with server_process() as (port, _process):
-        result = _run_godot3(
-            godot3_project, "-s", "res://tests/test_dialogue_tts.gd",
-            env={
-                "DIALOGUE_TTS_PORT": str(port),
-                "DIALOGUE_TTS_DEAD_PORT": str(dead_port),
-                "DIALOGUE_TTS_VECTORS": str(VECTORS),
-            },
-        )  # fmt: skip
+    token_server = ServerThread(
+        ServerConfig(port=0, token=TOKEN, cast=Cast.from_dict(TOKEN_SERVER_CAST))
+    ).start()
+    try:
+        with server_process() as (port, _process):
+            result = _run_godot3(
+                godot3_project, "-s", "res://tests/test_dialogue_tts.gd",
+                env={
+                    "DIALOGUE_TTS_PORT": str(port),
+                    "DIALOGUE_TTS_DEAD_PORT": str(dead_port),
+                    "DIALOGUE_TTS_VECTORS": str(VECTORS),
+                    "DIALOGUE_TTS_TOKEN_PORT": str(token_server.port),
+                    "DIALOGUE_TTS_TOKEN": TOKEN,
+                },
+            )  # fmt: skip
+    finally:
+        token_server.stop()
     output = f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
     assert "SCRIPT ERROR" not in result.stderr, output
     assert "GODOT_TEST_FAIL" not in result.stdout, output
@@ -148,3 +169,9 @@ def test_godot3_headless_against_server(godot3_project: Path) -> None:
     )
     assert int(match.group(1)) > minimum, output
     assert f"no dialogue-tts server at 127.0.0.1:{dead_port}" in result.stderr, output
+    # The node with a wrong token was refused once, logged it once and never tried again (its
+    # own signals are checked by the GDScript test); no token is ever printed.
+    refusals = [r for r in caplog.records if "Refused a client" in r.getMessage()]
+    assert len(refusals) == 1, output
+    assert result.stderr.count("the server refused this game (unauthorized") == 1, output
+    assert TOKEN not in output and "wrong-token" not in output

@@ -1,9 +1,11 @@
 """The Ren'Py binding and the renpy-render command.
 
 (a) the binding's own msgpack codec and frame reader against protocol/vectors.json;
-(b) its client against a real server; (c) ``dialogue-tts renpy-render`` on a dialogue export
-written like the launcher's; (d) with Ren'Py installed (/usr/games/renpy, Debian's 8.0.3),
-the example game played headless against a real server through a recording proxy, and lint.
+(b) its client against a real server, also one started with a token (accepted with it,
+refused once and never retried without it) with a cast, styles and pitch; (c) ``dialogue-tts
+renpy-render`` on a dialogue export written like the launcher's; (d) with Ren'Py installed
+(/usr/games/renpy, Debian's 8.0.3), the example game played headless against a real server
+with a token through a recording proxy, refused with a wrong token, and lint.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ import msgpack
 import numpy as np
 import pytest
 import soundfile
-from helpers import REPO, VECTORS, from_json, server_process
+from helpers import REPO, VECTORS, ServerThread, from_json, server_process
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from dialogue_tts.cast import Cast
+from dialogue_tts.server import ServerConfig
 
 BINDING = REPO / "integrations" / "renpy" / "game" / "dialogue_tts"
 EXAMPLE = REPO / "examples" / "renpy"
@@ -73,7 +78,7 @@ def _same(decoded: Any, expected: Any) -> bool:
 # --- (a) the codec ----------------------------------------------------------------------------
 
 MESSAGE_VECTORS = VECTORS["requests"] + VECTORS["events"]
-FLOAT_FIELDS = {"rate", "volume", "duration"}
+FLOAT_FIELDS = {"rate", "pitch", "volume", "duration", "gap", "pause"}
 
 
 def _typed(message: dict[str, Any]) -> dict[str, Any]:
@@ -289,6 +294,80 @@ def test_speech_without_server_is_silent_and_logs_once() -> None:
     _poll_until(lambda: [1] if speech.connection.closed else [], bool)
     speech.poll()
     assert len(logs) == 1
+
+
+TOKEN = "renpy-test-token"
+SERVER_CAST = {"speakers": {"guard": {"pitch": 0.85, "styles": {"stern": {"rate": 0.9}}}}}
+
+
+@pytest.fixture(scope="module")
+def token_server() -> Iterator[ServerThread]:
+    """A server started with a token, and a cast with the guard's style "stern"."""
+    server = ServerThread(ServerConfig(port=0, token=TOKEN, cast=Cast.from_dict(SERVER_CAST)))
+    yield server.start()
+    server.stop()
+
+
+def test_connection_sends_token_and_cast(token_server: ServerThread) -> None:
+    cast = {"speakers": {"guard": {"styles": {"angry": {"rate": 1.2, "volume": 1.3}}}}}
+    connection = client.Connection(port=token_server.port, pace=False, token=TOKEN, cast=cast)
+    connection.start()
+    connection.send({"type": "cast", "id": 1})
+    connection.send({"type": "say", "id": 2, "speaker": "guard", "text": "Stop right there!",
+                     "style": "angry", "pitch": 1.2})  # fmt: skip
+    events = _poll_until(connection.poll, lambda seen: any(e["type"] == "finished" for e in seen))
+    assert events[0]["type"] == "welcome"
+    [reply] = [e for e in events if e["type"] == "cast"]
+    # The game's cast replaced the server's for this connection.
+    assert reply["cast"]["source"] == "hello"
+    assert set(reply["cast"]["speakers"]["guard"]["styles"]) == {"angry"}
+    assert events[-1]["status"] == "done" and events[-1]["samples"] > 0
+    connection.close()
+
+
+def test_speech_with_token_style_and_pitch(token_server: ServerThread) -> None:
+    logs: list[str] = []
+    speech = client.Speech(
+        lambda: client.Connection(port=token_server.port, token=TOKEN).start(), log=logs.append
+    )
+    assert speech.say("guard", "Halt.", style="stern", pitch=1.2) == "sent"
+    chunks = _poll_until(speech.poll, lambda seen: not speech.receiving)
+    assert chunks and chunks[0].audio[:4] == b".snd"
+    # Only a line that finished "done" is cached; the same settings replay it.
+    assert speech.say("guard", "Halt.", style="stern", pitch=1.2) == "cached"
+    assert speech.say("guard", "Halt.", style="stern", pitch=0.8) == "sent"  # a new line
+    _poll_until(speech.poll, lambda seen: not speech.receiving)
+    # A style the server's cast lacks is refused by the server: proof that it was sent.
+    assert speech.say("guard", "Halt.", style="cheerful") == "sent"
+    _poll_until(speech.poll, lambda seen: not speech.receiving)
+    assert len(logs) == 1 and "unknown_style" in logs[0], logs
+    assert speech.refused is None
+    speech.close()
+
+
+@pytest.mark.parametrize("token", [None, "wrong-token"])
+def test_speech_refused_without_the_token(token_server: ServerThread, token: str | None) -> None:
+    logs: list[str] = []
+    attempts: list[Any] = []
+    now = [100.0]
+
+    def connect() -> Any:
+        attempts.append(client.Connection(port=token_server.port, token=token).start())
+        return attempts[-1]
+
+    speech = client.Speech(connect, log=logs.append, clock=lambda: now[0])
+    assert speech.say("e", "Hello?") == "sent"
+    _poll_until(speech.poll, lambda seen: speech.connection.closed and not speech.receiving)
+    speech.poll()
+    assert speech.refused == "unauthorized"
+    assert len(logs) == 1, logs  # one clear message, not also "no voice server"
+    assert "refused" in logs[0] and "unauthorized" in logs[0] and "DIALOGUE_TTS_TOKEN" in logs[0]
+    assert TOKEN not in logs[0] and "wrong-token" not in logs[0]
+    # Long after the usual retry delay, lines stay silent and nothing reconnects.
+    now[0] += 3600
+    assert speech.say("e", "Anyone?") == "offline"
+    assert speech.poll() == []
+    assert len(attempts) == 1 and len(logs) == 1
 
 
 _OLD_PYTHON_CHECK = """
@@ -567,13 +646,15 @@ def test_example_game_lint(tmp_path: Path) -> None:
 def test_example_game_plays_against_server(tmp_path: Path) -> None:
     game = _game_copy(tmp_path)
     report_path = tmp_path / "report.json"
-    with server_process() as (port, _server):
+    # The server wants a token; the binding reads it from the environment by itself.
+    with server_process(env={"DIALOGUE_TTS_TOKEN": TOKEN}) as (port, _server):
         proxy = RecordingProxy(port)
         try:
             result = _run_renpy(
                 game,
                 env={"DIALOGUE_TTS_PORT": str(proxy.port),
-                     "DIALOGUE_TTS_TEST_REPORT": str(report_path)},
+                     "DIALOGUE_TTS_TEST_REPORT": str(report_path),
+                     "DIALOGUE_TTS_TOKEN": TOKEN},
             )  # fmt: skip
         finally:
             proxy.close()
@@ -581,15 +662,22 @@ def test_example_game_plays_against_server(tmp_path: Path) -> None:
     assert result.returncode == 0, output[-5000:]
     report = json.loads(report_path.read_text())
     assert report["finished"] and "error" not in report, report
+    assert TOKEN not in output + (game / "log.txt").read_text(encoding="utf-8", errors="replace")
 
     from_game = [m for who, m in proxy.records if who == "game"]
     from_server = [m for who, m in proxy.records if who == "server"]
-    assert from_game[0]["type"] == "hello" and from_game[0]["client"] == "renpy"
+    hello = from_game[0]
+    assert hello["type"] == "hello" and hello["client"] == "renpy" and hello["token"] == TOKEN
+    # The cast file, read when the game connected, went as TOML text.
+    assert hello["cast"] == (EXAMPLE / "game" / "cast.toml").read_text(encoding="utf-8")
+    assert from_server[0]["type"] == "welcome"
     says = [m for m in from_game if m["type"] == "say"]
     # Every line, in order, with its speaker (voice_tag, or "narrator"), with Ren'Py markup.
     assert [(m["speaker"], m["text"]) for m in says[:7]] == EXPECTED_LINES
     assert all(m["markup"] == "renpy" and m["interrupt"] is True for m in says)
     assert says[4]["rate"] == 1.2 and says[4]["volume"] == 0.9  # Lucy's settings
+    assert says[4]["pitch"] == 0.95 and "style" not in says[4]
+    assert says[6]["style"] == "warm"  # the say statement's (cb_tts_style="warm")
     # After the rollback, the line rolled back to came from the local cache: nothing was
     # asked again, except perhaps the very last line, if its finish raced the rollback.
     assert all(m["text"] == "Sit down. Eat." for m in says[7:]), [m["text"] for m in says[7:]]
@@ -604,6 +692,7 @@ def test_example_game_plays_against_server(tmp_path: Path) -> None:
     assert finished[long_line]["status"] == "skipped"
     assert any(m["type"] == "skipped" and m["line"] == long_line for m in from_server)
     assert finished[says[0]["line"]]["status"] == "done"
+    assert finished[says[6]["line"]]["status"] == "done"  # the cast's style was accepted
 
     # Audio was played on the voice channel for every line, the rolled-back ones from the cache.
     played = report["played"]
@@ -648,6 +737,35 @@ def test_example_game_plays_prerendered_files(tmp_path: Path) -> None:
     for index, identifier in enumerate(identifiers):
         files = [p["file"] for p in report["played"] if p["line"] == index]
         assert files == [f"voice/{identifier}.ogg"], report["played"]
+
+
+@needs_renpy
+def test_example_game_refused_by_server(tmp_path: Path) -> None:
+    """A wrong token: the game plays through silently, says why once, and never retries."""
+    game = _game_copy(tmp_path)
+    report_path = tmp_path / "report.json"
+    with server_process(env={"DIALOGUE_TTS_TOKEN": TOKEN}) as (port, _server):
+        proxy = RecordingProxy(port)
+        try:
+            result = _run_renpy(
+                game,
+                env={"DIALOGUE_TTS_PORT": str(proxy.port),
+                     "DIALOGUE_TTS_TEST_REPORT": str(report_path),
+                     "DIALOGUE_TTS_TOKEN": "wrong-token"},
+            )  # fmt: skip
+        finally:
+            proxy.close()
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    report = json.loads(report_path.read_text())
+    assert report["finished"] and "error" not in report, report
+    assert len(report["lines"]) == 7
+    assert report["played"] == []
+    log = (game / "log.txt").read_text(encoding="utf-8", errors="replace")
+    assert log.count("dialogue-tts: the server refused the game (unauthorized") == 1, log
+    assert "no voice server" not in log and "wrong-token" not in log
+    # Seven lines and many seconds, and one connection: the hello that was refused.
+    assert proxy.connections == 1
+    assert [m["type"] for who, m in proxy.records if who == "server"] == ["error"]
 
 
 @needs_renpy

@@ -2,15 +2,24 @@ extends Control
 ## Two characters talk, each voice coming from where the character stands. The Skip button
 ## or ui_accept (Enter, Space) ends the current line at once and moves on.
 ##
-## Start the server first: [code]dialogue-tts serve[/code].
+## Start the server first: [code]dialogue-tts serve[/code]. The characters' pitch and styles
+## come from [code]cast.toml[/code], which the game sends to the server when it connects.
 
 ## Seconds a line stays on screen when it could not be voiced (no server).
 const UNVOICED_SECONDS: float = 2.0
 const DIALOGUE: Array[Dictionary] = [
 	{"speaker": "guard", "text": "Halt! Who goes there?"},
 	{"speaker": "traveller", "text": "Just a tired traveller, looking for a warm bed."},
-	{"speaker": "guard", "text": "At this hour? The gates closed at sundown. State your business."},
-	{"speaker": "traveller", "text": "I bring letters for the innkeeper. [i]Urgent[/i] letters."},
+	{
+		"speaker": "guard",
+		"text": "At this hour? The gates closed at sundown. State your business.",
+		"style": "stern",
+	},
+	{
+		"speaker": "traveller",
+		"text": "I bring letters for the innkeeper. [i]Urgent[/i] letters.",
+		"style": "pleading",
+	},
 	{"speaker": "guard", "text": "Hmm. Go on, then. And keep to the main road."},
 ]
 
@@ -20,6 +29,8 @@ var _speaker: String = ""
 
 
 func _ready() -> void:
+	# Read and sent when the connection is made, which is after this first frame.
+	DialogueTTS.cast_file = "res://cast.toml"
 	# Voices come from the characters' AudioStreamPlayer2D nodes, so they are positional.
 	DialogueTTS.set_speaker_player("guard", %GuardVoice)
 	DialogueTTS.set_speaker_player("traveller", %TravellerVoice)
@@ -48,7 +59,10 @@ func _say_next() -> void:
 	%Speaker.text = _speaker.capitalize()
 	%Line.text = entry["text"]
 	# "bbcode" makes the server skip RichTextLabel tags such as [i] instead of reading them.
-	_line = DialogueTTS.speak(_speaker, entry["text"], {"markup": "bbcode"})
+	var options: Dictionary = {"markup": "bbcode"}
+	if entry.has("style"):
+		options["style"] = entry["style"]  # a style of the speaker in cast.toml
+	_line = DialogueTTS.speak(_speaker, entry["text"], options)
 
 
 func _skip() -> void:

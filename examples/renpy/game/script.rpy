@@ -7,12 +7,16 @@
 define e = Character("Eileen", voice_tag="eileen")
 define l = Character("Lucy", voice_tag="lucy")
 
-# The server has one voice built in; rate and volume still tell speakers apart.
-# Extra Piper voices (dialogue-tts serve --voices DIR) are named with "voice".
+# The server has one voice built in; rate, pitch and volume still tell speakers
+# apart. Extra Piper voices (dialogue-tts serve --voices DIR) are named with "voice".
 define dialogue_tts.voices = {
     "eileen": {"rate": 1.0},
-    "lucy": {"rate": 1.2, "volume": 0.9},
+    "lucy": {"rate": 1.2, "volume": 0.9, "pitch": 0.95},
 }
+
+# The game's cast (Eileen's pitch and her "warm" style), sent to the server when
+# the game connects.
+define dialogue_tts.cast_file = "cast.toml"
 
 # Narration is silent unless given settings.
 define dialogue_tts.narrator = {"rate": 0.9}
@@ -39,6 +43,6 @@ label start:
 
     "Eileen laughs and fills two bowls."
 
-    e "Sit down. Eat."
+    e "Sit down. Eat." (cb_tts_style="warm")
 
     return

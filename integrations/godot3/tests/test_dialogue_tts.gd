@@ -5,8 +5,11 @@ extends SceneTree
 ##
 ## PROJECT holds this folder as tests/ and the addon as addons/dialogue_tts/. Environment:
 ## DIALOGUE_TTS_VECTORS (path of protocol/vectors.json), DIALOGUE_TTS_PORT (a running server),
-## DIALOGUE_TTS_DEAD_PORT (a port where no server listens). Prints one GODOT_TEST_FAIL line per
-## failed check, then GODOT_TEST_OK n_checks=N (exit 0) or GODOT_TEST_FAILED (exit 1).
+## DIALOGUE_TTS_DEAD_PORT (a port where no server listens), DIALOGUE_TTS_TOKEN_PORT (a server
+## started with a token and a cast with the speaker "guard", style "stern", and the shared
+## style "whisper") and DIALOGUE_TTS_TOKEN (its token, which the addon reads by itself).
+## Prints one GODOT_TEST_FAIL line per failed check, then GODOT_TEST_OK n_checks=N (exit 0) or
+## GODOT_TEST_FAILED (exit 1).
 
 const MsgPack = preload("res://addons/dialogue_tts/msgpack.gd")
 const FrameReader = preload("res://addons/dialogue_tts/frame_reader.gd")
@@ -14,8 +17,8 @@ const DialogueTTS = preload("res://addons/dialogue_tts/dialogue_tts.gd")
 
 ## Quits with a failure if the test is still running then (a hang guard, not a timing check).
 const WATCHDOG_SECONDS: float = 120.0
-## JSON has one number type; these are the protocol's only float fields.
-const FLOAT_FIELDS: Array = ["rate", "volume", "duration"]
+## JSON has one number type; these are the protocol's only float fields (at any depth).
+const FLOAT_FIELDS: Array = ["rate", "pitch", "volume", "duration", "gap", "pause"]
 const FRAMING_ERRORS: Array = ["invalid_frame", "invalid_message", "frame_too_large"]
 const LONG_TEXT: String = (
 	"This is a long line of dialogue, long enough that it is still being spoken when the "
@@ -27,6 +30,7 @@ var _failures: int = 0
 var _elapsed: float = 0.0
 var _done: bool = false
 var _events: Array = []  # one Dictionary per DialogueTTS signal, in order
+var _refusals: Array = []  # the same, for the node that the token server refuses
 
 
 func _initialize() -> void:
@@ -48,14 +52,20 @@ func _run() -> void:
 		_test_message_vectors(vectors, "events")
 		_test_bad_frames(vectors)
 		_test_stream(vectors)
-	var dead_port: String = OS.get_environment("DIALOGUE_TTS_DEAD_PORT")
-	var port: String = OS.get_environment("DIALOGUE_TTS_PORT")
-	var have_ports: bool = _check(dead_port.is_valid_integer(), "DIALOGUE_TTS_DEAD_PORT is set")
-	have_ports = _check(port.is_valid_integer(), "DIALOGUE_TTS_PORT is set") and have_ports
-	if have_ports:
-		yield(_test_no_server(int(dead_port), int(port)), "completed")
-		yield(_test_wire_order(int(port)), "completed")
-		yield(_test_addon(int(port)), "completed")
+	var ports: Array = []  # dead, plain, token
+	for name in ["DIALOGUE_TTS_DEAD_PORT", "DIALOGUE_TTS_PORT", "DIALOGUE_TTS_TOKEN_PORT"]:
+		var port: String = OS.get_environment(name)
+		if _check(port.is_valid_integer(), name + " is set"):
+			ports.append(int(port))
+	if ports.size() == 3:
+		# Refused first, checked last: in between, a node that retried would have had many
+		# seconds to reconnect (and the server counts the hellos it refuses).
+		var refused: Node = yield(_start_refused(ports[2]), "completed")
+		yield(_test_no_server(ports[0], ports[1]), "completed")
+		yield(_test_wire_order(ports[1]), "completed")
+		yield(_test_addon(ports[1]), "completed")
+		yield(_test_token_and_cast(ports[2]), "completed")
+		_check_refused(refused)
 	_finish()
 
 
@@ -382,6 +392,96 @@ func _test_addon(port: int) -> void:
 	tts.queue_free()
 
 
+## A server started with a token accepts the addon that reads it from DIALOGUE_TTS_TOKEN;
+## style, pitch and sample_rate reach it; a cast sent in the hello replaces the server's.
+func _test_token_and_cast(port: int) -> void:
+	_events.clear()
+	var tts: Node = _new_tts()  # no token set: the addon reads DIALOGUE_TTS_TOKEN
+	tts.connect_to_server("127.0.0.1", port)
+	while _named("connected").empty():
+		yield(self, "idle_frame")
+	_check(tts.is_server_ready(), "token: accepted with the token from DIALOGUE_TTS_TOKEN")
+	# The server's cast has the guard's style "stern" and everyone's "whisper".
+	var stern: int = tts.speak("guard", "Halt.", {"style": "stern", "pitch": 1.2})
+	var whisper: int = tts.speak("thief", "Psst.", {"style": "whisper", "sample_rate": 16000})
+	var unknown: int = tts.speak("thief", "Hm?", {"style": "shouting"})
+	var too_high: int = tts.speak("thief", "Hm?", {"pitch": 3.0})
+	for line in [stern, whisper, unknown, too_high]:
+		while _finished(line).empty():
+			yield(self, "idle_frame")
+	_check(_status(stern) == "done", "a line with a speaker's style and a pitch is voiced")
+	_check(_status(whisper) == "done", "a line with a shared style is voiced")
+	var mix_rate: int = int(tts._speakers["thief"].player.stream.mix_rate)
+	_check(mix_rate == 16000, "sample_rate reaches the server: generator at %d Hz" % mix_rate)
+	# The server checks what it gets: so style and pitch were sent.
+	_check(_status(unknown) == "error", "a style the cast does not have ends with error")
+	_check(_has_event("error", "code", "unknown_style"), "error signal unknown_style")
+	_check(_status(too_high) == "error", "a pitch out of the server's range ends with error")
+	_check(_has_event("error", "code", "invalid_field"), "error signal invalid_field")
+	tts.queue_free()
+
+	# The game's own cast, from a TOML file, replaces the server's for its connection.
+	_events.clear()  # line ids start again at 1 on every node
+	var from_file: Node = _new_tts()
+	from_file.cast_file = "res://tests/cast.toml"
+	from_file.connect_to_server("127.0.0.1", port)
+	while _named("connected").empty():
+		yield(self, "idle_frame")
+	var angry: int = from_file.speak("guard", "Stop right there!", {"style": "angry"})
+	var stern_gone: int = from_file.speak("guard", "Halt.", {"style": "stern"})
+	for line in [angry, stern_gone]:
+		while _finished(line).empty():
+			yield(self, "idle_frame")
+	_check(_status(angry) == "done", "cast_file: its style is voiced")
+	_check(_status(stern_gone) == "error", "cast_file: the server's cast no longer applies")
+	from_file.queue_free()
+
+	# The same from a Dictionary.
+	_events.clear()
+	var from_dict: Node = _new_tts()
+	from_dict.cast = {"styles": {"sad": {"rate": 0.8, "pitch": 0.9}}}
+	from_dict.connect_to_server("127.0.0.1", port)
+	while _named("connected").empty():
+		yield(self, "idle_frame")
+	var sad: int = from_dict.speak("widow", "Oh.", {"style": "sad", "pitch": 0.95})
+	while _finished(sad).empty():
+		yield(self, "idle_frame")
+	_check(_status(sad) == "done", "cast Dictionary: its style is voiced")
+	from_dict.queue_free()
+
+
+## Starts a node with a wrong token, left to reconnect by itself, and waits for its refusal.
+func _start_refused(port: int) -> Node:
+	var tts: Node = DialogueTTS.new()
+	tts.auto_connect = false
+	root.add_child(tts)
+	tts.connect("connected", self, "_on_refused_signal", ["connected"])
+	tts.connect("disconnected", self, "_on_refused_signal", ["disconnected"])
+	tts.connect("error", self, "_on_refused_error")
+	tts.token = "wrong-token"  # wins over DIALOGUE_TTS_TOKEN
+	tts.auto_connect = true
+	tts.connect_to_server("127.0.0.1", port)
+	while _refusals.size() < 2:
+		yield(self, "idle_frame")
+	return tts
+
+
+## The refused node reported it once, and never connected again.
+func _check_refused(tts: Node) -> void:
+	var names: Array = []
+	for event in _refusals:
+		names.append(event["name"])
+	_check(
+		_same(names, ["error", "disconnected"]),
+		"refused: one error, one disconnected: %s" % [names]
+	)
+	_check(_refusals[0].get("code") == "unauthorized", "refused: code %s" % _refusals[0])
+	var reason: String = _refusals[1]["detail"]
+	_check("DIALOGUE_TTS_TOKEN" in reason, "refused: the reason says what to fix: " + reason)
+	_check(not tts.is_server_ready(), "refused: not connected")
+	tts.queue_free()
+
+
 ## queued, started, first audio (for played lines) and finished come in that order.
 func _check_line_order(line: int) -> void:
 	var queued: int = _events.find(_first("line_queued", line))
@@ -439,6 +539,14 @@ func _on_line_finished(line: int, speaker: String, status: String) -> void:
 
 func _on_error(code: String, message: String) -> void:
 	_events.append({"name": "error", "code": code, "message": message})
+
+
+func _on_refused_signal(detail: String, name: String) -> void:
+	_refusals.append({"name": name, "detail": detail})
+
+
+func _on_refused_error(code: String, message: String) -> void:
+	_refusals.append({"name": "error", "code": code, "detail": message})
 
 
 ## Returns the recorded events called [param name] (of [param line] when given).

@@ -12,11 +12,17 @@ extends Node
 ## [/codeblock]
 ## Every id [method speak] returns gets exactly one [signal line_finished], even when the
 ## server rejects the line or the connection is lost (status [code]"error"[/code] then).
+##
+## A server started with a token (its DIALOGUE_TTS_TOKEN or --token-file) needs the same
+## [member token]; the game can also send its own [member cast] of voices and styles. Both are
+## read when the connection is made, so setting them in a scene's [code]_ready()[/code] is in
+## time for the first connection.
 
 ## Emitted when the handshake is done and lines can be spoken.
 signal connected(server)
 ## Emitted when the connection is lost, or a connection attempt fails (once per outage).
-## The node keeps retrying by itself.
+## The node keeps retrying by itself, except when the server refused it (see [constant REFUSALS]):
+## then it waits for [method connect_to_server].
 signal disconnected(reason)
 ## Emitted when the server has queued [param line]; [param position] counts the lines ahead.
 signal line_queued(line, speaker, position)
@@ -42,6 +48,10 @@ const DEFAULT_PORT: int = 5757
 ## bytes2var() decodes a PoolRealArray in one call when the bytes get Godot's own 8-byte
 ## header (type id, count) in front: see _decode_samples().
 const AUDIO_FORMAT: String = "f32le"
+## Keys of [method speak]'s options that go into the say request as they are.
+const SAY_OPTIONS: Array = [
+	"voice", "style", "pitch", "rate", "volume", "sample_rate", "interrupt", "markup"
+]
 ## Seconds of audio each speaker's AudioStreamGenerator holds; more waits in [code]pending[/code].
 const BUFFER_SECONDS: float = 0.5
 const CONNECT_TIMEOUT_MSEC: int = 3000
@@ -50,6 +60,15 @@ const HOST_SETTING: String = "dialogue_tts/host"
 const PORT_SETTING: String = "dialogue_tts/port"
 const MIN_RETRY_SECONDS: float = 0.5
 const MAX_RETRY_SECONDS: float = 8.0
+## Environment variable read when [member token] is empty (the server reads the same one).
+const TOKEN_ENV: String = "DIALOGUE_TTS_TOKEN"
+## Errors with which the server refuses a hello and closes; retrying would only repeat them,
+## so the node reports them once and stops reconnecting. Each maps to what to fix.
+const REFUSALS: Dictionary = {
+	"unauthorized": "set DialogueTTS.token, or DIALOGUE_TTS_TOKEN, to the server's token",
+	"invalid_cast": "fix DialogueTTS.cast or DialogueTTS.cast_file",
+	"unsupported_protocol": "use an addon and a server of the same protocol version",
+}
 
 ## Server address; change it before the first frame, or call [method connect_to_server].
 var host: String = DEFAULT_HOST
@@ -60,6 +79,16 @@ var client_name: String = "godot"
 var bus: String = "Master"
 ## When false, the node connects only when [method connect_to_server] is called.
 var auto_connect: bool = true
+## The server's shared secret, when it was started with one. Empty: the
+## [code]DIALOGUE_TTS_TOKEN[/code] environment variable, if set. Never printed.
+var token: String = ""
+## The game's cast, sent in the hello; it replaces the server's own cast for this game. Shaped
+## like a cast file: [code]{"speakers": {"guard": {"pitch": 0.85, "styles": {"angry":
+## {"rate": 1.15, "volume": 1.4}}}}}[/code]. Empty: the server's cast.
+var cast: Dictionary = {}
+## A cast file (TOML) to send instead of [member cast], e.g. [code]"res://cast.toml"[/code].
+## Export it with the game: add [code]*.toml[/code] to the export preset's non-resource filter.
+var cast_file: String = ""
 
 var _state: int = State.DISCONNECTED
 var _tcp := StreamPeerTCP.new()
@@ -70,6 +99,7 @@ var _connect_started_msec: int = 0
 var _retry_in: float = 0.0
 var _retry_delay: float = MIN_RETRY_SECONDS
 var _warned: bool = false  # "server not running" is reported once per outage
+var _refused: bool = false  # the server refused the hello: no retries until connect_to_server()
 var _welcome: Dictionary = {}
 var _next_id: int = 0
 var _next_line: int = 0
@@ -91,7 +121,7 @@ func _ready() -> void:
 func _process(delta: float) -> void:
 	match _state:
 		State.DISCONNECTED:
-			if auto_connect:
+			if auto_connect and not _refused:
 				_retry_in -= delta
 				if _retry_in <= 0.0:
 					_start_connecting()
@@ -99,6 +129,10 @@ func _process(delta: float) -> void:
 			var status: int = _tcp.get_status()  # in Godot 3 this also polls the socket
 			if status == StreamPeerTCP.STATUS_CONNECTED:
 				_state = State.HANDSHAKING
+				# The hello goes first, built now so that it has the latest token and cast.
+				var hello: PoolByteArray = _codec.encode_frame(_hello())
+				hello.append_array(_outbox)
+				_outbox = hello
 			elif status != StreamPeerTCP.STATUS_CONNECTING:
 				_drop("no dialogue-tts server at %s:%d" % [host, port])
 			elif OS.get_ticks_msec() - _connect_started_msec > CONNECT_TIMEOUT_MSEC:
@@ -117,10 +151,12 @@ func _exit_tree() -> void:
 	_tcp.disconnect_from_host()
 
 
-## (Re)connects to a server; lines spoken from now until the handshake wait for it.
+## (Re)connects to a server; lines spoken from now until the handshake wait for it. Also how
+## to try again after the server refused the game (a wrong [member token], say).
 func connect_to_server(new_host: String = DEFAULT_HOST, new_port: int = DEFAULT_PORT) -> void:
 	host = new_host
 	port = new_port
+	_refused = false
 	if _state != State.DISCONNECTED:
 		_drop("reconnecting")
 	_start_connecting()
@@ -133,9 +169,11 @@ func is_server_ready() -> bool:
 
 ## Queues [param text] for [param speaker] and returns the line id that every signal about
 ## this line carries. [param options]: [code]voice[/code] (a name from [method get_voices]),
-## [code]rate[/code] (0.1 to 10), [code]volume[/code] (0 to 10), [code]interrupt[/code]
-## (skip the speaker's current line and drop its queue first), [code]markup[/code]
-## ("plain", "bbcode" for RichTextLabel text, or "renpy").
+## [code]style[/code] (a style of the cast, e.g. "angry"), [code]pitch[/code] (0.5 to 2, 1.0
+## normal), [code]rate[/code] (0.1 to 10), [code]volume[/code] (0 to 10),
+## [code]sample_rate[/code] (Hz; default the voice's own), [code]interrupt[/code] (skip the
+## speaker's current line and drop its queue first), [code]markup[/code] ("plain", "bbcode"
+## for RichTextLabel text, or "renpy").
 func speak(speaker: String, text: String, options: Dictionary = {}) -> int:
 	_next_line += 1
 	var line: int = _next_line
@@ -146,7 +184,7 @@ func speak(speaker: String, text: String, options: Dictionary = {}) -> int:
 	var request: Dictionary = {
 		"type": "say", "speaker": speaker, "text": text, "line": line, "format": AUDIO_FORMAT
 	}
-	for key in ["voice", "rate", "volume", "interrupt", "markup"]:
+	for key in SAY_OPTIONS:
 		if options.has(key):
 			request[key] = options[key]
 	var target: Speaker = _get_speaker(speaker)  # created now, so pause() state applies
@@ -229,12 +267,30 @@ func _start_connecting() -> void:
 	_tcp.set_no_delay(true)
 	_state = State.CONNECTING
 	_connect_started_msec = OS.get_ticks_msec()
-	_send({"type": "hello", "protocol": PROTOCOL_VERSION, "client": client_name})
 	if _all_paused:
 		_send({"type": "pause"})
 	for speaker in _speakers.values():
 		if speaker.paused and not _all_paused:
 			_send({"type": "pause", "speaker": speaker.name})
+
+
+## Returns the hello, with the token and the game's cast when they are set.
+func _hello() -> Dictionary:
+	var hello: Dictionary = {"type": "hello", "protocol": PROTOCOL_VERSION, "client": client_name}
+	var secret: String = token if not token.empty() else OS.get_environment(TOKEN_ENV)
+	if not secret.empty():
+		hello["token"] = secret
+	if not cast_file.empty():
+		var file := File.new()
+		var opened: int = file.open(cast_file, File.READ)
+		if opened != OK:
+			push_error("dialogue-tts: cannot read cast_file %s: error %d" % [cast_file, opened])
+		else:
+			hello["cast"] = file.get_as_text()  # TOML text: the server parses it
+			file.close()
+	elif not cast.empty():
+		hello["cast"] = cast
+	return hello
 
 
 ## Encodes [param request] with a fresh id and queues it for sending; returns the id.
@@ -342,6 +398,13 @@ func _on_finished(message: Dictionary) -> void:
 func _on_error(message: Dictionary) -> void:
 	var code: String = message.get("code", "")
 	var text: String = message.get("message", "")
+	if REFUSALS.has(code):
+		emit_signal("error", code, text)
+		_refused = true
+		_drop(
+			"the server refused this game (%s: %s); not retrying: %s" % [code, text, REFUSALS[code]]
+		)
+		return
 	push_warning("dialogue-tts: %s: %s" % [code, text])
 	emit_signal("error", code, text)
 	var line = _says.get(message.get("id"))
@@ -378,8 +441,13 @@ func _drop(reason: String) -> void:
 		_finish_line(line, "error")
 	if was_connected or not _warned:
 		_warned = true
-		var retrying: String = ", retrying" if auto_connect else ""
-		push_warning("dialogue-tts: %s%s (start it with `dialogue-tts serve`)" % [reason, retrying])
+		if _refused:
+			push_error("dialogue-tts: %s, then call connect_to_server()" % reason)
+		else:
+			var retrying: String = ", retrying" if auto_connect else ""
+			push_warning(
+				"dialogue-tts: %s%s (start it with `dialogue-tts serve`)" % [reason, retrying]
+			)
 		emit_signal("disconnected", reason)
 
 

@@ -19,9 +19,21 @@
 #     define e = Character("Eileen", voice_tag="eileen")
 #
 #     define dialogue_tts.voices = {
-#         "eileen": {"voice": "en_US-joe-medium", "rate": 1.1},
-#         "guard": None,      # never voiced
+#         "eileen": {"voice": "en_US-joe-medium", "rate": 1.1, "pitch": 1.1},
+#         "guard": {"style": "stern"},
+#         "ghost": None,      # never voiced
 #     }
+#
+# A style names one of the cast's styles: the game can ship its own cast
+# (define dialogue_tts.cast_file = "cast.toml"), or use the server's. One line
+# picks a style with a say argument (cb_ arguments go to character callbacks);
+# cb_tts_style in Character() gives a character a style for all its lines:
+#
+#     e "Get out!" (cb_tts_style="angry")
+#
+# A server started with a token (DIALOGUE_TTS_TOKEN or --token-file) needs it:
+# the binding reads the DIALOGUE_TTS_TOKEN environment variable by itself, or
+# define dialogue_tts.token.
 #
 # From Python, dialogue_tts.say("eileen", "Hello.") speaks a line and
 # dialogue_tts.skip() stops it; the DialogueTTSSkip() screen action does the
@@ -35,14 +47,29 @@ init -100 python in dialogue_tts:
     # False turns voicing off.
     enabled = True
 
-    # Where the server listens (loopback only: the connection carries no secrets,
-    # but nothing else on the network should be able to speak for your game).
+    # Where the server listens (loopback only: nothing else on the network should
+    # be able to speak for your game).
     host = "127.0.0.1"
     port = 5757
 
+    # The server's shared secret, if it was started with one. None reads the
+    # DIALOGUE_TTS_TOKEN environment variable when the game connects.
+    token = None
+
+    # The game's cast, sent when the game connects; it replaces the server's own
+    # cast (its --cast file) for this game. A dict shaped like a cast file, e.g.
+    # {"speakers": {"eileen": {"pitch": 1.1, "styles": {"angry": {"rate": 1.2}}}}},
+    # or TOML text. None: the server's cast.
+    cast = None
+
+    # A cast file (TOML) in the game, read with renpy.open_file when the game
+    # connects, e.g. "cast.toml"; used instead of cast.
+    cast_file = None
+
     # Per-character settings, keyed by voice_tag or by the character's variable
-    # name: {"voice": name, "rate": 1.0, "volume": 1.0}, every key optional (see
-    # `dialogue-tts voices`). None means that character is never voiced.
+    # name: {"voice": name, "style": name, "rate": 1.0, "pitch": 1.0,
+    # "volume": 1.0}, every key optional (see `dialogue-tts voices` and the
+    # cast). None means that character is never voiced.
     voices = { }
 
     # Settings for characters not in voices ({ } = the server's default voice);
@@ -52,6 +79,8 @@ init -100 python in dialogue_tts:
     # Settings for narration (say statements without a character); None keeps
     # narration silent.
     narrator = None
+
+    import os
 
     import renpy.store as store
     from store import Action, DictEquality, NoRollback
@@ -72,11 +101,24 @@ init -100 python in dialogue_tts:
         if _state.speech is None:
 
             def connect():
-                connection = client.Connection(host, port, client_name="renpy")
+                secret = token if token is not None else os.environ.get("DIALOGUE_TTS_TOKEN")
+                connection = client.Connection(
+                    host, port, client_name="renpy", token=secret, cast=_cast())
                 return connection.start(renpy.invoke_in_thread)
 
             _state.speech = client.Speech(connect, log=_log)
         return _state.speech
+
+    def _cast():
+        # Read when the game connects, on its first line: never at init.
+        if cast_file is None:
+            return cast
+        try:
+            with renpy.open_file(cast_file, encoding="utf-8") as f:
+                return f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            _log("dialogue-tts: cannot read %s (%s); using the server's cast" % (cast_file, e))
+            return None
 
     def _log(message):
         print(message)  # Ren'Py copies standard output into log.txt
@@ -95,13 +137,14 @@ init -100 python in dialogue_tts:
                 return (settings, tag or who, tag) if settings is not None else None
         return (default, tag or who, tag) if default is not None else None
 
-    def say(speaker, text, voice=None, rate=None, volume=None, tag=None):
+    def say(speaker, text, voice=None, rate=None, volume=None, tag=None, style=None, pitch=None):
         """
         Speaks `text` as `speaker` on the voice channel, stopping the line
-        being spoken. `voice`, `rate` and `volume` are the server's voice name,
-        speaking rate (1.0 normal) and gain; None uses the server's defaults.
-        `tag` is a voice tag: nothing is said when the player muted it.
-        Returns "cached", "sent" or "offline".
+        being spoken. `voice`, `style`, `rate`, `pitch` and `volume` are the
+        server's voice name, a style of the cast, speaking rate (1.0 normal),
+        pitch (0.5 to 2.0, 1.0 normal) and gain; None uses the cast's or the
+        server's defaults. `tag` is a voice tag: nothing is said when the player
+        muted it. Returns "cached", "sent" or "offline".
         """
 
         volume_setting = store.persistent._character_volume.get(tag, 1.0)
@@ -109,7 +152,8 @@ init -100 python in dialogue_tts:
             skip()
             return "offline"
         _state.volume = volume_setting
-        return _speech().say(speaker, text, voice=voice, rate=rate, volume=volume)
+        return _speech().say(
+            speaker, text, voice=voice, rate=rate, volume=volume, style=style, pitch=pitch)
 
     def skip():
         """
@@ -134,18 +178,19 @@ init -100 python in dialogue_tts:
     store.DialogueTTSSkip = DialogueTTSSkip
     renpy.pure("DialogueTTSSkip")
 
-    def character_callback(event, interact=True, type="say", **kwargs):
+    def character_callback(event, interact=True, type="say", tts_style=None, **kwargs):
         """
         In config.all_character_callbacks: voices each say statement as it
-        begins and skips it when the player moves on.
+        begins and skips it when the player moves on. `tts_style` comes from
+        a cb_tts_style argument of the character or of the say statement.
         """
 
         if event == "begin":
-            _begin()
+            _begin(tts_style)
         elif event == "end" and interact and not store._preferences.voice_sustain:
             skip()
 
-    def _begin():
+    def _begin(style):
         # Ren'Py 8.0 gives callbacks no what=: the say statement being run leaves its
         # text in _last_raw_what (lines said from Python leave it empty: not voiced).
         what = store._last_raw_what
@@ -158,6 +203,8 @@ init -100 python in dialogue_tts:
             skip()
             return
         settings, speaker, tag = found
+        if style is not None:
+            settings = dict(settings, style=style)  # the line's style wins
         text = renpy.substitute(what, translate=False)  # fills in [interpolations]
         say(speaker, text, tag=tag, **settings)
 

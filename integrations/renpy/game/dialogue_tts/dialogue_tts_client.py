@@ -8,7 +8,8 @@
 
 ``Speech`` builds Ren'Py's voice behaviour on top: one line plays at a time, a new line stops
 the previous one, audio comes back as small .au files for the "voice" channel, and the last
-lines are cached so that rollback replays them at once. Nothing here imports Ren'Py, so the
+lines are cached so that rollback replays them at once; a server that refuses the game (a
+wrong token) is reported once and not asked again. Nothing here imports Ren'Py, so the
 module runs (and is tested) outside it. The wire format is protocol/PROTOCOL.md: frames of a
 4-byte big-endian length and one msgpack map; the msgpack codec below is a small one of our
 own, so that game developers install nothing.
@@ -30,6 +31,7 @@ import time
 __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
+    "REFUSALS",
     "Chunk",
     "Connection",
     "FrameReader",
@@ -46,6 +48,13 @@ DEFAULT_PORT = 5757
 PROTOCOL_VERSION = 1
 MAX_FRAME = 64 * 1024 * 1024
 """Largest frame accepted from the server (an audio_file holds a whole line)."""
+REFUSALS = {
+    "unauthorized": "set dialogue_tts.token, or DIALOGUE_TTS_TOKEN, to the server's token",
+    "invalid_cast": "fix dialogue_tts.cast or dialogue_tts.cast_file",
+    "unsupported_protocol": "use a binding and a server of the same protocol version",
+}
+"""Errors with which the server refuses a hello and closes, and what to fix: retrying would
+only repeat them, so ``Speech`` stops asking."""
 _MAX_DEPTH = 64
 _HEADER = struct.Struct(">I")
 
@@ -320,7 +329,11 @@ class Connection:
         pace: bool = True,
         timeout: float = 3.0,
         allow_remote: bool = False,
+        token: str | None = None,
+        cast: dict | str | None = None,
     ) -> None:
+        """``token``: the server's shared secret, if it was started with one. ``cast``: the
+        game's cast (a dict shaped like a cast file, or its TOML text) for this connection."""
         if not allow_remote and not _is_loopback(host):
             raise ValueError(f"{host!r} is not a loopback address (pass allow_remote=True)")
         self.host = host
@@ -330,6 +343,10 @@ class Connection:
         self.closed = False
         self._hello = {"type": "hello", "protocol": PROTOCOL_VERSION, "client": client_name,
                        "pace": pace}  # fmt: skip
+        if token:
+            self._hello["token"] = token
+        if cast is not None:
+            self._hello["cast"] = cast
         self._outbox: collections.deque[bytes] = collections.deque()
         self._inbox: collections.deque[dict] = collections.deque()
         self._closing = False
@@ -439,7 +456,8 @@ class Speech:
     stay in a small cache, so saying one again (a rollback) plays it without the server.
 
     ``connect()`` must return a started ``Connection``; ``log(message)`` reports trouble,
-    once per outage. A missing server makes ``say`` return "offline" and retry later.
+    once per outage. A missing server makes ``say`` return "offline" and retry later; a server
+    that refuses the game (see ``REFUSALS``) makes it return "offline" for good.
     """
 
     def __init__(self, connect: object, log: object = None, cache_size: int = 32,
@@ -458,6 +476,8 @@ class Speech:
         self._ready: list[Chunk] = []
         self._next_id = 0
         self._errors_logged: set[str] = set()
+        self.refused: str | None = None
+        """The error code with which the server refused the game, if it did."""
 
     @property
     def receiving(self) -> bool:
@@ -465,11 +485,13 @@ class Speech:
         return self._current is not None and not self._current.finished
 
     def say(self, speaker: str, text: str, voice: str | None = None, rate: float | None = None,
-            volume: float | None = None, markup: str = "renpy") -> str:  # fmt: skip
-        """Voice a line, stopping the previous one. Returns "cached" (the audio is ready for
-        the next ``poll``), "sent" (asked the server) or "offline" (no server, silent)."""
+            volume: float | None = None, markup: str = "renpy", style: str | None = None,
+            pitch: float | None = None) -> str:  # fmt: skip
+        """Voice a line, stopping the previous one. ``style`` names a style of the cast;
+        ``pitch`` is 0.5 to 2.0 (1.0 normal). Returns "cached" (the audio is ready for the next
+        ``poll``), "sent" (asked the server) or "offline" (no server, silent)."""
         self.skip()
-        key = (voice, rate, volume, markup, text)
+        key = (voice, style, rate, pitch, volume, markup, text)
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
@@ -488,9 +510,12 @@ class Speech:
             "type": "say", "id": self._next_id, "line": line.line, "speaker": speaker,
             "text": text, "interrupt": True, "format": "s16le", "markup": markup,
         }  # fmt: skip
-        for name, value in (("voice", voice), ("rate", rate), ("volume", volume)):
+        for name, value in (("voice", voice), ("style", style)):
             if value is not None:
-                request[name] = float(value) if name != "voice" else value
+                request[name] = value
+        for name, number in (("rate", rate), ("pitch", pitch), ("volume", volume)):
+            if number is not None:
+                request[name] = float(number)
         if not connection.send(request):
             return "offline"
         self._current = line
@@ -532,6 +557,8 @@ class Speech:
             self.connection.close()
 
     def _ensure_connection(self) -> Connection | None:
+        if self.refused is not None:
+            return None
         if self.connection is not None and not self.connection.closed:
             return self.connection
         now = self._clock()
@@ -573,7 +600,15 @@ class Speech:
             line = self._requests.pop(event.get("id"), None)  # type: ignore[arg-type]
             if line is not None:
                 line.finished = True
-            message = f"dialogue-tts: {event.get('code')}: {event.get('message')}"
+            code = event.get("code")
+            if code in REFUSALS:  # the server closes next; do not connect again
+                self.refused = code
+                self._reported = True  # this log line says it all, not "no voice server"
+                why = f"{code}: {event.get('message')}"
+                self._log(f"dialogue-tts: the server refused the game ({why}); "
+                          f"dialogue is silent: {REFUSALS[code]}")  # fmt: skip
+                return
+            message = f"dialogue-tts: {code}: {event.get('message')}"
             if message not in self._errors_logged:  # e.g. an unknown voice: once, not per line
                 self._errors_logged.add(message)
                 self._log(message)
