@@ -119,7 +119,9 @@ class Message:
         """Validate a decoded map and build the message; raises ``InvalidMessage``."""
         kwargs: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            if f.name not in data:
+            # A nil field is the same as an absent one (PROTOCOL.md), except where nil means
+            # something of its own (KEEP_NONE).
+            if f.name not in data or (data[f.name] is None and f.name not in cls.KEEP_NONE):
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                     raise InvalidMessage(errors.INVALID_FIELD, f"{cls.TYPE}.{f.name}: missing")
                 continue

@@ -81,10 +81,19 @@ def encode_frame(message: Message, max_frame: int = MAX_EVENT_FRAME) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
+def _string_keyed(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    """A map whose keys are all strings; msgpack's strict_map_key also lets bin keys in."""
+    if not all(isinstance(key, str) for key, _ in pairs):
+        raise ValueError("map keys must be strings")
+    return dict(pairs)
+
+
 def decode_payload(payload: bytes) -> dict[str, Any]:
     """Decode one frame's payload to a map with a string "type"; raises RemoteProtocolError."""
     try:
-        data = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        data = msgpack.unpackb(
+            payload, raw=False, strict_map_key=True, object_pairs_hook=_string_keyed
+        )
     except (ValueError, msgpack.UnpackException) as exc:
         # ExtraData, FormatError, StackError and UnicodeDecodeError are all ValueErrors.
         raise RemoteProtocolError(

@@ -134,6 +134,8 @@ class ServerConfig:
     """Seconds a new connection has to send hello before it is closed."""
     max_write_buffer: int = 8 * 1024 * 1024
     """Bytes queued for a client that does not read; past this the client is dropped."""
+    stall_timeout: float = 120.0
+    """Seconds a client may leave replies unread (while more wait) before it is dropped."""
     max_file_requests: int = 4
     """synthesize requests in flight per connection."""
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
@@ -239,6 +241,8 @@ class ConnectionHandler:
         self._reader = reader
         self._writer = writer
         self._connection = Connection(Role.SERVER, self.config.max_frame)
+        self._large_unread = 0
+        """Bytes of large frames (files) written since the client last caught up."""
         self.queues: ConnectionQueues | None = None
         self._file_tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[type[Message], Callable[..., Awaitable[bool]]] = {
@@ -255,17 +259,35 @@ class ConnectionHandler:
         if self._writer.is_closing():
             return
         try:
-            self._writer.write(self._connection.send(event))
+            frame = self._connection.send(event)
         except LocalProtocolError as exc:  # e.g. an audio_file too large for one frame
             self.send_error(exc)
             return
-        if self._writer.transport.get_write_buffer_size() > self.config.max_write_buffer:
+        self._writer.write(frame)
+        if len(frame) > _READ_SIZE:
+            # A whole file (audio_file) may be larger than the limit by itself; it does not
+            # count against it until the client has had the time to read it (next drain).
+            self._large_unread += len(frame)
+        limit = self.config.max_write_buffer + self._large_unread
+        if self._writer.transport.get_write_buffer_size() > limit:
             _LOGGER.warning("Dropping a client that has stopped reading")
             self.abort()
 
     async def drain(self) -> None:
-        with contextlib.suppress(ConnectionError):
-            await self._writer.drain()
+        """Wait while the client is behind on reading; drop it if it reads nothing for
+        ``stall_timeout`` seconds (a client that stops reading must not hold its slot and
+        its lines forever)."""
+        try:
+            async with asyncio.timeout(self.config.stall_timeout):
+                await self._writer.drain()
+            self._large_unread = 0
+        except ConnectionError:
+            pass
+        except TimeoutError:
+            _LOGGER.warning(
+                "Dropping a client that read nothing for %g s", self.config.stall_timeout
+            )
+            self.abort()
 
     def send_error(self, exc: ProtocolError) -> None:
         self.send(Connection.error_for(exc))

@@ -201,6 +201,23 @@ async def open_small_buffered_peer(server: ServerThread, *, pace: bool = True) -
     return peer
 
 
+async def test_a_client_that_reads_nothing_for_the_stall_timeout_is_dropped() -> None:
+    """Back-pressure holds a stalled client's audio; after stall_timeout it loses its slot."""
+    server = ServerThread(ServerConfig(port=0, stall_timeout=1.0)).start()
+    try:
+        stalled = await open_small_buffered_peer(server, pace=False)
+        stalled.writer.transport.pause_reading()
+        address = stalled.writer.get_extra_info("sockname")
+        stalled.send(encode_frame(Say(speaker="greedy", text=LONG, line="held")))
+        await until(lambda: write_buffer_of(server, address) is None)  # dropped, not hung
+        async with await Client.connect(port=server.port, pace=False) as polite:
+            result = await (await polite.say("polite", "Next, please.")).wait()
+            assert result.finished.status == "done"
+        await stalled.close()
+    finally:
+        server.stop()
+
+
 async def test_client_that_never_reads_while_lines_stream(fault_server: ServerThread) -> None:
     """Audio waits for the reader instead of piling up: the server's buffer for it stays
     under max_write_buffer although its lines hold several times that, it is not dropped,
@@ -242,12 +259,6 @@ async def test_client_that_never_reads_while_lines_stream(fault_server: ServerTh
     assert audio_bytes > 2 * limit, "back-pressure was needed: the lines hold more than that"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ConnectionHandler.send drops a client as soon as one frame leaves more than "
-    "max_write_buffer in the transport, so an audio_file larger than that (default 8 MiB; "
-    "a 5000-character synthesize in WAV is more) drops a client that reads at full speed",
-)
 async def test_an_audio_file_larger_than_the_write_limit_reaches_a_reading_client(
     fault_server: ServerThread,
 ) -> None:

@@ -277,11 +277,6 @@ DEFAULTED_FIELDS = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: nil for a field with a default (say.interrupt, say.rate, hello.pace...) is "
-    "invalid_field; PROTOCOL.md says a nil field is the same as an absent one",
-)
 @pytest.mark.parametrize(
     ("cls", "name"), DEFAULTED_FIELDS, ids=[f"{c.TYPE}.{n}" for c, n in DEFAULTED_FIELDS]
 )
@@ -293,11 +288,6 @@ def test_nil_is_the_same_as_absent(cls: type[Message], name: str, data: st.DataO
     assert cls.from_dict({**absent, name: None}) == cls.from_dict(absent)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: msgpack's strict_map_key lets bin keys through; PROTOCOL.md says map keys "
-    "that are not strings are invalid_frame",
-)
 @pytest.mark.parametrize(
     "fields",
     [{"type": "ping", b"id": 1}, {b"type": "ping"}, {"type": "voices", "id": {b"k": 1}}],

@@ -103,3 +103,17 @@ async def test_no_marks_unless_asked_and_hello_sets_the_default(live_server: Ser
             if event.TYPE == "marks":
                 kinds |= {k for k in ("words", "phonemes", "visemes") if getattr(event, k)}
         assert kinds == {"visemes"}
+
+
+async def test_words_round_trip_through_reading_rules_and_unicode_punctuation(
+    live_server: ServerThread,
+) -> None:
+    text = "“Dr. Hale,” she said — «it’s 6:30… and £5 is enough»."
+    _, _, marks = await say_with_marks(live_server, text, timings=["word"])
+    said = [text[start:end] for _, _, start, end in joined(marks, "words")]
+    # "Dr." is read "Doctor", "£5" "5 pounds": each still points at what the client wrote.
+    assert said[:4] == ["Dr.", "Hale", "she", "said"]
+    assert "it’s" in said and "6:30" in said and "£5" in said
+    assert said[-1] == "enough"
+    starts = [start for start, _, _, _ in joined(marks, "words")]
+    assert starts == sorted(starts)
