@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -38,7 +39,10 @@ NARRATOR_KEY: Final = "narrator"
 """The mapping key for narration (rows whose Character is empty)."""
 DEFAULT_KEY: Final = "default"
 """The mapping key for characters the mapping does not list."""
-_SETTING_TYPES: Final = {"voice": str, "rate": (int, float), "volume": (int, float)}
+_SETTING_TYPES: Final = {
+    "voice": str, "style": str, "rate": (int, float), "pitch": (int, float),
+    "volume": (int, float),
+}  # fmt: skip
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9_.-]+$")
 _INTERPOLATION = re.compile(r"(?<!\[)\[[^\[\]]+\]")
 
@@ -57,8 +61,12 @@ class DialogueLine:
 
 @dataclass(frozen=True)
 class VoiceSettings:
-    voice: str
+    """A mapping entry; None fields leave the cast's (or the default voice's) setting."""
+
+    voice: str | None = None
+    style: str | None = None
     rate: float = 1.0
+    pitch: float = 1.0
     volume: float = 1.0
 
 
@@ -76,10 +84,15 @@ def add_parser(commands: Any) -> None:
     )  # fmt: skip
     command.add_argument(
         "-m", "--map", type=Path, dest="mapping", metavar="FILE",
-        help='JSON voice mapping: {"e": {"voice": NAME, "rate": 1.1, "volume": 1.0}, '
-        f'"{NARRATOR_KEY}": {{...}}, "{DEFAULT_KEY}": {{...}}}} keyed by the Character column '
-        f'(the variable name; "{NARRATOR_KEY}" for narration, "{DEFAULT_KEY}" for the rest); '
-        "null leaves them silent. Unlisted: the default voice.",
+        help='JSON voice mapping: {"e": {"voice": NAME, "style": S, "rate": 1.1, "pitch": 1.0, '
+        f'"volume": 1.0}}, "{NARRATOR_KEY}": {{...}}, "{DEFAULT_KEY}": {{...}}}} keyed by the '
+        f'Character column (the variable name; "{NARRATOR_KEY}" for narration, "{DEFAULT_KEY}" '
+        "for the rest); null leaves them silent. Unlisted: as the cast says.",
+    )  # fmt: skip
+    command.add_argument(
+        "--cast", type=Path, metavar="FILE", default=_env_path("DIALOGUE_TTS_CAST"),
+        help="cast file (TOML) keyed by the Character column, as the live binding's speakers "
+        "(the same voices and styles as live voicing); env DIALOGUE_TTS_CAST",
     )  # fmt: skip
     command.add_argument(
         "--voices", type=Path, metavar="DIR", default=_env_path("DIALOGUE_TTS_VOICES"),
@@ -162,22 +175,28 @@ def read_mapping(path: Path | None) -> dict[str, dict[str, Any] | None]:
 
 
 def settings_for(
-    line: DialogueLine, mapping: dict[str, dict[str, Any] | None], default_voice: str
+    line: DialogueLine, mapping: dict[str, dict[str, Any] | None]
 ) -> VoiceSettings | None:
     key = line.character or NARRATOR_KEY
     settings = mapping[key] if key in mapping else mapping.get(DEFAULT_KEY, {})
     if settings is None:
         return None
     return VoiceSettings(
-        voice=settings.get("voice") or default_voice,
+        voice=settings.get("voice"),
+        style=settings.get("style"),
         rate=float(settings.get("rate", 1.0)),
+        pitch=float(settings.get("pitch", 1.0)),
         volume=float(settings.get("volume", 1.0)),
     )
 
 
-def fingerprint(text: str, settings: VoiceSettings) -> str:
-    """What a file was made from: a line is up to date when this has not changed."""
-    source = json.dumps([text, settings.voice, settings.rate, settings.volume, "ogg", "renpy"])
+def fingerprint(job: Any) -> str:
+    """What a file was made from (the synthesis job: read text, voice, every setting): a
+    line is up to date when this has not changed."""
+    parts = [str(part) if isinstance(part, str) else part.seconds for part in job.parts]
+    source = json.dumps(
+        [parts, job.voice, dataclasses.asdict(job.delivery), job.volume, "ogg"], sort_keys=True
+    )
     return hashlib.sha256(source.encode("utf-8")).hexdigest()[:32]
 
 
@@ -187,7 +206,7 @@ def fingerprint(text: str, settings: VoiceSettings) -> str:
 @dataclass
 class _Job:
     line: DialogueLine
-    settings: VoiceSettings
+    request: Any  # engine.SynthesisRequest
     digest: str
     path: Path
 
@@ -197,14 +216,26 @@ def _main(args: argparse.Namespace) -> int:
     try:
         lines = read_dialogue_tab(args.dialogue)
         mapping = read_mapping(args.mapping)
+        cast = _read_cast(args.cast)
     except ExportError as exc:
         print(f"dialogue-tts renpy-render: {exc}", file=sys.stderr)
         return 2
     output: Path = args.output or args.dialogue.resolve().parent / "game" / "voice"
     return render_lines(
         lines, mapping, output, voices_dir=args.voices, force=args.force,
-        progress=None if args.quiet else sys.stderr,
+        progress=None if args.quiet else sys.stderr, cast=cast,
     )  # fmt: skip
+
+
+def _read_cast(path: Path | None) -> Any:
+    from .cast import DEFAULT_CAST, CastError, load_cast
+
+    if path is None:
+        return DEFAULT_CAST
+    try:
+        return load_cast(path)
+    except CastError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def render_lines(
@@ -214,13 +245,20 @@ def render_lines(
     voices_dir: Path | None = None,
     force: bool = False,
     progress: TextIO | None = None,
+    cast: Any = None,
 ) -> int:
     """Render every line that is not up to date; returns the exit status."""
+    from .cast import DEFAULT_CAST, CastError
     from .cli import run_async
     from .engine import VoiceCatalog
 
     catalog = VoiceCatalog(voices_dir)
-    jobs, unchanged, silent = _plan(lines, mapping, output, catalog, force)
+    cast = cast or DEFAULT_CAST
+    try:
+        cast.check_voices(set(catalog.names()))
+    except CastError as exc:
+        raise ExportError(str(exc)) from None
+    jobs, unchanged, silent = _plan(lines, mapping, output, catalog, force, cast)
     interpolated = sum(1 for line in lines if _INTERPOLATION.search(line.text))
     print(
         f"{len(lines)} lines: {len(jobs)} to render, {unchanged} up to date, "
@@ -284,48 +322,51 @@ def _plan(
     output: Path,
     catalog: Any,
     force: bool,
+    cast: Any,
 ) -> tuple[list[_Job], int, int]:
-    from .engine import UnknownVoice
-    from .text import prepare
+    from . import errors
+    from .errors import RemoteProtocolError
+    from .jobs import Limits, synthesis_request
+    from .messages import InvalidMessage, Synthesize
 
+    limits = Limits(max_text_chars=100_000)  # a build step: no per-connection bound to keep
     manifest = _read_manifest(output)
     jobs: list[_Job] = []
     unchanged = silent = 0
     for line in lines:
-        settings = settings_for(line, mapping, catalog.default_voice)
-        if settings is None or not prepare(line.text, "renpy"):
+        settings = settings_for(line, mapping)
+        if settings is None:
             silent += 1
             continue
+        speaker = line.character or NARRATOR_KEY
         try:
-            catalog.info(settings.voice)
-        except UnknownVoice:
-            raise ExportError(
-                f"no voice named {settings.voice!r} (for {line.character or NARRATOR_KEY!r}); "
-                "try `dialogue-tts voices`"
-            ) from None
-        digest = fingerprint(line.text, settings)
+            message = Synthesize(
+                text=line.text, speaker=speaker, voice=settings.voice, style=settings.style,
+                rate=settings.rate, pitch=settings.pitch, volume=settings.volume,
+                markup="renpy", format="ogg",
+            )  # fmt: skip
+            message.check()
+            request, _ = synthesis_request(message, cast, catalog, limits)
+        except RemoteProtocolError as exc:
+            if exc.code == errors.EMPTY_TEXT:
+                silent += 1  # nothing to say once the text tags are gone
+                continue
+            raise ExportError(f"{line.where} ({speaker}): {exc.message}") from None
+        except InvalidMessage as exc:
+            raise ExportError(f"{line.where} ({speaker}): {exc}") from None
+        digest = fingerprint(request)
         path = output / f"{line.identifier}.ogg"
         if not force and manifest.get(line.identifier) == digest and path.is_file():
             unchanged += 1
             continue
-        jobs.append(_Job(line, settings, digest, path))
+        jobs.append(_Job(line, request, digest, path))
     return jobs, unchanged, silent
 
 
 async def _render_one(engine: Any, job: _Job) -> bytes:
-    from .audio import encode_file
-    from .engine import Delivery, SynthesisRequest
-    from .text import prepare
+    from .jobs import render_file
 
-    language = engine.catalog.info(job.settings.voice).language
-    request = SynthesisRequest(
-        parts=prepare(job.line.text, "renpy", language),
-        voice=job.settings.voice,
-        delivery=Delivery(rate=job.settings.rate),
-        volume=job.settings.volume,
-    )
-    audio, sample_rate = await engine.render(request)
-    return encode_file(audio, "ogg", sample_rate)
+    return (await render_file(engine, job.request, "ogg")).data
 
 
 def _read_manifest(output: Path) -> dict[str, str]:

@@ -153,3 +153,42 @@ async def test_a_failing_voice_falls_back_to_the_default_voice(tmp_path: Path) -
             assert lost.status == "error" and "broken" in (lost.message or "")
     finally:
         server.stop()
+
+
+def test_renpy_render_uses_the_cast_like_live_voicing(tmp_path: Path) -> None:
+    """Pre-rendered files get the speaker's cast entry and style, as the live binding does."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import soundfile
+
+    header = "Identifier\tCharacter\tDialogue\tFilename\tLine Number\tRen'Py Script"
+    rows = [
+        f"start_{n}\t{who}\tThe night is long and the road is cold.\tgame/script.rpy\t{n}\tx"
+        for n, who in ((1, "e"), (2, "g"))
+    ]
+    export = tmp_path / "dialogue.tab"
+    export.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    cast = tmp_path / "cast.toml"
+    cast.write_text("[speakers.g]\nrate = 1.5\nstyles.gruff = { pitch = 0.8 }\n")
+    mapping = tmp_path / "voices.json"
+    mapping.write_text('{"g": {"style": "gruff"}}')
+
+    def render(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dialogue_tts", "renpy-render", str(export), "--quiet",
+             "--cast", str(cast), *extra],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    result = render("--map", str(mapping))
+    assert result.returncode == 0, result.stderr
+    voice = tmp_path / "game" / "voice"
+    eileen, _ = soundfile.read(voice / "start_1.ogg")
+    guard, _ = soundfile.read(voice / "start_2.ogg")
+    assert len(guard) / len(eileen) == pytest.approx(1 / 1.5, rel=0.15)  # the cast's rate
+    assert np.abs(guard).max() > 0.05
+    cast.write_text("[speakers.g]\nrate = 1.5\n")  # the style is gone: a clear error
+    failed = render("--map", str(mapping))
+    assert failed.returncode == 1 and "no style 'gruff'" in failed.stderr
