@@ -72,6 +72,10 @@ from dialogue_tts.messages import (
 from dialogue_tts.protocol import CLOSED, NEED_DATA, Connection, Role
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from helpers import server_process  # noqa: E402  (needs tests/ on the path)
+
 CORPUS = [json.loads(line) for line in (REPO / "tests/data/dialogue-lines.jsonl").open()]
 TEXTS = [line["text"] for line in CORPUS]
 SPEAKERS = ("guard", "merchant", "innkeeper", "bard")
@@ -367,25 +371,10 @@ def server(log_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     Its rendered-line cache goes beside the log: the run starts cold and leaves the user's
     cache folder alone."""
     cache = log_path.parent / "cache"
-    env = {**os.environ, "DIALOGUE_TTS_CACHE": str(cache), "XDG_CACHE_HOME": str(cache)}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dialogue_tts", "serve", "--port", "0"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
-        )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while not (match := re.search(rb"listening on [\d.]+:(\d+)", log_path.read_bytes())):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start:\n" + log_path.read_text())
-            time.sleep(0.05)
-        yield int(match.group(1)), process
+        with server_process(env={"DIALOGUE_TTS_CACHE": str(cache)}, log_path=log_path) as found:
+            yield found
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
         shutil.rmtree(cache, ignore_errors=True)
 
 

@@ -9,7 +9,9 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,32 +122,33 @@ async def _call(function: Any) -> Any:
 
 @contextlib.contextmanager
 def server_process(
-    *args: str, env: dict[str, str] | None = None
-) -> Iterator[tuple[int, subprocess.Popen[str]]]:
-    """`dialogue-tts serve --port 0 ARGS` as a subprocess; yields (port, process)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dialogue_tts", "serve", "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, **(env or {})},
-    )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        output = []
-        for line in process.stdout:
-            output.append(line)
-            match = re.search(r"listening on [\d.]+:(\d+)", line)
-            if match:
-                break
-        else:
-            raise RuntimeError("server exited before listening:\n" + "".join(output))
-        threading.Thread(target=process.stdout.read, daemon=True).start()  # keep the pipe drained
-        yield int(match.group(1)), process
-    finally:
-        process.terminate()
+    *args: str, env: dict[str, str] | None = None, log_path: Path | None = None
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """`dialogue-tts serve --port 0 ARGS` as a subprocess; yields (port, process).
+
+    Its output goes to ``log_path`` (default: a temporary file), which callers may read.
+    """
+    with contextlib.ExitStack() as stack:
+        if log_path is None:
+            log_path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "server.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "dialogue_tts", "serve", "--port", "0", *args],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            )  # fmt: skip
         try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            deadline = time.monotonic() + 120
+            while not (match := re.search(rb"listening on [\d.]+:(\d+)", log_path.read_bytes())):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the server did not start:\n" + log_path.read_text())
+                time.sleep(0.05)
+            yield int(match.group(1)), process
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 # --- fakes for unit tests of the queues -----------------------------------------------------
