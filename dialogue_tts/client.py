@@ -54,6 +54,7 @@ from .messages import (
     StatusReport,
     StatusRequest,
     Synthesize,
+    SynthesizeScene,
     VoiceList,
     VoicesRequest,
     Welcome,
@@ -273,6 +274,12 @@ class Client:
     async def synthesize(self, text: str, **options: Any) -> AudioFile:
         """A whole line as one file; options are Synthesize's fields (voice, format, ...)."""
         return _expect(await self.request(Synthesize(text=text, **options)), AudioFile)
+
+    async def synthesize_scene(self, lines: list[dict[str, Any]], **options: Any) -> AudioFile:
+        """A whole scene as one file, with natural gaps: ``lines`` are maps of speaker, text
+        and optionally style, voice, rate, pitch, volume, pause; options are format, gap,
+        markup."""
+        return _expect(await self.request(SynthesizeScene(lines=lines, **options)), AudioFile)
 
     async def prepare(self, text: str, **options: Any) -> Prepared:
         """Have a line synthesized ahead so that a later say of it starts at once."""

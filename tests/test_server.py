@@ -510,3 +510,20 @@ async def test_a_token_is_required_when_the_server_has_one() -> None:
 def test_the_token_never_shows_in_logs_or_reprs() -> None:
     assert "s3cret" not in repr(Hello(protocol=1, client="x", token="s3cret"))
     assert "s3cret" not in repr(ServerConfig(token="s3cret"))
+
+
+async def test_a_whole_scene_as_one_flac_over_tcp(client: Client) -> None:
+    scene = await client.synthesize_scene(
+        [{"speaker": "guard", "text": "Halt!"}, {"speaker": "traveler", "text": "A friend.",
+          "pause": 0.5}],
+        format="flac",
+    )  # fmt: skip
+    audio, rate = soundfile.read(io.BytesIO(scene.data), dtype="float32")
+    assert soundfile.info(io.BytesIO(scene.data)).format == "FLAC"
+    assert len(audio) / rate == pytest.approx(scene.duration, abs=0.01)
+    assert scene.duration > 0.45 + 0.5  # two lines apart by the turn gap and the pause
+    with pytest.raises(ServerError) as caught:  # the server names the line at fault
+        await client.synthesize_scene(
+            [{"speaker": "guard", "text": "Halt!"}, {"speaker": "guard", "text": "...!"}]
+        )
+    assert caught.value.code == errors.EMPTY_TEXT and "lines[1]" in caught.value.message
