@@ -9,8 +9,11 @@ skipped. ``session.run`` blocks, so every call goes through one shared thread po
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import dataclasses
 import functools
+import gc
 import json
 import logging
 import os
@@ -73,7 +76,7 @@ DEFAULT_CACHE_BYTES: Final = 64 * 1024 * 1024
 _MAX_PENDING_WRITES: Final = 8
 """Disk-cache writes in flight; past this a line is simply not cached."""
 _MIN_LENGTH_SCALE: Final = 0.1
-_CALIBRATION_FACTORS: Final = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+_CALIBRATION_FACTORS: Final = (0.5, 0.75, 1.0, 1.5, 2.0)
 """length_scale factors at which warm-up measures a voice's durations."""
 _TARGET_PEAK: Final = 0.9
 """Each voice gets one gain, measured at warm-up, that brings typical speech to this peak.
@@ -224,19 +227,21 @@ class Voice:
         # The model, in memory, with its phoneme durations as an extra output (timings.py);
         # the user's file is never written. None: a model whose durations cannot be found.
         model = add_duration_output(files.model)
+        model_timed = model is not None
         source = model if model is not None else str(files.model)
-        session = run_niced(
-            lambda: onnxruntime.InferenceSession(
-                source, sess_options=options, providers=["CPUExecutionProvider"]
-            )
+        create = functools.partial(
+            onnxruntime.InferenceSession, source, options, ["CPUExecutionProvider"]
         )
+        session = run_niced(create)
         # onnxruntime keeps model bytes only to rebuild the session with fallback providers,
         # which a CPU-only session never does; kept, they cost 90 MiB of RSS per voice.
-        if model is not None and hasattr(session, "_model_bytes"):
+        if model_timed and hasattr(session, "_model_bytes"):
             session._model_bytes = None
+        del model, source, create
         voice = cls(files.info, PiperVoice(session=session, config=config))
-        voice.timed = model is not None
+        voice.timed = model_timed
         voice.warm_up()
+        _release_freed_memory()  # the onnx graph edit freed ~30 MiB that glibc would keep
         return voice
 
     @property
@@ -633,6 +638,13 @@ def _piece(part: str, timed: Timed, spans: list[WordSpan]) -> tuple[Piece, list[
             for start, end in [part.origin(word.start_char, word.end_char)]
         ]
     return Piece(fade_edges(audio), tuple(phonemes), tuple(found)), spans[len(found) :]
+
+
+def _release_freed_memory() -> None:
+    """Give memory Python has freed back to the system (glibc only; elsewhere a no-op)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _memory_key(request: SynthesisRequest) -> tuple[Any, ...]:
