@@ -258,10 +258,10 @@ class Voice:
         inverted to find the length_scale for a wanted duration (rate and pitch).
         """
         ids = self.phoneme_ids(_WARMUP_TEXT)
-        audio = np.concatenate([self._infer_scaled(run, 1.0) for run in ids])
+        audio = np.concatenate([self._run(run, 1.0)[0] for run in ids])
         steady = Delivery(noise_w=0.0)
         lengths = [
-            sum(len(self._infer_scaled(run, factor, steady)) for run in ids)
+            sum(len(self._run(run, factor, steady)[0]) for run in ids)
             for factor in _CALIBRATION_FACTORS
         ]
         normal = lengths[_CALIBRATION_FACTORS.index(1.0)]
@@ -349,15 +349,6 @@ class Voice:
             if len(audio) != len(raw) and len(raw):
                 units = place(units, 0, len(audio) / len(raw))
         return audio, units
-
-    def _infer_scaled(
-        self,
-        phoneme_ids: list[int],
-        length_factor: float,
-        delivery: Delivery = _PLAIN,
-        cancel: CancelToken | None = None,
-    ) -> np.ndarray:
-        return self._run(phoneme_ids, length_factor, delivery, cancel)[0]
 
     def _run(
         self,
