@@ -4,9 +4,15 @@ The Godot 4 addon (integrations/godot) cannot run here: no Godot 4 binary is pac
 parsed, linted and format-checked with gdtoolkit, and kept a line-for-line port of the Godot 3
 addon (integrations/godot3), which runs under Debian's ``godot3-server`` against a real server:
 its GDScript test decodes and encodes every protocol vector, reads split and merged frames,
-voices two speakers with skip, cancel, clear, pause/resume and interrupt, and against a server
-started with a token: is accepted with the token, refused (once, no retries) without it, and
-sends styles, pitch and its own cast.
+voices two speakers with skip, cancel, clear, pause/resume and interrupt, follows a line's
+word and viseme timings as its playback reaches them (word_reached, viseme_changed), and
+against a server started with a token: is accepted with the token, refused (once, no retries)
+without it, and sends styles, pitch and its own cast.
+
+The timings are driven by how far each speaker's AudioStreamGenerator has been played. The
+headless engine's audio driver is Godot's dummy driver, which still mixes in real time (it
+consumes about 22 050 frames a second of a 22.05 kHz generator, with no output latency), so
+the test runs that path for real: words must not come earlier than their place in the audio.
 
 CI needs ``pip install gdtoolkit`` and ``apt-get install godot3-server``; without them the
 tests concerned are skipped with the reason.
@@ -169,6 +175,19 @@ def test_godot3_headless_against_server(
     )
     assert int(match.group(1)) > minimum, output
     assert f"no dialogue-tts server at 127.0.0.1:{dead_port}" in result.stderr, output
+    # The timings part ran: its words came one after another, spread over most of the line
+    # (generous bounds; the GDScript test checks each word against its place in the audio).
+    timings = re.search(
+        r"^GODOT_TEST_INFO timings: (\d+) words, (\d+) emitted while playing, in (\d+) frames;"
+        r".* last word (\d+) ms after the first; all audio arrived within \d+ ms;"
+        r" line of (\d+) ms",
+        result.stdout,
+        re.MULTILINE,
+    )
+    assert timings, output
+    words, playing, frames, spread, line = map(int, timings.groups())
+    assert words == 14 and playing * 2 >= words and frames * 2 >= playing, output
+    assert spread > line / 2, output
     # The node with a wrong token was refused once, logged it once and never tried again (its
     # own signals are checked by the GDScript test); no token is ever printed.
     refusals = [r for r in caplog.records if "Refused a client" in r.getMessage()]

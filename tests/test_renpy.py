@@ -14,6 +14,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import struct
@@ -195,6 +196,255 @@ def test_connection_refuses_remote_hosts() -> None:
     client.Connection("::1", 5757)
 
 
+# --- revealing text in time with the voice (pure) ------------------------------------------------
+
+LINE = "{b}Halt!{/b} {w=0.5}Who goes {color=#f00}there{/color}, {i}stranger{/i}?"
+# [start, length, start_char, end_char], as the server sends them for LINE.
+LINE_WORDS = [
+    [start, length, LINE.index(word), LINE.index(word) + len(word)]
+    for start, length, word in [(1280, 6144, "Halt"), (18000, 3000, "Who"), (21000, 2800, "goes"),
+                                (23800, 4000, "there"), (30000, 7000, "stranger")]
+]  # fmt: skip
+
+
+def test_revealed_length_follows_the_words_and_their_punctuation() -> None:
+    said = [LINE[: client.revealed_length(LINE, LINE_WORDS, position)]
+            for position in (0, 1279, 1280, 17999, 18000, 23800, 36999)]  # fmt: skip
+    assert said == [
+        "",
+        "",
+        "{b}Halt!{/b}",  # the word, then its "!" and the tag that closes it
+        "{b}Halt!{/b}",
+        "{b}Halt!{/b} {w=0.5}Who",
+        "{b}Halt!{/b} {w=0.5}Who goes {color=#f00}there{/color},",
+        "{b}Halt!{/b} {w=0.5}Who goes {color=#f00}there{/color}, {i}stranger{/i}?",
+    ]
+    # Past the last word: all of it, but only once every mark has arrived.
+    assert client.revealed_length(LINE, LINE_WORDS, 37000, complete=False) == len(LINE)
+    assert client.revealed_length("Go home.", [[0, 10, 0, 2]], 11, complete=False) == 2
+    assert client.revealed_length("Go home.", [[0, 10, 0, 2]], 11) == len("Go home.")
+    # One written word read as several ("250") shares its span; words run together share one.
+    words = [[0, 5, 8, 11], [5, 5, 8, 11], [10, 5, 8, 11], [15, 5, 12, 16]]
+    assert client.revealed_length("I owe you 250 gold.", words, 12) == 11
+    assert client.revealed_length("", [], 100) == 0
+
+
+def test_hide_after_keeps_layout_and_nesting() -> None:
+    text = "{b}Halt!{/b} Who goes {color=#f00}there{/color}, {a=jump:x}friend{/a}?"
+    assert client.hide_after(text, len(text)) == text
+    assert client.hide_after(text, 0) == (
+        "{alpha=0}{outlinecolor=#0000}{b}Halt!{/b} Who goes there, friend?{/outlinecolor}{/alpha}"
+    )
+    # Open tags are closed where the visible part ends and opened again in the hidden part;
+    # color and hyperlink tags, which would show hidden text, are left out of it.
+    assert client.hide_after(text, 5) == (
+        "{b}Ha{/b}{alpha=0}{outlinecolor=#0000}{b}lt!{/b} Who goes there, friend?"
+        "{/outlinecolor}{/alpha}"
+    )
+    assert client.hide_after(text, text.index("there") + 2) == (
+        "{b}Halt!{/b} Who goes {color=#f00}th{/color}{alpha=0}{outlinecolor=#0000}ere, friend?"
+        "{/outlinecolor}{/alpha}"
+    )
+    # A position inside a tag moves past it; {{ is a literal brace; self-closing tags and
+    # comments open nothing (custom self-closing tags are given).
+    assert client.hide_after("{b}x{/b}", 1).startswith("{b}{/b}{alpha=0}")
+    assert client.hide_after("{{a} {p}b {#note}c", 9) == (
+        "{{a} {p}b{alpha=0}{outlinecolor=#0000} {#note}c{/outlinecolor}{/alpha}"
+    )
+    assert client.hide_after("{beep}x y", 8, self_closing={"beep"}) == (
+        "{beep}x {alpha=0}{outlinecolor=#0000}y{/outlinecolor}{/alpha}"
+    )
+
+
+_TAGGED = re.compile(r"\{\{|\{([^{}]*)\}")
+
+
+def _plain(markup: str) -> str:
+    """The characters Ren'Py lays out: tags removed, {{ as one brace."""
+    return _TAGGED.sub(lambda m: "{" if m.group(0) == "{{" else "", markup)
+
+
+def _nesting_error(markup: str) -> str | None:
+    """renpy.text.extras.check_text_tags, for the tags used here."""
+    stack: list[str] = []
+    for match in _TAGGED.finditer(markup):
+        tag = match.group(1)
+        if not tag or tag.startswith("#"):
+            continue
+        name = tag.partition("=")[0]
+        if name.startswith("/"):
+            if not stack or stack.pop() != name[1:]:
+                return f"{{{name}}} does not close the open tag"
+        elif name not in client.SELF_CLOSING_TAGS:
+            stack.append(name)
+    return f"left open: {stack}" if stack else None
+
+
+def _markup(pieces: list[Any]) -> str:
+    """Ren'Py text from words, punctuation and properly nested tags."""
+    out = []
+    for piece in pieces:
+        if isinstance(piece, tuple):
+            tag, inner = piece
+            out.append(f"{{{tag}}}{_markup(inner)}{{/{tag.partition('=')[0]}}}")
+        else:
+            out.append(piece)
+    return "".join(out)
+
+
+_pieces = st.recursive(
+    st.sampled_from(["Halt", "who", " ", ", ", "!", "{{", "{w=0.5}", "{p}", "250", "é"]),
+    lambda inner: st.tuples(
+        st.sampled_from(["b", "i", "color=#f00", "alpha=0.5", "size=+4", "a=jump:x"]),
+        st.lists(inner, max_size=4),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_pieces, max_size=8), st.integers(0, 200))
+def test_hide_after_nests_and_lays_out_the_same_text(pieces: list[Any], shown: int) -> None:
+    text = _markup(pieces)
+    assert _nesting_error(text) is None
+    hidden = client.hide_after(text, shown)
+    assert _nesting_error(hidden) is None, hidden
+    assert _plain(hidden) == _plain(text)  # the same characters are laid out
+    end = shown  # where the visible part ends: moved out of a tag
+    for match in _TAGGED.finditer(text):
+        if match.start() < end < match.end():
+            end = match.end()
+    if end >= len(text):
+        assert hidden == text
+        return
+    visible, _, invisible = hidden.partition("{alpha=0}{outlinecolor=#0000}")
+    assert visible.startswith(text[:end])
+    assert re.fullmatch(r"(\{/[a-z]+\})*", visible[end:])  # then only closing tags
+    assert invisible.endswith("{/outlinecolor}{/alpha}")
+    for match in _TAGGED.finditer(invisible.removesuffix("{/outlinecolor}{/alpha}")):
+        name = (match.group(1) or "").partition("=")[0].lstrip("/")
+        assert name not in {"color", "alpha", "outlinecolor", "a"}, invisible
+
+
+class FakeConnection:
+    """Stands in for Connection: records what is sent, hands out queued events."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.closed = False
+        self.welcome: dict[str, Any] | None = {"type": "welcome"}
+        self.host, self.port = "127.0.0.1", 0
+
+    def send(self, message: dict[str, Any]) -> bool:
+        self.sent.append(message)
+        return True
+
+    def poll(self) -> list[dict[str, Any]]:
+        events, self.events = self.events, []
+        return events
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _pcm(samples: int) -> bytes:
+    return bytes(2 * samples)
+
+
+def test_speech_reveals_as_the_voice_plays() -> None:
+    fake = FakeConnection()
+    speech = client.Speech(lambda: fake, log=lambda message: None)
+    assert speech.say("eileen", LINE, reveal=True) == "sent"
+    [request] = fake.sent
+    assert request["timings"] == ["word"]
+    line, rate = request["line"], 22050
+    name = lambda seq: client.chunk_filename(line, seq)  # noqa: E731
+    assert speech.reveal(LINE) == 0  # nothing said yet: all of it held back
+    assert speech.reveal("Another line.") is None  # not this line's text: shown as usual
+    fake.events = [
+        {"type": "queued", "id": request["id"], "line": line, "speaker": "eileen"},
+        {"type": "started", "line": line, "speaker": "eileen", "sample_rate": rate},
+        {"type": "marks", "line": line, "speaker": "eileen", "words": LINE_WORDS[:3]},
+        {"type": "audio", "line": line, "speaker": "eileen", "seq": 0, "data": _pcm(20000)},
+    ]
+    [first] = speech.poll()
+    assert (first.line, first.seq) == (line, 0)
+    assert speech.reveal(LINE) == 0  # handed to the channel, not playing yet
+    assert speech.reveal(LINE, name(0), 1000 / rate) == 0
+    assert speech.reveal(LINE, name(0), 2000 / rate) == len("{b}Halt!{/b}")
+    # Look again when the voice reaches the next word ("Who", at 18000), a tenth of a second
+    # at most, a fiftieth at least.
+    assert speech.reveal_wait(name(0), 17000 / rate) == pytest.approx(1000 / rate)
+    assert speech.reveal_wait(name(0), 2000 / rate) == client.REVEAL_WAIT[1]
+    assert speech.reveal_wait(name(0), 17990 / rate) == client.REVEAL_WAIT[0]
+    assert speech.reveal(LINE, name(0), 1000 / rate) == len("{b}Halt!{/b}")  # never back
+    fake.events = [
+        {"type": "marks", "line": line, "speaker": "eileen", "words": LINE_WORDS[3:]},
+        {"type": "audio", "line": line, "speaker": "eileen", "seq": 1, "data": _pcm(20000)},
+    ]
+    [second] = speech.poll()
+    assert second.seq == 1 and not second.first
+    # The second chunk starts at sample 20000: 4000 samples into it is sample 24000.
+    assert speech.reveal(LINE, name(1), 4000 / rate) == LINE.index(" {i}")
+    # Past the last word, but the line may go on: its last mark is not known for sure yet.
+    assert speech.reveal(LINE, name(1), 17500 / rate) == LINE.index("?") + 1
+    fake.events = [{"type": "finished", "line": line, "speaker": "eileen", "status": "done",
+                    "samples": 40000, "complete": True}]  # fmt: skip
+    speech.poll()
+    assert speech.reveal(LINE, name(1), 17500 / rate) == len(LINE)
+    # What the screen shows around the line (a what_prefix, a what_suffix) is shown too.
+    quoted = f"“{LINE}”"
+    assert speech.reveal(quoted, name(1), 17500 / rate) == len(quoted)
+    assert speech.reveal(LINE) is None  # the voice has played and stopped
+    # Said again (a rollback, a replay): from the cache, with its marks.
+    assert speech.say("eileen", LINE, reveal=True) == "cached"
+    [replay] = speech.poll()
+    assert speech.reveal(LINE, client.chunk_filename(replay.line, 0), 2000 / rate) == 12
+    speech.skip()
+    assert speech.reveal(LINE, client.chunk_filename(replay.line, 0), 2000 / rate) is None
+
+
+def test_speech_reveal_shows_all_when_it_cannot_follow_the_voice() -> None:
+    fake = FakeConnection()
+    speech = client.Speech(lambda: fake, log=lambda message: None)
+    # Not asked for: no timings requested, nothing held back.
+    speech.say("lucy", "Yes, please.")
+    assert "timings" not in fake.sent[-1]
+    assert speech.reveal("Yes, please.") is None
+    # A voice without timings: its audio plays with no marks before it.
+    speech.say("lucy", "Yes, please.", reveal=True)
+    line = fake.sent[-1]["line"]
+    fake.events = [
+        {"type": "started", "line": line, "speaker": "lucy", "sample_rate": 16000},
+        {"type": "audio", "line": line, "speaker": "lucy", "seq": 0, "data": _pcm(8000)},
+    ]
+    speech.poll()
+    assert speech.reveal("Yes, please.") == 0  # not playing yet: wait for it
+    assert speech.reveal("Yes, please.", client.chunk_filename(line, 0), 0.1) is None
+    # A line the server refuses ends without audio.
+    speech.say("lucy", "Who?", reveal=True, voice="nobody")
+    request = fake.sent[-1]
+    assert speech.reveal("Who?") == 0
+    fake.events = [{"type": "error", "id": request["id"], "code": "unknown_voice",
+                    "message": "no voice named 'nobody'"}]  # fmt: skip
+    speech.poll()
+    assert speech.reveal("Who?") is None
+    assert speech.reveal_wait() == client.REVEAL_WAIT[1]
+    # No server at all; or not connected yet (a server that is not there takes a moment to
+    # say so): the text is not held back.
+    offline = client.Speech(lambda: None, log=lambda message: None)
+    assert offline.say("lucy", "Hello?", reveal=True) == "offline"
+    assert offline.reveal("Hello?") is None
+    connecting = FakeConnection()
+    connecting.welcome = None
+    speech = client.Speech(lambda: connecting, log=lambda message: None)
+    assert speech.say("lucy", "Hello?", reveal=True) == "sent"
+    assert speech.reveal("Hello?") is None
+    connecting.welcome = {"type": "welcome"}
+    assert speech.reveal("Hello?") == 0
+
+
 # --- (b) the client against a real server -------------------------------------------------
 
 
@@ -262,6 +512,34 @@ def test_speech_voices_skips_and_caches(server_port: int) -> None:
     assert replay.first and replay.line.startswith("cache-")
     assert len(replay.audio) - 24 == sum(len(c.audio) - 24 for c in heard)
     assert logs == []
+    speech.close()
+
+
+def test_speech_reveal_with_a_real_voice(server_port: int) -> None:
+    """Word marks from the real voice: played back chunk by chunk, the text is revealed word
+    by word, at word boundaries, and all of it by the end."""
+    text = "Welcome back, {b}friend{/b}.{w=0.5} Stew again? There is always bread."
+    speech = client.Speech(lambda: client.Connection(port=server_port).start())
+    assert speech.say("eileen", text, reveal=True) == "sent"
+    chunks = _poll_until(speech.poll, lambda seen: not speech.receiving)
+    line = speech._current
+    assert [text[start:end] for _, _, start, end in line.words] == [
+        "Welcome", "back", "friend", "Stew", "again", "There", "is", "always", "bread"
+    ]  # fmt: skip
+    shown = []
+    for chunk in chunks:  # what get_playing / get_pos report as each chunk plays
+        samples = (len(chunk.audio) - 24) // 2
+        for played in range(0, samples + 1, 1024):
+            seconds = played / line.sample_rate
+            shown.append(speech.reveal(text, client.chunk_filename(chunk.line, chunk.seq), seconds))
+    assert shown[0] == 0 and shown[-1] == len(text)
+    assert shown == sorted(shown)
+    steps = sorted(set(shown))
+    assert len(steps) >= 9  # word by word
+    for step in steps[1:-1]:
+        assert text[step].isspace(), text[:step]  # a word, its punctuation and tags, no more
+    assert text[: steps[3]] == "Welcome back, {b}friend{/b}.{w=0.5}"
+    assert speech.reveal(text) is None  # played out
     speech.close()
 
 
@@ -396,6 +674,14 @@ while (speech.receiving or not chunks) and time.monotonic() < deadline:
     time.sleep(0.01)
 assert chunks and chunks[0].audio[:4] == b".snd"
 assert speech.say("old", "Hello again.") == "cached"
+assert speech.say("old", "Hello, friend.", reveal=True) == "sent"
+while speech.receiving and time.monotonic() < deadline:
+    chunks = speech.poll()
+    time.sleep(0.01)
+assert [w[2:] for w in speech._current.words] == [[0, 5], [7, 13]], speech._current.words
+assert speech.reveal("Hello, friend.") == 0
+assert c.revealed_length("Hello, friend.", speech._current.words, 10**9) == 14
+assert c.hide_after("{b}Hello{/b}, friend.", 5).startswith("{b}He{/b}{alpha=0}")
 print(sys.version_info[:2], len(events), "events")
 """
 
@@ -615,6 +901,29 @@ def _run_renpy(game: Path, *args: str, env: dict[str, str] | None = None) -> Any
     )  # fmt: skip
 
 
+def _play_example(
+    game: Path, server_port: int, env: dict[str, str]
+) -> tuple[Any, dict[str, Any], RecordingProxy]:
+    """Plays the example game to its end through a RecordingProxy to ``server_port``.
+
+    Returns Ren'Py's run, the game's test report (it must have finished without an error)
+    and the proxy, which holds every message both ways."""
+    report_path = game.parent / "report.json"
+    proxy = RecordingProxy(server_port)
+    try:
+        result = _run_renpy(
+            game,
+            env={"DIALOGUE_TTS_PORT": str(proxy.port),
+                 "DIALOGUE_TTS_TEST_REPORT": str(report_path), **env},
+        )  # fmt: skip
+    finally:
+        proxy.close()
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    report = json.loads(report_path.read_text())
+    assert report["finished"] and "error" not in report, report
+    return result, report, proxy
+
+
 EXPECTED_LINES = [
     ("narrator", "The tavern is quiet tonight."),
     ("eileen", "Welcome back, {b}friend{/b}.{w=0.5} Stew again?"),
@@ -646,23 +955,10 @@ def test_example_game_lint(tmp_path: Path) -> None:
 @needs_renpy
 def test_example_game_plays_against_server(tmp_path: Path) -> None:
     game = _game_copy(tmp_path)
-    report_path = tmp_path / "report.json"
     # The server wants a token; the binding reads it from the environment by itself.
     with server_process(env={"DIALOGUE_TTS_TOKEN": TOKEN}) as (port, _server):
-        proxy = RecordingProxy(port)
-        try:
-            result = _run_renpy(
-                game,
-                env={"DIALOGUE_TTS_PORT": str(proxy.port),
-                     "DIALOGUE_TTS_TEST_REPORT": str(report_path),
-                     "DIALOGUE_TTS_TOKEN": TOKEN},
-            )  # fmt: skip
-        finally:
-            proxy.close()
+        result, report, proxy = _play_example(game, port, {"DIALOGUE_TTS_TOKEN": TOKEN})
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-5000:]
-    report = json.loads(report_path.read_text())
-    assert report["finished"] and "error" not in report, report
     assert TOKEN not in output + (game / "log.txt").read_text(encoding="utf-8", errors="replace")
 
     from_game = [m for who, m in proxy.records if who == "game"]
@@ -705,6 +1001,60 @@ def test_example_game_plays_against_server(tmp_path: Path) -> None:
     # The server sent audio for each line it was asked for.
     audio_lines = {m["line"] for m in from_server if m["type"] == "audio"}
     assert {m["line"] for m in says} <= audio_lines
+    _check_reveals(report, says, from_server, finished)
+
+
+EILEEN_LINES = (1, 3, 6)
+"""The lines of EXPECTED_LINES that Eileen says: her show_function is dialogue_tts.reveal_say."""
+
+
+def _check_reveals(
+    report: dict[str, Any], says: list[Any], from_server: list[Any], finished: dict[Any, Any]
+) -> None:
+    """Eileen's text was held back until her voice started, then revealed word by word as it
+    played; a click showed all of it at once while her voice went on."""
+    for index, say in enumerate(says[:7]):
+        marks = [m for m in from_server if m["type"] == "marks" and m["line"] == say["line"]]
+        if index in EILEEN_LINES:
+            assert say["timings"] == ["word"]
+            assert any(m.get("words") for m in marks)
+        else:
+            assert "timings" not in say and not marks
+    reveals = report["reveals"]  # (text, shown) whenever it changed; shown None: all of it
+    texts = {EXPECTED_LINES[index][1]: index for index in EILEEN_LINES}
+    assert {r["text"] for r in reveals} <= set(texts), reveals
+    partial = 0
+    for text, index in texts.items():
+        # The record of a change can come a tick late, once the next line has begun.
+        records = [r for r in reveals if r["text"] == text and r["line"] in (index, index + 1)]
+        if index == 6:  # after it come its rollback and its replay, from the cache
+            records = [r for r in records if r["line"] == index]
+        assert records and records[0]["shown"] == 0, records  # held back until the voice
+        started = min(p["t"] for p in report["played"] if p["line"] == index)
+        shown = [r["shown"] for r in records if r["shown"] is not None]
+        assert shown == sorted(shown), records
+        for record in records:
+            if record["shown"]:
+                assert record["t"] >= started, records  # only once the voice plays
+            if record["shown"] and record["shown"] < len(text):
+                partial += 1
+                assert text[record["shown"]].isspace(), records  # whole words
+        if index in (1, 3):
+            assert records[-1]["shown"] is None, records  # all of it in the end
+    assert partial >= 2, reveals  # word by word (however coarse the headless audio clock)
+    # The click while the bread line was being revealed showed all of it, and the voice went
+    # on to the end: the click finished the text, it did not skip the line.
+    assert report["reveal_clicked"] == 3
+    bread = [r for r in reveals if r["text"] == EXPECTED_LINES[3][1]]
+    assert bread[-1]["shown"] is None
+    assert (bread[-1]["playing"] or "").startswith(f"dialogue_tts/line-{says[3]['line']}-"), bread
+    assert finished[says[3]["line"]]["status"] == "done"
+
+
+def _check_no_reveals(report: dict[str, Any]) -> None:
+    """Without a voice, reveal_say held nothing back: Eileen's text showed as usual."""
+    assert report["reveals"], "reveal_say's text was never drawn"
+    assert all(r["shown"] is None for r in report["reveals"]), report["reveals"]
 
 
 @needs_renpy
@@ -720,20 +1070,8 @@ def test_example_game_plays_prerendered_files(tmp_path: Path) -> None:
     assert render.returncode == 0, render.stderr
     assert "7 to render" in render.stdout
 
-    report_path = tmp_path / "report.json"
-    proxy = RecordingProxy(1)  # nothing may connect: every line has its file
-    try:
-        result = _run_renpy(
-            game,
-            env={"DIALOGUE_TTS_PORT": str(proxy.port),
-                 "DIALOGUE_TTS_TEST_REPORT": str(report_path),
-                 "DIALOGUE_TTS_AUTO_VOICE": "voice/{id}.ogg"},
-        )  # fmt: skip
-    finally:
-        proxy.close()
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    report = json.loads(report_path.read_text())
-    assert report["finished"] and "error" not in report, report
+    # Nothing may connect: every line has its file.
+    _result, report, proxy = _play_example(game, 1, {"DIALOGUE_TTS_AUTO_VOICE": "voice/{id}.ogg"})
     assert proxy.connections == 0
     for index, identifier in enumerate(identifiers):
         files = [p["file"] for p in report["played"] if p["line"] == index]
@@ -744,23 +1082,11 @@ def test_example_game_plays_prerendered_files(tmp_path: Path) -> None:
 def test_example_game_refused_by_server(tmp_path: Path) -> None:
     """A wrong token: the game plays through silently, says why once, and never retries."""
     game = _game_copy(tmp_path)
-    report_path = tmp_path / "report.json"
     with server_process(env={"DIALOGUE_TTS_TOKEN": TOKEN}) as (port, _server):
-        proxy = RecordingProxy(port)
-        try:
-            result = _run_renpy(
-                game,
-                env={"DIALOGUE_TTS_PORT": str(proxy.port),
-                     "DIALOGUE_TTS_TEST_REPORT": str(report_path),
-                     "DIALOGUE_TTS_TOKEN": "wrong-token"},
-            )  # fmt: skip
-        finally:
-            proxy.close()
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
-    report = json.loads(report_path.read_text())
-    assert report["finished"] and "error" not in report, report
+        _result, report, proxy = _play_example(game, port, {"DIALOGUE_TTS_TOKEN": "wrong-token"})
     assert len(report["lines"]) == 7
     assert report["played"] == []
+    _check_no_reveals(report)
     log = (game / "log.txt").read_text(encoding="utf-8", errors="replace")
     assert log.count("dialogue-tts: the server refused the game (unauthorized") == 1, log
     assert "no voice server" not in log and "wrong-token" not in log
@@ -786,6 +1112,7 @@ def test_example_game_without_server(tmp_path: Path) -> None:
     assert report["finished"] and "error" not in report, report
     assert len(report["lines"]) == 7
     assert report["played"] == []
+    _check_no_reveals(report)
     log = (game / "log.txt").read_text(encoding="utf-8", errors="replace")
     assert log.count("dialogue-tts: no voice server at") == 1, log
     assert f"127.0.0.1:{port}" in log

@@ -1,6 +1,8 @@
 extends Control
-## Two characters talk, each voice coming from where the character stands. The Skip button
-## or ui_accept (Enter, Space) ends the current line at once and moves on.
+## Two characters talk, each voice coming from where the character stands. Their mouths move
+## with the voice (viseme_changed) and the subtitle appears word by word as it is said
+## (word_reached). The Skip button or ui_accept (Enter, Space) ends the current line at once
+## and moves on.
 ##
 ## Start the server first: [code]dialogue-tts serve[/code]. The characters' pitch and styles
 ## come from [code]cast.toml[/code], which the game sends to the server when it connects.
@@ -26,6 +28,9 @@ const DIALOGUE: Array[Dictionary] = [
 var _index: int = -1
 var _line: int = -1  # the line being voiced, as returned by DialogueTTS.speak()
 var _speaker: String = ""
+var _text: String = ""  # the line being voiced, with its BBCode
+
+@onready var _mouths: Dictionary = {"guard": %GuardMouth, "traveller": %TravellerMouth}
 
 
 func _ready() -> void:
@@ -37,6 +42,12 @@ func _ready() -> void:
 	DialogueTTS.connected.connect(_on_connected)
 	DialogueTTS.disconnected.connect(_on_disconnected)
 	DialogueTTS.line_finished.connect(_on_line_finished)
+	# Lip-sync and subtitles, in time with what the player hears.
+	DialogueTTS.timings = ["word", "viseme"]
+	DialogueTTS.word_reached.connect(_on_word_reached)
+	DialogueTTS.viseme_changed.connect(_on_viseme_changed)
+	# Characters hidden by visible_characters keep their place: revealing a word moves nothing.
+	%Line.visible_characters_behavior = TextServer.VC_CHARS_AFTER_SHAPING
 	%SkipButton.pressed.connect(_skip)
 	_say_next()
 
@@ -57,7 +68,9 @@ func _say_next() -> void:
 	var entry: Dictionary = DIALOGUE[_index]
 	_speaker = entry["speaker"]
 	%Speaker.text = _speaker.capitalize()
-	%Line.text = entry["text"]
+	_text = entry["text"]
+	%Line.text = _text
+	%Line.visible_characters = 0  # word_reached reveals it; line_finished shows all of it
 	# "bbcode" makes the server skip RichTextLabel tags such as [i] instead of reading them.
 	var options: Dictionary = {"markup": "bbcode"}
 	if entry.has("style"):
@@ -73,10 +86,22 @@ func _skip() -> void:
 func _on_line_finished(line: int, _speaker_name: String, status: String) -> void:
 	if line != _line:
 		return
+	%Line.visible_characters = -1
 	if status == "error":
 		# Not voiced (no server, say): leave the text up for a moment, then go on.
 		await get_tree().create_timer(UNVOICED_SECONDS).timeout
 	_say_next()
+
+
+## Shows the subtitle up to the end of the word the voice has reached.
+func _on_word_reached(line: int, _start_char: int, end_char: int) -> void:
+	if line == _line:
+		%Line.visible_characters = _shown_characters(_text, end_char)
+
+
+func _on_viseme_changed(speaker_name: String, viseme: String) -> void:
+	if _mouths.has(speaker_name):
+		_mouths[speaker_name].viseme = viseme
 
 
 func _on_connected(server: String) -> void:
@@ -85,3 +110,20 @@ func _on_connected(server: String) -> void:
 
 func _on_disconnected(reason: String) -> void:
 	%Status.text = "No voices: %s. Run `dialogue-tts serve`." % reason
+
+
+## Returns how many characters a RichTextLabel shows for the first [param end] characters of
+## [param bbcode]: its tags take none, except [lb] and [rb] (one bracket each).
+static func _shown_characters(bbcode: String, end: int) -> int:
+	var shown: int = 0
+	var index: int = 0
+	while index < end:
+		var close: int = bbcode.find("]", index) if bbcode[index] == "[" else -1
+		if close == -1:
+			shown += 1
+			index += 1
+		else:
+			var tag: String = bbcode.substr(index + 1, close - index - 1)
+			shown += 1 if tag == "lb" or tag == "rb" else 0
+			index = close + 1
+	return shown

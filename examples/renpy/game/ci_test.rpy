@@ -1,11 +1,13 @@
 # TEST HARNESS - used only by tests/test_renpy.py, inactive otherwise.
 #
 # When DIALOGUE_TTS_TEST_REPORT names a file, the game plays itself: auto-forward
-# is on, a click is simulated in the middle of the long line, one rollback is
-# made at the last line, and a JSON report of what the voice channel played is
-# written to that file when the game ends. An exception prints its traceback
-# and quits with status 1. DIALOGUE_TTS_PORT, if set, is the server's port;
-# DIALOGUE_TTS_AUTO_VOICE, if set, becomes config.auto_voice.
+# is on, a click is simulated in the middle of the long line and another while
+# Eileen's bread line is being revealed, one rollback is made at the last line,
+# and a JSON report of what the voice channel played and of what Eileen's
+# reveal_say text showed is written to that file when the game ends. An
+# exception prints its traceback and quits with status 1. DIALOGUE_TTS_PORT, if
+# set, is the server's port; DIALOGUE_TTS_AUTO_VOICE, if set, becomes
+# config.auto_voice.
 
 init 100 python in dialogue_tts_test:
 
@@ -17,8 +19,9 @@ init 100 python in dialogue_tts_test:
     import renpy.store as store
 
     report_path = os.environ.get("DIALOGUE_TTS_TEST_REPORT")
-    report = {"lines": [], "played": [], "clicked": None, "rolled_back": False, "finished": False}
-    _state = {"line": -1, "playing": None, "voice_started": (None, 0.0)}
+    report = {"lines": [], "played": [], "clicked": None, "rolled_back": False, "finished": False,
+              "reveals": [], "reveal_clicked": None}
+    _state = {"line": -1, "playing": None, "voice_started": (None, 0.0), "reveal": None}
 
     def write_report():
         with open(report_path, "w") as f:
@@ -35,6 +38,8 @@ init 100 python in dialogue_tts_test:
         if event == "begin" and store._last_raw_what:
             report["lines"].append({"who": store._last_say_who, "what": store._last_raw_what})
             _state["line"] = len(report["lines"]) - 1
+            if report["rolled_back"]:
+                store._preferences.afm_enable = True  # held for the rollback, see periodic()
             write_report()
 
     def periodic():
@@ -43,7 +48,7 @@ init 100 python in dialogue_tts_test:
         if playing != _state["playing"]:
             _state["playing"] = playing
             if playing is not None:
-                report["played"].append({"line": _state["line"], "file": str(playing)})
+                report["played"].append({"line": _state["line"], "file": str(playing), "t": now})
                 write_report()
         line = _state["line"]
         if line < 0:
@@ -53,12 +58,32 @@ init 100 python in dialogue_tts_test:
         heard = [p for p in report["played"] if p["line"] == line]
         if heard and _state["voice_started"][0] != line:
             _state["voice_started"] = (line, now)
+        # What reveal_say shows: (text, characters shown, or None when nothing is held back).
+        reveal = store.dialogue_tts._state.reveal
+        if reveal != _state["reveal"]:
+            _state["reveal"] = reveal
+            if reveal is not None:
+                report["reveals"].append({"line": line, "text": reveal[0], "shown": reveal[1],
+                                          "playing": playing and str(playing), "t": now})
+        # A click while Eileen's bread line is voiced and not all revealed: all of it shows
+        # at once (and her voice goes on).
+        if (report["reveal_clicked"] is None and what.startswith("There is always bread")
+                and heard and playing and reveal is not None and reveal[1] is not None):
+            report["reveal_clicked"] = line
+            renpy.queue_event("dismiss")
         if (report["clicked"] is None and what.startswith("The road was cold") and playing
                 and now - _state["voice_started"][1] > 1.0):
             report["clicked"] = line
             renpy.queue_event("dismiss")
-        # One rollback, once the last line has been heard to the end.
-        if (not report["rolled_back"] and what == "Sit down. Eat." and heard and playing is None):
+        # One rollback, once the last line has been heard to the end (and, when the server
+        # voiced it, has finished there, so that it is in the binding's cache). Auto-forward
+        # waits for it: for so short a line, its delay ends about when the voice does, and it
+        # would win the race. The line said again after the rollback turns it back on.
+        if what == "Sit down. Eat." and heard and not report["rolled_back"]:
+            store._preferences.afm_enable = False
+        speech = store.dialogue_tts._state.speech
+        if (not report["rolled_back"] and what == "Sit down. Eat." and heard and playing is None
+                and (speech is None or not speech.receiving)):
             report["rolled_back"] = True
             renpy.queue_event("rollback")
 

@@ -4,7 +4,9 @@
 # game/dialogue_tts/ is the binding from integrations/renpy/game/dialogue_tts/
 # (a symbolic link here: copy the folder in your own game).
 
-define e = Character("Eileen", voice_tag="eileen")
+# Eileen's words appear as her voice says them (dialogue_tts.reveal_say); Lucy's
+# and the narrator's at the text speed, as usual.
+define e = Character("Eileen", voice_tag="eileen", show_function=dialogue_tts.reveal_say)
 define l = Character("Lucy", voice_tag="lucy")
 
 # The server has one voice built in; rate, pitch and volume still tell speakers

@@ -24,6 +24,28 @@ const LONG_TEXT: String = (
 	"This is a long line of dialogue, long enough that it is still being spoken when the "
 	+ "player decides to skip it, and then it goes on for a while longer anyway."
 )
+## A line with timings, its RichTextLabel markup included, and the words it slices into.
+const MARKED_TEXT: String = (
+	"[b]Halt![/b] Who goes there, [i]stranger[/i]? The gates closed at sundown, so state "
+	+ "your business."
+)
+const MARKED_WORDS: Array = [
+	"Halt",
+	"Who",
+	"goes",
+	"there",
+	"stranger",
+	"The",
+	"gates",
+	"closed",
+	"at",
+	"sundown",
+	"so",
+	"state",
+	"your",
+	"business"
+]
+const NEXT_TEXT: String = "Move along, then."
 
 var _checks: int = 0
 var _failures: int = 0
@@ -64,6 +86,7 @@ func _run() -> void:
 		yield(_test_no_server(ports[0], ports[1]), "completed")
 		yield(_test_wire_order(ports[1]), "completed")
 		yield(_test_addon(ports[1]), "completed")
+		yield(_test_timings(ports[1]), "completed")
 		yield(_test_token_and_cast(ports[2]), "completed")
 		_check_refused(refused)
 	_finish()
@@ -382,6 +405,10 @@ func _test_addon(port: int) -> void:
 	while tts.is_speaking():
 		yield(self, "idle_frame")
 	_check(not tts.is_speaking(), "nobody speaking at the end")
+	_check(
+		_named("word_reached").empty() and _named("viseme_changed").empty(),
+		"no word_reached or viseme_changed without timings"
+	)
 	_check(bob.pending.empty(), "all of bob's audio went into his AudioStreamGenerator")
 	print(
 		(
@@ -390,6 +417,148 @@ func _test_addon(port: int) -> void:
 		)
 	)
 	tts.queue_free()
+
+
+## Timings: word_reached slices the text into its words, in order, and viseme_changed names
+## mouth shapes, both emitted as the playback reaches them (not as the marks arrive, which is
+## long before), never after line_finished; skip drops the rest and closes the mouth.
+func _test_timings(port: int) -> void:
+	_events.clear()
+	var tts: Node = _new_tts()
+	tts.timings = ["word", "viseme"]
+	tts.connect_to_server("127.0.0.1", port)
+	while _named("connected").empty():
+		yield(self, "idle_frame")
+	var line: int = tts.speak("herald", MARKED_TEXT, {"markup": "bbcode"})
+	var marks: Object = null  # the line's marks as the addon received them
+	while _finished(line).empty():
+		var herald: Object = tts._speakers.get("herald")
+		if herald != null and not herald.marks.empty():
+			marks = herald.marks[0]
+		yield(self, "idle_frame")
+	for _i in 30:  # a quiet spell: anything emitted late would show up in it
+		yield(self, "idle_frame")
+	_check(_status(line) == "done", "timings: the line is voiced")
+	var words: Array = _named("word_reached", line)
+	if not _check(marks != null and not words.empty(), "timings: marks and words came"):
+		tts.queue_free()
+		return
+	var finished: Dictionary = _finished(line)[0]
+	var finished_at: int = _events.find(finished)
+	var said: Array = []
+	for word in words:
+		said.append(MARKED_TEXT.substr(word["start"], word["end"] - word["start"]))
+	_check(_same(said, MARKED_WORDS), "timings: words slice the text, in order: %s" % [said])
+	var visemes: Array = _named_for("viseme_changed", "herald")
+	var shapes: Dictionary = {}
+	for event in visemes:
+		shapes[event["viseme"]] = true
+		_check(event["viseme"] in DialogueTTS.VISEMES, "timings: a viseme: " + event["viseme"])
+	_check(shapes.size() >= 4, "timings: several mouth shapes: %s" % [shapes.keys()])
+	_check(not visemes.empty() and visemes[-1]["viseme"] == "sil", "timings: the mouth closes")
+	for index in range(1, visemes.size()):
+		_check(visemes[index]["viseme"] != visemes[index - 1]["viseme"], "timings: changes only")
+	for event in words + visemes:
+		_check(_events.find(event) < finished_at, "timings: nothing after line_finished")
+
+	# In time with the playback: each word is emitted no earlier than its place in the audio
+	# says, counted from the first word (the player cannot hear faster than real time; the
+	# slack is generous). The words left when "done" arrives are emitted in its frame.
+	var rate: float = float(tts._speakers["herald"].sample_rate)
+	var first: Dictionary = words[0]
+	var played: int = 0
+	var frames: Dictionary = {}
+	for word in words:
+		if word["frame"] == finished["frame"]:
+			continue
+		played += 1
+		frames[word["frame"]] = true
+		var due: float = (_mark_start(marks, word) - _mark_start(marks, first)) * 1000.0 / rate
+		var at: int = word["msec"] - first["msec"]
+		_check(at >= due * 0.8 - 150.0, "timings: %s at %d ms, due at %d ms" % [word, at, due])
+	_check(played * 2 >= words.size(), "timings: most words emitted while playing: %d" % played)
+	_check(frames.size() * 2 >= played, "timings: words emitted over many frames")
+	var audio: Array = _audio(line)
+	var spread: int = words[-1]["msec"] - first["msec"]
+	var arrival: int = audio[-1]["msec"] - audio[0]["msec"]
+	print(
+		(
+			(
+				"GODOT_TEST_INFO timings: %d words, %d emitted while playing, in %d frames; first word"
+				+ " %d ms after the first audio arrived, last word %d ms after the first; all audio"
+				+ " arrived within %d ms; line of %d ms; %d viseme changes"
+			)
+			% [
+				words.size(),
+				played,
+				frames.size(),
+				first["msec"] - audio[0]["msec"],
+				spread,
+				arrival,
+				_sum_samples(line) * 1000 / int(rate),
+				visemes.size(),
+			]
+		)
+	)
+
+	# A line that asks for none ("timings": []) gets no signals.
+	var mark: int = _events.size()
+	var quiet: int = tts.speak("herald", "Quiet now.", {"timings": []})
+	while _finished(quiet).empty():
+		yield(self, "idle_frame")
+	_check(_status(quiet) == "done", "timings: a line without timings is voiced")
+	_check(_signals_since(mark, "herald").empty(), "timings: none for a line without them")
+
+	# Skipped while it plays: the rest of its words are dropped and the mouth closes at once;
+	# the next line (words only) is timed from its own start, in the new playback.
+	var long_line: int = tts.speak("herald", LONG_TEXT)
+	var next: int = tts.speak("herald", NEXT_TEXT, {"timings": ["word"]})
+	while _named("word_reached", long_line).empty():
+		yield(self, "idle_frame")
+	tts.skip("herald")
+	var skipped_at: int = _events.size()
+	var before: Array = _signals_since(mark, "herald")
+	_check(before[-1].get("viseme") == "sil", "timings: skip closes the mouth at once")
+	while _finished(next).empty():
+		yield(self, "idle_frame")
+	_check(_status(long_line) == "skipped", "timings: the long line is skipped")
+	_check(_status(next) == "done", "timings: the next line is voiced")
+	var next_words: Array = []
+	for event in _signals_since(skipped_at, "herald"):
+		_check(event.get("line") == next, "timings: after skip, only the next line's words")
+		next_words.append(NEXT_TEXT.substr(event["start"], event["end"] - event["start"]))
+	_check(_same(next_words, ["Move", "along", "then"]), "timings: next: %s" % [next_words])
+	tts.queue_free()
+
+
+## The sample where the mark of [param word] (a recorded word_reached) starts.
+func _mark_start(marks: Object, word: Dictionary) -> int:
+	for mark in marks.words:
+		if mark[2] == word["start"] and mark[3] == word["end"]:
+			return mark[0]
+	return -1
+
+
+## Returns the recorded events called [param name] about [param speaker].
+func _named_for(name: String, speaker: String) -> Array:
+	var found: Array = []
+	for event in _named(name):
+		if event.get("speaker") == speaker:
+			found.append(event)
+	return found
+
+
+## Returns the word_reached events, and [param speaker]'s viseme_changed events, recorded from
+## index [param start] on.
+func _signals_since(start: int, speaker: String) -> Array:
+	var found: Array = []
+	for index in range(start, _events.size()):
+		var event: Dictionary = _events[index]
+		if event["name"] == "word_reached":
+			found.append(event)
+		elif event["name"] == "viseme_changed" and event["speaker"] == speaker:
+			found.append(event)
+	return found
 
 
 ## A server started with a token accepts the addon that reads it from DIALOGUE_TTS_TOKEN;
@@ -507,6 +676,8 @@ func _new_tts() -> Node:
 	tts.connect("audio_received", self, "_on_audio_received")
 	tts.connect("line_finished", self, "_on_line_finished")
 	tts.connect("error", self, "_on_error")
+	tts.connect("word_reached", self, "_on_word_reached")
+	tts.connect("viseme_changed", self, "_on_viseme_changed")
 	return tts
 
 
@@ -528,13 +699,26 @@ func _on_line_started(line: int, speaker: String) -> void:
 
 func _on_audio_received(line: int, speaker: String, samples: PoolRealArray) -> void:
 	_check(samples.size() > 0, "audio chunk of line %d has samples" % line)
-	_events.append(
-		{"name": "audio_received", "line": line, "speaker": speaker, "samples": samples.size()}
-	)
+	_record({"name": "audio_received", "line": line, "speaker": speaker, "samples": samples.size()})
 
 
 func _on_line_finished(line: int, speaker: String, status: String) -> void:
-	_events.append({"name": "line_finished", "line": line, "speaker": speaker, "status": status})
+	_record({"name": "line_finished", "line": line, "speaker": speaker, "status": status})
+
+
+func _on_word_reached(line: int, start_char: int, end_char: int) -> void:
+	_record({"name": "word_reached", "line": line, "start": start_char, "end": end_char})
+
+
+func _on_viseme_changed(speaker: String, viseme: String) -> void:
+	_record({"name": "viseme_changed", "speaker": speaker, "viseme": viseme})
+
+
+## Records an event with when it happened: the wall clock and the frame.
+func _record(event: Dictionary) -> void:
+	event["msec"] = OS.get_ticks_msec()
+	event["frame"] = Engine.get_idle_frames()
+	_events.append(event)
 
 
 func _on_error(code: String, message: String) -> void:

@@ -13,6 +13,10 @@ extends Node
 ## Every id [method speak] returns gets exactly one [signal line_finished], even when the
 ## server rejects the line or the connection is lost (status [code]"error"[/code] then).
 ##
+## Lip-sync and subtitles: with [member timings] (or speak()'s "timings" option) set to
+## [code]["word", "viseme"][/code], [signal word_reached] and [signal viseme_changed] follow
+## what the player hears, driven by the position of each speaker's playback.
+##
 ## A server started with a token (its DIALOGUE_TTS_TOKEN or --token-file) needs the same
 ## [member token]; the game can also send its own [member cast] of voices and styles. Both are
 ## read when the connection is made, so setting them in a scene's [code]_ready()[/code] is in
@@ -31,6 +35,16 @@ signal line_started(line, speaker)
 ## Emitted for each chunk of a line's audio (a PoolRealArray of mono samples, -1..1), e.g.
 ## for lip-sync.
 signal audio_received(line, speaker, samples)
+## Emitted when the playback of [param line] reaches one of its words (with the "word"
+## timing): the word is [code]text.substr(start_char, end_char - start_char)[/code] of the text
+## given to [method speak], markup included, e.g. to reveal a subtitle word by word. In order,
+## never after the line's [signal line_finished]: a "done" line's words not reached yet are
+## emitted just before it, a skipped line's are dropped.
+signal word_reached(line, start_char, end_char)
+## Emitted when the mouth shape of [param speaker]'s voice changes (with the "viseme" timing):
+## one of [constant VISEMES], in time with what the player hears. [code]"sil"[/code] (mouth
+## closed) in pauses, and when a line ends or is skipped.
+signal viseme_changed(speaker, viseme)
 ## Emitted last for every line: [param status] is "done", "skipped", "cancelled" or "error".
 signal line_finished(line, speaker, status)
 ## Emitted for every error the server reports, and for lines spoken while disconnected.
@@ -51,6 +65,10 @@ const AUDIO_FORMAT: String = "f32le"
 ## Keys of [method speak]'s options that go into the say request as they are.
 const SAY_OPTIONS: Array = [
 	"voice", "style", "pitch", "rate", "volume", "sample_rate", "interrupt", "markup"
+]
+## The mouth shapes of [signal viseme_changed]: the 15 Oculus/Meta (OVRLipSync) visemes.
+const VISEMES: Array = [
+	"sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR", "aa", "E", "ih", "oh", "ou"
 ]
 ## Seconds of audio each speaker's AudioStreamGenerator holds; more waits in [code]pending[/code].
 const BUFFER_SECONDS: float = 0.5
@@ -75,6 +93,10 @@ var host: String = DEFAULT_HOST
 var port: int = DEFAULT_PORT
 ## Sent in the hello, for the server's logs.
 var client_name: String = "godot"
+## Timings every line asks the server for, unless speak()'s "timings" option says otherwise:
+## [code]"word"[/code] for [signal word_reached], [code]"viseme"[/code] for
+## [signal viseme_changed]. Empty (the default): none, and no signals.
+var timings: Array = []
 ## Audio bus of the players this node creates for speakers without their own player.
 var bus: String = "Master"
 ## When false, the node connects only when [method connect_to_server] is called.
@@ -145,6 +167,8 @@ func _process(delta: float) -> void:
 				_receive()
 	for speaker in _speakers.values():
 		_feed(speaker)
+		if not speaker.marks.empty():
+			_emit_marks(speaker)
 
 
 func _exit_tree() -> void:
@@ -173,7 +197,8 @@ func is_server_ready() -> bool:
 ## normal), [code]rate[/code] (0.1 to 10), [code]volume[/code] (0 to 10),
 ## [code]sample_rate[/code] (Hz; default the voice's own), [code]interrupt[/code] (skip the
 ## speaker's current line and drop its queue first), [code]markup[/code] ("plain", "bbcode"
-## for RichTextLabel text, or "renpy").
+## for RichTextLabel text, or "renpy"), [code]timings[/code] (this line's, instead of
+## [member timings]: e.g. [code]["word"][/code], or [code][][/code] for none).
 func speak(speaker: String, text: String, options: Dictionary = {}) -> int:
 	_next_line += 1
 	var line: int = _next_line
@@ -187,6 +212,11 @@ func speak(speaker: String, text: String, options: Dictionary = {}) -> int:
 	for key in SAY_OPTIONS:
 		if options.has(key):
 			request[key] = options[key]
+	var wanted: Array = []  # a plain Array, whatever was given: the encoder writes those
+	for timing in options.get("timings", timings):
+		wanted.append(timing)
+	if not wanted.empty():
+		request["timings"] = wanted
 	var target: Speaker = _get_speaker(speaker)  # created now, so pause() state applies
 	if options.get("interrupt", false):
 		_silence(target)
@@ -341,6 +371,8 @@ func _handle(message: Dictionary) -> void:
 			emit_signal("line_queued", message["line"], message["speaker"], message["position"])
 		"started":
 			_on_started(message)
+		"marks":
+			_on_marks(message)
 		"audio":
 			_on_audio(message)
 		"finished":
@@ -362,11 +394,29 @@ func _on_welcome(message: Dictionary) -> void:
 func _on_started(message: Dictionary) -> void:
 	var speaker: Speaker = _get_speaker(message["speaker"])
 	if speaker.sample_rate != message["sample_rate"]:
-		speaker.pending.clear()
+		_clear_pending(speaker)
 		speaker.sample_rate = message["sample_rate"]
 		_start_player(speaker)
 	speaker.current = message["line"]
 	emit_signal("line_started", message["line"], message["speaker"])
+
+
+## Keeps a piece's word and viseme marks; they come before the audio they describe.
+func _on_marks(message: Dictionary) -> void:
+	var speaker: Speaker = _get_speaker(message["speaker"])
+	if speaker.current != message["line"]:
+		return  # marks of a line skipped here
+	var marks: LineMarks = null
+	if not speaker.marks.empty() and speaker.marks.back().line == message["line"]:
+		marks = speaker.marks.back()
+	else:
+		marks = LineMarks.new()
+		marks.line = message["line"]
+		speaker.marks.append(marks)
+	if message.get("words") is Array:
+		marks.words += message["words"]
+	if message.get("visemes") is Array:
+		marks.visemes += message["visemes"]
 
 
 func _on_audio(message: Dictionary) -> void:
@@ -379,6 +429,12 @@ func _on_audio(message: Dictionary) -> void:
 	frames.resize(samples.size())
 	for i in samples.size():
 		frames[i] = Vector2(samples[i], samples[i])
+	if not speaker.marks.empty():
+		var marks: LineMarks = speaker.marks.back()
+		if marks.line == message["line"] and not marks.has_audio:
+			marks.has_audio = true  # the line's first sample is the next frame received
+			marks.first_frame = speaker.frames_received
+	speaker.frames_received += frames.size()
 	speaker.pending.append(frames)
 	_feed(speaker)
 	emit_signal("audio_received", message["line"], message["speaker"], samples)
@@ -388,7 +444,9 @@ func _on_finished(message: Dictionary) -> void:
 	var speaker: Speaker = _get_speaker(message["speaker"])
 	if speaker.current == message["line"]:
 		speaker.current = -1
-		if message["status"] != "done":
+		if message["status"] == "done":
+			_finish_marks(speaker, message["line"])
+		else:
 			_silence(speaker)
 	if _lines.has(message["line"]):
 		_lines.erase(message["line"])
@@ -492,14 +550,27 @@ func _restart_player(speaker: Speaker) -> void:
 	speaker.player.call("play")
 	speaker.playback = speaker.player.call("get_stream_playback")
 	speaker.player.set("stream_paused", speaker.paused)
+	# Frames are counted from this new, empty playback: what the old one held is gone.
+	for marks in speaker.marks:
+		marks.first_frame -= speaker.frames_pushed
+	speaker.frames_received -= speaker.frames_pushed
+	speaker.frames_pushed = 0
+	speaker.buffer_frames = speaker.playback.get_frames_available()
 
 
-## Drops the speaker's received audio, buffered and pending, at once.
+## Drops the speaker's received audio, buffered and pending, and its marks, at once.
 func _silence(speaker: Speaker) -> void:
-	speaker.pending.clear()
+	_clear_pending(speaker)
 	speaker.current = -1
+	speaker.marks.clear()
+	_close_mouth(speaker)
 	if speaker.playback != null:
 		_restart_player(speaker)
+
+
+func _clear_pending(speaker: Speaker) -> void:
+	speaker.pending.clear()
+	speaker.frames_received = speaker.frames_pushed
 
 
 func _set_paused(speaker_name: String, paused: bool) -> void:
@@ -521,7 +592,78 @@ func _feed(speaker: Speaker) -> void:
 		and speaker.playback != null
 		and speaker.playback.can_push_buffer(speaker.pending[0].size())
 	):
-		speaker.playback.push_buffer(speaker.pending.pop_front())
+		var frames: PoolVector2Array = speaker.pending.pop_front()
+		speaker.playback.push_buffer(frames)
+		speaker.frames_pushed += frames.size()
+
+
+## Returns how many frames of the speaker's playback the player has heard: the frames pushed
+## minus those its buffer still holds (so a buffer underrun holds the position, unlike
+## get_playback_position()), less the output latency not yet covered by the time since the
+## last mix, as in Godot's "Sync the gameplay with audio and music" tutorial.
+func _played_frames(speaker: Speaker) -> int:
+	var buffered: int = speaker.buffer_frames - speaker.playback.get_frames_available()
+	var late: float = AudioServer.get_output_latency() - AudioServer.get_time_since_last_mix()
+	return speaker.frames_pushed - buffered - int(max(late, 0.0) * speaker.sample_rate)
+
+
+## Emits the words and the mouth shape that the playback of the speaker's line has reached.
+## Called every frame while a line has marks: a few engine calls, no per-sample work.
+func _emit_marks(speaker: Speaker) -> void:
+	var marks: LineMarks = speaker.marks[0]
+	if not marks.has_audio or speaker.playback == null:
+		return
+	var position: int = _played_frames(speaker) - marks.first_frame
+	while marks.next_word < marks.words.size() and marks.words[marks.next_word][0] <= position:
+		marks.next_word += 1
+		_emit_word(marks, marks.words[marks.next_word - 1])
+		if speaker.marks.empty() or speaker.marks[0] != marks:
+			return  # a handler skipped or cancelled the line
+	while (
+		marks.next_viseme < marks.visemes.size() and marks.visemes[marks.next_viseme][0] <= position
+	):
+		marks.next_viseme += 1
+	if marks.next_viseme > 0:
+		var shape: Array = marks.visemes[marks.next_viseme - 1]
+		# Past the end of the last shape reached: a pause ({w} in the text), mouth closed.
+		_set_viseme(speaker, shape[2] if position < shape[0] + shape[1] else "sil")
+
+
+## Emits word_reached for [param word] ([start, length, start_char, end_char]), once per span:
+## espeak may read one written word ("250") as several.
+func _emit_word(marks: LineMarks, word: Array) -> void:
+	if word[2] == marks.last_start and word[3] == marks.last_end:
+		return
+	marks.last_start = word[2]
+	marks.last_end = word[3]
+	emit_signal("word_reached", marks.line, word[2], word[3])
+
+
+func _set_viseme(speaker: Speaker, viseme: String) -> void:
+	if viseme != speaker.viseme:
+		speaker.viseme = viseme
+		emit_signal("viseme_changed", speaker.name, viseme)
+
+
+## Emits "sil" if the speaker's mouth was left open.
+func _close_mouth(speaker: Speaker) -> void:
+	if not speaker.viseme.empty():
+		_set_viseme(speaker, "sil")
+
+
+## Ends the marks of a line that finished "done": its words not reached yet are emitted now
+## (the server's pacing sends finished about when the audio has played, so these are few),
+## then the mouth closes.
+func _finish_marks(speaker: Speaker, line: int) -> void:
+	for index in speaker.marks.size():
+		var marks: LineMarks = speaker.marks[index]
+		if marks.line == line:
+			speaker.marks.remove(index)
+			for word_index in range(marks.next_word, marks.words.size()):
+				_emit_word(marks, marks.words[word_index])
+			break
+	if speaker.marks.empty():
+		_close_mouth(speaker)
 
 
 ## Decodes f32le bytes without a per-sample loop: prefixed with the header of Godot's binary
@@ -549,3 +691,32 @@ class Speaker:
 	## Stereo frames received but not yet pushed, oldest first.
 	var pending: Array = []
 	var paused: bool = false
+	## Frames received for the current playback (pushed or pending), and pushed into it.
+	var frames_received: int = 0
+	var frames_pushed: int = 0
+	## Frames the playback's buffer holds when full: measured when it is made, empty.
+	var buffer_frames: int = 0
+	## Marks of the lines still to be heard, oldest first (one line at a time, in practice:
+	## the server starts a speaker's next line after the last one's finished).
+	var marks: Array = []
+	## The last viseme emitted for this speaker; empty before the first.
+	var viseme: String = ""
+
+
+## One line's word and viseme marks, emitted as its playback reaches them.
+class LineMarks:
+	var line: int
+	## False until the line's first audio arrives.
+	var has_audio: bool = false
+	## Where the line's first sample is among the frames of its speaker's playback.
+	var first_frame: int = 0
+	## [start, length, start_char, end_char] per word, [start, length, viseme] per mouth shape;
+	## in samples from the line's first.
+	var words: Array = []
+	var visemes: Array = []
+	## How many words and mouth shapes the playback has reached.
+	var next_word: int = 0
+	var next_viseme: int = 0
+	## The characters of the last word emitted.
+	var last_start: int = -1
+	var last_end: int = -1

@@ -35,6 +35,14 @@
 # the binding reads the DIALOGUE_TTS_TOKEN environment variable by itself, or
 # define dialogue_tts.token.
 #
+# Text in time with the voice (opt-in, per character): with this show_function,
+# a character's dialogue appears word by word as the voice says it, instead of
+# at the text speed. A click shows all of it at once, as with slow text; when
+# the line is not voiced (no server, a muted voice), it shows as usual.
+#
+#     define e = Character("Eileen", voice_tag="eileen",
+#                          show_function=dialogue_tts.reveal_say)
+#
 # From Python, dialogue_tts.say("eileen", "Hello.") speaks a line and
 # dialogue_tts.skip() stops it; the DialogueTTSSkip() screen action does the
 # same from a button.
@@ -93,6 +101,9 @@ init -100 python in dialogue_tts:
 
         speech = None
         volume = 1.0
+        # (text, characters shown) of the last reveal_say text drawn; characters
+        # shown is None when nothing is held back. For tests and debugging.
+        reveal = None
 
     _state = _State()
 
@@ -137,14 +148,16 @@ init -100 python in dialogue_tts:
                 return (settings, tag or who, tag) if settings is not None else None
         return (default, tag or who, tag) if default is not None else None
 
-    def say(speaker, text, voice=None, rate=None, volume=None, tag=None, style=None, pitch=None):
+    def say(speaker, text, voice=None, rate=None, volume=None, tag=None, style=None, pitch=None,
+            reveal=False):
         """
         Speaks `text` as `speaker` on the voice channel, stopping the line
         being spoken. `voice`, `style`, `rate`, `pitch` and `volume` are the
         server's voice name, a style of the cast, speaking rate (1.0 normal),
         pitch (0.5 to 2.0, 1.0 normal) and gain; None uses the cast's or the
         server's defaults. `tag` is a voice tag: nothing is said when the player
-        muted it. Returns "cached", "sent" or "offline".
+        muted it. `reveal` asks for the word timings that reveal_say uses.
+        Returns "cached", "sent" or "offline".
         """
 
         volume_setting = store.persistent._character_volume.get(tag, 1.0)
@@ -153,7 +166,8 @@ init -100 python in dialogue_tts:
             return "offline"
         _state.volume = volume_setting
         return _speech().say(
-            speaker, text, voice=voice, rate=rate, volume=volume, style=style, pitch=pitch)
+            speaker, text, voice=voice, rate=rate, volume=volume, style=style, pitch=pitch,
+            reveal=reveal)
 
     def skip():
         """
@@ -206,7 +220,74 @@ init -100 python in dialogue_tts:
         if style is not None:
             settings = dict(settings, style=style)  # the line's style wins
         text = renpy.substitute(what, translate=False)  # fills in [interpolations]
-        say(speaker, text, tag=tag, **settings)
+        say(speaker, text, tag=tag, reveal=_reveals(who), **settings)
+
+    def _reveals(who):
+        # True when the speaking character's show_function is reveal_say.
+        character = store.narrator if who is None else renpy.ast.eval_who(who)
+        return getattr(character, "show_function", None) is reveal_say
+
+    def reveal_say(who, what, **kwargs):
+        """
+        A show_function for Character: shows dialogue as renpy.show_display_say
+        does, and while the line is voiced, reveals its text word by word as the
+        voice says it. Opt in per character:
+
+            define e = Character("Eileen", show_function=dialogue_tts.reveal_say)
+        """
+
+        shown = renpy.show_display_say(who, what, **kwargs)
+        widget = renpy.get_widget(*shown) if isinstance(shown, tuple) else shown
+        if type(widget) is renpy.text.text.Text:
+            widget.__class__ = _RevealText  # the same Text, drawn by the voice
+        return shown
+
+    class _RevealText(renpy.text.text.Text):
+        """
+        The what text of reveal_say. While its line is voiced, it is in slow
+        mode as Ren'Py's text speed would have it, but shows as much as the
+        voice has said (drawn by a second Text whose hidden part is transparent,
+        so nothing moves); when the voice is past its last word, or a click ends
+        slow mode, it is a plain Text again.
+        """
+
+        def render(self, width, height, st, at):
+            shown, wait = _revealed(self)
+            if shown is None:
+                return renpy.text.text.Text.render(self, width, height, st, at)
+            renpy.display.render.redraw(self, wait)  # when the voice reaches the next word
+            if getattr(self, "_reveal_shown", None) != shown:
+                markup = client.hide_after(
+                    self.text[0], shown, renpy.config.self_closing_custom_text_tags)
+                self._reveal_text = renpy.text.text.Text(markup, slow=False, substitute=False)
+                self._reveal_text.style = self.style  # this text's own style, as built
+                self._reveal_shown = shown
+            return renpy.display.render.render(self._reveal_text, width, height, st, at)
+
+    def _revealed(widget):
+        # How much of a reveal_say text to show now (None: as Ren'Py would show it), and
+        # in how many seconds to look again.
+        text = widget.text[0] if widget.text else None
+        if not isinstance(text, str):
+            return None, None
+        shown = wait = None
+        speech = _state.speech
+        if widget.slow and speech is not None and not store._preferences.get_mute("voice"):
+            playing = renpy.music.get_playing("voice")
+            seconds = renpy.music.get_pos("voice") if playing else None
+            shown = speech.reveal(text, playing, seconds)
+            wait = speech.reveal_wait(playing, seconds)
+        if shown is not None:
+            start = widget.start or 0
+            end = len(text) if widget.end is None else widget.end
+            if shown >= end:
+                # The voice has said this much ({w} ends a part): slow text is done.
+                widget.call_slow_done(0)
+                shown = None
+            else:
+                shown = max(shown, start)
+        _state.reveal = (text, shown)
+        return shown, wait
 
     def _has_auto_voice():
         auto_voice = renpy.config.auto_voice
@@ -224,7 +305,7 @@ init -100 python in dialogue_tts:
         if _state.speech is None:
             return
         for chunk in _state.speech.poll():
-            name = "dialogue_tts/line-%s-%d.au" % (chunk.line, chunk.seq)
+            name = client.chunk_filename(chunk.line, chunk.seq)
             audio = renpy.audio.audio.AudioData(chunk.audio, name)
             if chunk.first:
                 renpy.music.get_channel("voice").set_volume(_state.volume)

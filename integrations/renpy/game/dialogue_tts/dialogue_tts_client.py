@@ -9,10 +9,12 @@
 ``Speech`` builds Ren'Py's voice behaviour on top: one line plays at a time, a new line stops
 the previous one, audio comes back as small .au files for the "voice" channel, and the last
 lines are cached so that rollback replays them at once; a server that refuses the game (a
-wrong token) is reported once and not asked again. Nothing here imports Ren'Py, so the
-module runs (and is tested) outside it. The wire format is protocol/PROTOCOL.md: frames of a
-4-byte big-endian length and one msgpack map; the msgpack codec below is a small one of our
-own, so that game developers install nothing.
+wrong token) is reported once and not asked again. A line said with ``reveal=True`` also
+collects its word marks, and ``Speech.reveal`` tells how much of its text the voice has said
+(``revealed_length``), which ``hide_after`` turns into Ren'Py text that shows only that much.
+Nothing here imports Ren'Py, so the module runs (and is tested) outside it. The wire format
+is protocol/PROTOCOL.md: frames of a 4-byte big-endian length and one msgpack map; the
+msgpack codec below is a small one of our own, so that game developers install nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import array
 import collections
 import contextlib
 import ipaddress
+import re
 import select
 import socket
 import struct
@@ -38,8 +41,11 @@ __all__ = [
     "ProtocolError",
     "Speech",
     "au_bytes",
+    "chunk_filename",
     "encode_frame",
+    "hide_after",
     "packb",
+    "revealed_length",
     "unpackb",
 ]
 
@@ -427,6 +433,101 @@ class Connection:
                     self._inbox.append(message)
 
 
+# --- revealing text as it is said ------------------------------------------------------------
+# Word marks are [start, length, start_char, end_char]: samples from the line's first sample,
+# and the characters of the text sent (Ren'Py markup included) that the word was read from.
+
+_TAG = re.compile(r"\{\{|\{([^{}]*)\}")
+"""A Ren'Py text tag, or ``{{`` (a literal brace)."""
+SELF_CLOSING_TAGS = frozenset({"w", "p", "nw", "fast", "done", "image", "space", "vspace", "clear"})
+"""Ren'Py text tags that take no closing tag (renpy.text.extras.text_tags)."""
+_SHOWING_TAGS = frozenset({"color", "alpha", "outlinecolor", "a"})
+"""Tags that would give hidden text back its color (``a``: a hyperlink's style)."""
+REVEAL_WAIT = (0.02, 0.1)
+"""Bounds of ``Speech.reveal_wait``, in seconds: at most 50 redraws a second, at least 10."""
+
+
+def revealed_length(text: str, words: list, position: float, complete: bool = True) -> int:
+    """How many leading characters of ``text`` the voice has said at ``position``.
+
+    ``words`` are the line's word marks, in order; ``position`` is in samples from the line's
+    first sample. The text is said up to the end of the last word whose start has been
+    reached, with the punctuation and text tags that follow it ("Halt!{/b}"); all of it once
+    the voice is past the end of the last word, if ``complete`` (every mark of the line has
+    arrived: until then more words may follow). 0 before the first word.
+    """
+    said = 0
+    for start, _length, _start_char, end_char in words:
+        if start > position:
+            return said
+        said = max(said, _after_word(text, end_char))
+    if complete and words and position >= words[-1][0] + words[-1][1]:
+        return len(text)
+    return said
+
+
+def _after_word(text: str, end: int) -> int:
+    """``end`` moved past the punctuation and text tags that follow a word, up to a space or
+    the next word."""
+    while end < len(text):
+        char = text[end]
+        if char == "{" and not text.startswith("{{", end):
+            close = text.find("}", end)
+            if close < 0:
+                break
+            end = close + 1
+        elif char.isspace() or char.isalnum():
+            break
+        else:
+            end += 2 if text.startswith("{{", end) else 1
+    return end
+
+
+def hide_after(text: str, shown: int, self_closing: object = ()) -> str:
+    """Ren'Py text that shows ``text[:shown]`` and lays out the rest invisibly, in its place,
+    so that revealing more moves nothing.
+
+    The hidden part goes in ``{alpha=0}{outlinecolor=#0000}`` (outlines and shadows too).
+    Tags still open at ``shown`` are closed there and opened again inside it, so that tags
+    nest; inside it, tags that would make text visible again (color, alpha, outlinecolor,
+    hyperlinks) are left out. ``self_closing``: names of custom self-closing tags
+    (config.self_closing_custom_text_tags). A ``shown`` inside a tag moves past it.
+    """
+    closing = SELF_CLOSING_TAGS | frozenset(self_closing)  # type: ignore[arg-type]
+    tags = list(_TAG.finditer(text))
+    for match in tags:
+        if match.start() < shown < match.end():
+            shown = match.end()
+    if shown >= len(text):
+        return text
+    opened: list[str] = []
+    for match in tags:
+        if match.end() > shown:
+            break
+        tag = match.group(1)
+        if not tag or tag.startswith("#"):
+            continue  # {{ or a comment
+        name = tag.partition("=")[0]
+        if name.startswith("/"):
+            if opened:
+                opened.pop()
+        elif name not in closing:
+            opened.append(tag)
+    hidden = "".join(f"{{{tag}}}" for tag in opened if not _shows(tag))
+    hidden += _TAG.sub(lambda m: "" if _shows(m.group(1)) else m.group(0), text[shown:])
+    return (
+        text[:shown]
+        + "".join(f"{{/{tag.partition('=')[0]}}}" for tag in reversed(opened))
+        + "{alpha=0}{outlinecolor=#0000}"
+        + hidden
+        + "{/outlinecolor}{/alpha}"
+    )
+
+
+def _shows(tag: str | None) -> bool:
+    return tag is not None and tag.partition("=")[0].lstrip("/") in _SHOWING_TAGS
+
+
 # --- Ren'Py-style voicing -----------------------------------------------------------------
 
 Chunk = collections.namedtuple("Chunk", "line seq audio first")
@@ -434,17 +535,30 @@ Chunk.__doc__ = """An audio file (.au bytes) to play: ``first`` means play it no
 older audio; otherwise queue it after the line's previous chunk."""
 
 
+def chunk_filename(line: object, seq: int) -> str:
+    """The name a chunk is played under: what renpy.music.get_playing() reports."""
+    return f"dialogue_tts/line-{line}-{seq}.au"
+
+
 class _Line:
-    def __init__(self, line: object, speaker: str, key: tuple) -> None:
+    def __init__(self, line: object, speaker: str, key: tuple, text: str = "",
+                 reveal: bool = False) -> None:  # fmt: skip
         self.line = line
         self.speaker = speaker
         self.key = key
+        self.text = text
         self.sample_rate = 0
         self.pcm = bytearray()  # everything received, for the cache
         self.pending = bytearray()  # received, not yet handed out
         self.chunks = 0
         self.finished = False
         self.stopped = False  # skipped or replaced: drop late audio
+        self.words: list | None = [] if reveal else None  # word marks, when asked for
+        self.starts: list[int] = []  # the first sample of each chunk handed out
+        self.handed = 0  # samples handed out in chunks
+        self.said = 0  # revealed_length so far: it never goes back
+        self.heard = False  # the voice channel has played some of it
+        self.cached = False  # replayed from the cache: no server needed
 
 
 class Speech:
@@ -470,7 +584,8 @@ class Speech:
         self.connection: Connection | None = None
         self._last_attempt: float | None = None
         self._reported = False
-        self._cache: collections.OrderedDict[tuple, bytes] = collections.OrderedDict()
+        # key -> (.au file, sample rate, word marks or None)
+        self._cache: collections.OrderedDict[tuple, tuple] = collections.OrderedDict()
         self._current: _Line | None = None
         self._requests: dict[int, _Line] = {}  # say request id -> line
         self._ready: list[Chunk] = []
@@ -486,30 +601,38 @@ class Speech:
 
     def say(self, speaker: str, text: str, voice: str | None = None, rate: float | None = None,
             volume: float | None = None, markup: str = "renpy", style: str | None = None,
-            pitch: float | None = None) -> str:  # fmt: skip
+            pitch: float | None = None, reveal: bool = False) -> str:  # fmt: skip
         """Voice a line, stopping the previous one. ``style`` names a style of the cast;
-        ``pitch`` is 0.5 to 2.0 (1.0 normal). Returns "cached" (the audio is ready for the next
-        ``poll``), "sent" (asked the server) or "offline" (no server, silent)."""
+        ``pitch`` is 0.5 to 2.0 (1.0 normal); ``reveal`` asks for word marks, for ``reveal()``.
+        Returns "cached" (the audio is ready for the next ``poll``), "sent" (asked the
+        server) or "offline" (no server, silent)."""
         self.skip()
         key = (voice, style, rate, pitch, volume, markup, text)
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
             self._next_id += 1
-            line = _Line(f"cache-{self._next_id}", speaker, key)
+            audio, sample_rate, words = cached
+            line = _Line(f"cache-{self._next_id}", speaker, key, text, reveal)
             line.finished = True
+            line.cached = True
+            line.sample_rate = sample_rate
+            line.words = list(words) if reveal and words is not None else None
+            line.starts.append(0)
             self._current = line
-            self._ready.append(Chunk(line.line, 0, cached, True))
+            self._ready.append(Chunk(line.line, 0, audio, True))
             return "cached"
         connection = self._ensure_connection()
         if connection is None:
             return "offline"
         self._next_id += 1
-        line = _Line(self._next_id, speaker, key)
+        line = _Line(self._next_id, speaker, key, text, reveal)
         request = {
             "type": "say", "id": self._next_id, "line": line.line, "speaker": speaker,
             "text": text, "interrupt": True, "format": "s16le", "markup": markup,
         }  # fmt: skip
+        if reveal:
+            request["timings"] = ["word"]
         for name, value in (("voice", voice), ("style", style)):
             if value is not None:
                 request[name] = value
@@ -543,11 +666,75 @@ class Speech:
         if current is not None and current.pending and current.sample_rate and not current.stopped:
             # Everything that arrived since the last poll becomes one file: fewer seams.
             audio = au_bytes(bytes(current.pending), current.sample_rate)
+            current.starts.append(current.handed)
+            current.handed += len(current.pending) // 2
             current.pending.clear()
             self._ready.append(Chunk(current.line, current.chunks, audio, current.chunks == 0))
             current.chunks += 1
         ready, self._ready = self._ready, []
         return ready
+
+    def reveal(self, text: str, playing: str | None = None, seconds: float | None = None
+               ) -> int | None:  # fmt: skip
+        """How many leading characters of ``text`` (the dialogue on screen, which holds the
+        text of the line said with ``reveal=True``) to show: as far as its voice has said.
+
+        ``playing`` and ``seconds`` are what the voice channel plays and where in it
+        (renpy.music.get_playing and get_pos). Before the voice starts, 0. None means show
+        all of it: another line, no word marks (a voice without timings), its voice ended, or
+        no server has taken the line (not connected yet: the text is never held back for a
+        server that is not there). Never less than before for the same line.
+        """
+        line = self._current
+        if line is None or line.words is None or line.stopped or not line.text:
+            return None
+        if not line.cached and (self.connection is None or self.connection.welcome is None):
+            return None
+        offset = text.find(line.text)  # the screen may add a what_prefix / what_suffix
+        if offset < 0:
+            return None
+        position = self._position(line, playing, seconds)
+        if position is not None:
+            line.heard = True
+            if not line.words:
+                return None  # playing, and no marks came before its audio: none will
+            said = revealed_length(line.text, line.words, position, line.finished)
+            line.said = max(line.said, said)
+        elif line.finished and (line.heard or not line.starts):
+            return None  # played out, or ended without audio (an error)
+        if line.said >= len(line.text):
+            return len(text)
+        return offset + line.said
+
+    def reveal_wait(self, playing: str | None = None, seconds: float | None = None) -> float:
+        """Seconds until what ``reveal`` shows may change: until the voice reaches its next
+        word, within ``REVEAL_WAIT``. Redrawing the text then, rather than every frame,
+        keeps it in time at a few redraws a second."""
+        shortest, longest = REVEAL_WAIT
+        line = self._current
+        position = None if line is None else self._position(line, playing, seconds)
+        if line is None or position is None or not line.words:
+            return longest  # waiting for the voice to start (or for the line to end)
+        ends = [start for start, _length, _start_char, _end_char in line.words]
+        if line.finished:  # past the last word's end, all of the text shows
+            ends.append(line.words[-1][0] + line.words[-1][1])
+        for end in ends:
+            if end > position:
+                return min(max((end - position) / line.sample_rate, shortest), longest)
+        return longest
+
+    @staticmethod
+    def _position(line: _Line, playing: str | None, seconds: float | None) -> float | None:
+        """Samples of ``line`` played, if the voice channel is playing one of its chunks."""
+        prefix = f"dialogue_tts/line-{line.line}-"
+        if not playing or seconds is None or not line.sample_rate:
+            return None
+        if not playing.startswith(prefix) or not playing.endswith(".au"):
+            return None
+        seq = playing[len(prefix) : -len(".au")]
+        if not seq.isdigit() or int(seq) >= len(line.starts):
+            return None
+        return line.starts[int(seq)] + seconds * line.sample_rate
 
     def close(self) -> None:
         """Stop the current line and close the connection."""
@@ -582,6 +769,10 @@ class Speech:
             line = self._line(event)
             if line is not None:
                 line.sample_rate = int(event.get("sample_rate") or 0)
+        elif kind == "marks":
+            line = self._line(event)
+            if line is not None and line.words is not None and not line.stopped:
+                line.words += event.get("words") or []
         elif kind == "audio":
             line = self._line(event)
             if line is not None and not line.stopped:
@@ -595,7 +786,8 @@ class Speech:
                 # finished playing; such a line can be replayed from the cache on rollback.
                 whole = event.get("status") == "done" or event.get("complete") is True
                 if whole and line.pcm and line.sample_rate:
-                    self._remember(line.key, au_bytes(bytes(line.pcm), line.sample_rate))
+                    audio = au_bytes(bytes(line.pcm), line.sample_rate)
+                    self._remember(line.key, (audio, line.sample_rate, line.words))
         elif kind == "error":
             line = self._requests.pop(event.get("id"), None)  # type: ignore[arg-type]
             if line is not None:
@@ -626,8 +818,8 @@ class Speech:
                 why = event.get("message")
                 self._log(f"dialogue-tts: no voice server at {where} ({why}); dialogue is silent")
 
-    def _remember(self, key: tuple, audio: bytes) -> None:
-        self._cache[key] = audio
+    def _remember(self, key: tuple, entry: tuple) -> None:
+        self._cache[key] = entry
         self._cache.move_to_end(key)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
