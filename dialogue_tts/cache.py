@@ -142,10 +142,22 @@ class DiskCache:
     def put(self, key: str, pieces: list[Piece]) -> None:
         """Store an entry atomically; failures are logged, never raised."""
         data = _encode(pieces)
-        if len(data) > self.max_bytes or time.monotonic() < self._writes_off_until:
+        if len(data) > self.max_bytes or not self._write(self._path(key), data):
             return
-        path = self._path(key)
-        temp = path.parent / f".tmp-{os.getpid()}-{threading.get_ident()}-{key[:16]}"
+        with self._lock:
+            self.writes += 1
+            self._bytes += len(data) - self._sizes.get(key, 0)
+            self._sizes[key] = len(data)
+            over = self._bytes > self.max_bytes
+        if over:
+            self._evict()
+
+    def _write(self, path: Path, data: bytes) -> bool:
+        """Write ``path`` atomically (temp file, fsync, rename); False if writes are off or
+        it failed (logged)."""
+        if time.monotonic() < self._writes_off_until:
+            return False
+        temp = path.parent / f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name[:16]}"
         try:
             path.parent.mkdir(exist_ok=True)
             with open(temp, "wb") as file:
@@ -157,14 +169,26 @@ class DiskCache:
             with contextlib.suppress(OSError):
                 temp.unlink()
             self._writes_failed(exc)
-            return
-        with self._lock:
-            self.writes += 1
-            self._bytes += len(data) - self._sizes.get(key, 0)
-            self._sizes[key] = len(data)
-            over = self._bytes > self.max_bytes
-        if over:
-            self._evict()
+            return False
+        return True
+
+    # --- records: small JSON facts kept beside the lines (a voice's calibration) ---------
+    # They live in records/, which eviction and the size count leave alone (a few hundred
+    # bytes each, one per voice and version).
+
+    def get_record(self, name: str) -> Any:
+        """The JSON value stored under ``name``, or None (missing or unreadable)."""
+        try:
+            return json.loads(self._record_path(name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def put_record(self, name: str, value: Any) -> None:
+        """Store a JSON value under ``name``, atomically; failures are logged, never raised."""
+        self._write(self._record_path(name), json.dumps(value).encode())
+
+    def _record_path(self, name: str) -> Path:
+        return self.folder / "records" / f"{name}.json"
 
     def counters(self) -> dict[str, int]:
         with self._lock:

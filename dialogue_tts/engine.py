@@ -14,6 +14,9 @@ import ctypes
 import dataclasses
 import functools
 import gc
+import hashlib
+import importlib.metadata
+import itertools
 import json
 import logging
 import os
@@ -76,7 +79,7 @@ DEFAULT_CACHE_BYTES: Final = 64 * 1024 * 1024
 _MAX_PENDING_WRITES: Final = 8
 """Disk-cache writes in flight; past this a line is simply not cached."""
 _MIN_LENGTH_SCALE: Final = 0.1
-_CALIBRATION_FACTORS: Final = (0.5, 0.75, 1.0, 1.5, 2.0)
+CALIBRATION_FACTORS: Final = (0.5, 0.75, 1.0, 1.5, 2.0)
 """length_scale factors at which warm-up measures a voice's durations."""
 _TARGET_PEAK: Final = 0.9
 """Each voice gets one gain, measured at warm-up, that brings typical speech to this peak.
@@ -209,11 +212,15 @@ class Voice:
         """SHA-256 of the voice's files, when a disk cache needs it."""
         self.fixed_duration = 0.0
         """Share of a line's duration that length_scale does not scale (see ``warm_up``)."""
-        self._duration_curve = list(_CALIBRATION_FACTORS)
-        """Relative duration at each of ``_CALIBRATION_FACTORS`` (measured in warm_up)."""
+        self._duration_curve = list(CALIBRATION_FACTORS)
+        """Relative duration at each of ``CALIBRATION_FACTORS`` (measured in warm_up)."""
 
     @classmethod
-    def load(cls, files: _VoiceFiles, intra_op_threads: int) -> Voice:
+    def load(
+        cls, files: _VoiceFiles, intra_op_threads: int, duration_curve: list[float] | None = None
+    ) -> Voice:
+        """Load and warm up a voice; ``duration_curve``, if known (``Voice.duration_curve``
+        of an earlier load of the same files), spares warm-up measuring it again."""
         with open(files.config, encoding="utf-8") as config_file:
             config = PiperConfig.from_dict(json.load(config_file))
         options = onnxruntime.SessionOptions()
@@ -240,7 +247,7 @@ class Voice:
         del model, source, create
         voice = cls(files.info, PiperVoice(session=session, config=config))
         voice.timed = model_timed
-        voice.warm_up()
+        voice.warm_up(duration_curve)
         _release_freed_memory()  # the onnx graph edit freed ~30 MiB that glibc would keep
         return voice
 
@@ -248,24 +255,33 @@ class Voice:
     def sample_rate(self) -> int:
         return self.info.sample_rate
 
-    def warm_up(self) -> None:
+    @property
+    def duration_curve(self) -> list[float]:
+        """Relative duration at each of ``CALIBRATION_FACTORS``; see ``warm_up``."""
+        return list(self._duration_curve)
+
+    def warm_up(self, duration_curve: list[float] | None = None) -> None:
         """Run a sentence, so the first real line pays no start-up cost, and calibrate.
 
         Sets ``gain`` from the peak level, and the duration curve: durations are rounded up
         per phoneme id, so a line's length is not proportional to length_scale (at half
         the length_scale the joe voice is 0.61 times as long, at twice it 1.70 times).
         The curve, measured on the warm-up text with no random phoneme lengths, is
-        inverted to find the length_scale for a wanted duration (rate and pitch).
+        inverted to find the length_scale for a wanted duration (rate and pitch). Measuring
+        it is five more passes, most of warm-up's time: a valid ``duration_curve`` given
+        (``valid_duration_curve``) is used instead.
         """
         ids = self.phoneme_ids(_WARMUP_TEXT)
         audio = np.concatenate([self._run(run, 1.0)[0] for run in ids])
-        steady = Delivery(noise_w=0.0)
-        lengths = [
-            sum(len(self._run(run, factor, steady)[0]) for run in ids)
-            for factor in _CALIBRATION_FACTORS
-        ]
-        normal = lengths[_CALIBRATION_FACTORS.index(1.0)]
-        self._duration_curve = [length / normal for length in lengths]
+        if duration_curve is None or not valid_duration_curve(duration_curve):
+            steady = Delivery(noise_w=0.0)
+            lengths = [
+                sum(len(self._run(run, factor, steady)[0]) for run in ids)
+                for factor in CALIBRATION_FACTORS
+            ]
+            normal = lengths[CALIBRATION_FACTORS.index(1.0)]
+            duration_curve = [length / normal for length in lengths]
+        self._duration_curve = list(duration_curve)
         self.fixed_duration = min(max(2 * self._duration_curve[0] - 1, 0.0), 0.8)
         peak = float(np.max(np.abs(audio))) if audio.size else 0.0
         self.gain = round(min(max(_TARGET_PEAK / peak, 1.0), 4.0), 2) if peak > 1e-4 else 1.0
@@ -273,7 +289,7 @@ class Voice:
     def length_scale(self, rate: float) -> float:
         """The length_scale factor that makes speech ``rate`` times as fast."""
         wanted = 1.0 / rate
-        curve, factors = self._duration_curve, _CALIBRATION_FACTORS
+        curve, factors = self._duration_curve, CALIBRATION_FACTORS
         if curve[0] <= wanted <= curve[-1]:
             return float(np.interp(wanted, curve, factors))
         # Beyond the measured ends, the curve goes on as a line through its last two points.
@@ -471,9 +487,18 @@ class Engine:
         return voice
 
     def _load(self, files: _VoiceFiles) -> Voice:
-        voice = Voice.load(files, self.intra_op_threads)
-        if self.disk_cache is not None:  # disk entries are keyed by the voice's contents
-            voice.digest = file_digest(files.model, files.config)
+        if self.disk_cache is None:
+            return Voice.load(files, self.intra_op_threads)
+        # Disk entries are keyed by the voice's contents; so is its calibration, kept in the
+        # disk cache so that the next start skips measuring it.
+        digest = file_digest(files.model, files.config)
+        record = _calibration_record(digest)
+        stored = self.disk_cache.get_record(record)
+        curve = stored if valid_duration_curve(stored) else None
+        voice = Voice.load(files, self.intra_op_threads, curve)
+        voice.digest = digest
+        if curve is None:
+            self.disk_cache.put_record(record, voice.duration_curve)
         return voice
 
     def cache_counters(self) -> dict[str, Any]:
@@ -636,6 +661,28 @@ def _release_freed_memory() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def valid_duration_curve(curve: Any) -> bool:
+    """A duration curve as ``warm_up`` measures it: one positive number per calibration
+    factor, increasing, 1.0 at factor 1.0 (what is read back from disk is checked)."""
+    return (
+        isinstance(curve, list)
+        and len(curve) == len(CALIBRATION_FACTORS)
+        and all(isinstance(x, float) and 0.0 < x < 100.0 for x in curve)
+        and all(a < b for a, b in itertools.pairwise(curve))
+        and curve[CALIBRATION_FACTORS.index(1.0)] == 1.0
+    )
+
+
+def _calibration_record(voice_digest: str) -> str:
+    """The disk-cache record name of a voice's calibration: its files, and everything else
+    that shapes the durations measured (the phonemizer, onnxruntime, the warm-up itself)."""
+    material = json.dumps([
+        voice_digest, _WARMUP_TEXT, CALIBRATION_FACTORS, onnxruntime.__version__,
+        importlib.metadata.version("piper-tts"),
+    ])  # fmt: skip
+    return "calibration-" + hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
 def _memory_key(request: SynthesisRequest) -> tuple[Any, ...]:

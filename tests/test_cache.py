@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -24,7 +25,9 @@ from dialogue_tts.engine import (
     Delivery,
     Engine,
     SynthesisRequest,
+    Voice,
     VoiceCatalog,
+    valid_duration_curve,
 )
 from dialogue_tts.text import prepare
 from dialogue_tts.timings import PhonemeUnit, Piece, WordUnit
@@ -204,3 +207,47 @@ async def test_an_unwritable_or_full_cache_folder_never_fails_a_line(
     counters = full.cache_counters()["disk"]
     assert counters["write_errors"] == 1 and counters["entries"] == 0
     assert not list((tmp_path / "full").glob("*/.tmp-*"))  # no litter left behind
+
+
+async def test_a_voice_is_calibrated_once_per_cache_folder(
+    catalog: VoiceCatalog, tmp_path: Path, engines: list[Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Warm-up's rate calibration (five passes over the warm-up text) is kept in the disk
+    cache: the next start on the same folder runs one pass, with the same curve; a damaged
+    record is measured again and replaced."""
+    passes: list[float] = []
+    run = Voice._run
+
+    def counted(self: Voice, ids: list[int], length_scale: float, *args: Any) -> Any:
+        passes.append(length_scale)
+        return run(self, ids, length_scale, *args)
+
+    monkeypatch.setattr(Voice, "_run", counted)
+
+    async def start() -> tuple[Voice, list[float]]:
+        passes.clear()
+        engine = Engine(catalog, disk_cache=DiskCache(tmp_path / "cache"))
+        engines.append(engine)
+        return await engine.voice(), sorted(set(passes))
+
+    first, measured = await start()
+    assert measured == [0.5, 0.75, 1.0, 1.5, 2.0]  # every calibration factor ran
+    [record] = (tmp_path / "cache" / "records").glob("calibration-*.json")
+    second, measured = await start()
+    assert measured == [1.0]  # the warm-up pass only
+    assert second.duration_curve == first.duration_curve
+    assert second.length_scale(1.4) == first.length_scale(1.4)
+    assert second.fixed_duration == first.fixed_duration
+    record.write_text("[1.0, 0.5]")  # damaged: not a curve
+    third, measured = await start()
+    assert measured == [0.5, 0.75, 1.0, 1.5, 2.0]
+    assert third.duration_curve == first.duration_curve  # noise off: the same measure
+    assert valid_duration_curve(json.loads(record.read_text()))
+
+
+def test_only_a_measured_shape_counts_as_a_duration_curve() -> None:
+    assert valid_duration_curve([0.61, 0.8, 1.0, 1.35, 1.7])
+    for bad in (None, "x", [0.61, 0.8, 1.0, 1.35], [0.61, 0.8, 1.1, 1.35, 1.7],
+                [0.9, 0.8, 1.0, 1.35, 1.7], [0.61, 0.8, 1.0, 1.35, float("nan")],
+                [0, 0.8, 1.0, 1.35, 1.7], [0.61, 0.8, True, 1.35, 1.7]):  # fmt: skip
+        assert not valid_duration_curve(bad), bad
