@@ -113,7 +113,8 @@ func _on_disconnected(reason: String) -> void:
 
 
 ## Returns how many characters a RichTextLabel shows for the first [param end] characters of
-## [param bbcode]: its tags take none, except [lb] and [rb] (one bracket each).
+## [param bbcode]: its tags take none, except [lb] and [rb] (one bracket each). Enough for
+## this demo's lines; text with [img] or with brackets that are not tags needs more.
 static func _shown_characters(bbcode: String, end: int) -> int:
 	var shown: int = 0
 	var index: int = 0

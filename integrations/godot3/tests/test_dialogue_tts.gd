@@ -582,6 +582,25 @@ func _test_token_and_cast(port: int) -> void:
 	_check(_status(whisper) == "done", "a line with a shared style is voiced")
 	var mix_rate: int = int(tts._speakers["thief"].player.stream.mix_rate)
 	_check(mix_rate == 16000, "sample_rate reaches the server: generator at %d Hz" % mix_rate)
+	# At 8 kHz a generator holds 4095 frames, less than one 4096-sample chunk from the server:
+	# chunks go in in pieces, so all of the line's audio gets into the generator.
+	var low: int = tts.speak(
+		"scout", "The bridge is down, so we go round by the ford.", {"sample_rate": 8000}
+	)
+	while _finished(low).empty():
+		yield(self, "idle_frame")
+	var scout: Object = tts._speakers["scout"]
+	var deadline: int = OS.get_ticks_msec() + 20000  # only so that a stall fails, not hangs
+	while not scout.pending.empty() and OS.get_ticks_msec() < deadline:
+		yield(self, "idle_frame")
+	_check(_status(low) == "done" and _sum_samples(low) > 8192, "an 8 kHz line is voiced")
+	_check(
+		scout.pending.empty() and scout.frames_pushed == scout.frames_received,
+		(
+			"8 kHz: every frame went into the generator (%d of %d)"
+			% [scout.frames_pushed, scout.frames_received]
+		)
+	)
 	# The server checks what it gets: so style and pitch were sent.
 	_check(_status(unknown) == "error", "a style the cast does not have ends with error")
 	_check(_has_event("error", "code", "unknown_style"), "error signal unknown_style")

@@ -72,6 +72,9 @@ const VISEMES: Array = [
 ]
 ## Seconds of audio each speaker's AudioStreamGenerator holds; more waits in [code]pending[/code].
 const BUFFER_SECONDS: float = 0.5
+## Most frames pushed into an AudioStreamGenerator at once: received chunks are cut into
+## pieces this long, which fit its buffer at any sample rate (at 8 kHz it holds 4095).
+const PUSH_FRAMES: int = 2048
 const CONNECT_TIMEOUT_MSEC: int = 3000
 ## Optional project settings that override [member host] and [member port].
 const HOST_SETTING: String = "dialogue_tts/host"
@@ -129,6 +132,7 @@ var _says: Dictionary = {}  # request id -> line id, until "queued" or "error" a
 var _lines: Dictionary = {}  # line id -> speaker, for every line without line_finished yet
 var _speakers: Dictionary = {}  # speaker name -> Speaker
 var _all_paused: bool = false
+var _output_latency: float = 0.0  # AudioServer's, read per new player: costly to query
 
 
 func _ready() -> void:
@@ -166,6 +170,10 @@ func _process(delta: float) -> void:
 				_send_outbox()
 				_receive()
 	for speaker in _speakers.values():
+		if speaker.paused and speaker.player != null and not speaker.player.get("stream_paused"):
+			# A 2D/3D player's new playback joins the mix a physics frame after play(), and a
+			# pause set before then does not hold: set it again.
+			speaker.player.set("stream_paused", true)
 		_feed(speaker)
 		if not speaker.marks.empty():
 			_emit_marks(speaker)
@@ -424,18 +432,19 @@ func _on_audio(message: Dictionary) -> void:
 	if speaker.current != message["line"]:
 		return  # audio of a line skipped here, still in flight from the server
 	var samples: PoolRealArray = _decode_samples(message["data"])
-	# The generator plays stereo frames; this loop is the only per-sample work.
-	var frames := PoolVector2Array()
-	frames.resize(samples.size())
-	for i in samples.size():
-		frames[i] = Vector2(samples[i], samples[i])
 	if not speaker.marks.empty():
 		var marks: LineMarks = speaker.marks.back()
 		if marks.line == message["line"] and not marks.has_audio:
 			marks.has_audio = true  # the line's first sample is the next frame received
 			marks.first_frame = speaker.frames_received
-	speaker.frames_received += frames.size()
-	speaker.pending.append(frames)
+	speaker.frames_received += samples.size()
+	# The generator plays stereo frames; this loop is the only per-sample work.
+	for start in range(0, samples.size(), PUSH_FRAMES):
+		var frames := PoolVector2Array()
+		frames.resize(int(min(PUSH_FRAMES, samples.size() - start)))
+		for i in frames.size():
+			frames[i] = Vector2(samples[start + i], samples[start + i])
+		speaker.pending.append(frames)
 	_feed(speaker)
 	emit_signal("audio_received", message["line"], message["speaker"], samples)
 
@@ -539,6 +548,7 @@ func _start_player(speaker: Speaker) -> void:
 	var generator := AudioStreamGenerator.new()
 	generator.mix_rate = speaker.sample_rate
 	generator.buffer_length = BUFFER_SECONDS
+	_output_latency = AudioServer.get_output_latency()
 	speaker.player.set("stream", generator)
 	_restart_player(speaker)
 
@@ -603,7 +613,7 @@ func _feed(speaker: Speaker) -> void:
 ## last mix, as in Godot's "Sync the gameplay with audio and music" tutorial.
 func _played_frames(speaker: Speaker) -> int:
 	var buffered: int = speaker.buffer_frames - speaker.playback.get_frames_available()
-	var late: float = AudioServer.get_output_latency() - AudioServer.get_time_since_last_mix()
+	var late: float = _output_latency - AudioServer.get_time_since_last_mix()
 	return speaker.frames_pushed - buffered - int(max(late, 0.0) * speaker.sample_rate)
 
 
