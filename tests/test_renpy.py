@@ -231,28 +231,33 @@ def test_revealed_length_follows_the_words_and_their_punctuation() -> None:
 
 def test_hide_after_keeps_layout_and_nesting() -> None:
     text = "{b}Halt!{/b} Who goes {color=#f00}there{/color}, {a=jump:x}friend{/a}?"
+    H, U = client.HIDE, client.UNHIDE
+    assert (H, U) == ("{alpha=0}{outlinecolor=#0000}", "{/outlinecolor}{/alpha}")
     assert client.hide_after(text, len(text)) == text
+    # Every tag stays (the same layout); each that opens in the hidden part hides its text
+    # again, since color and hyperlink (a whole style) tags would show it.
     assert client.hide_after(text, 0) == (
-        "{alpha=0}{outlinecolor=#0000}{b}Halt!{/b} Who goes there, friend?{/outlinecolor}{/alpha}"
+        f"{H}{{b}}{H}Halt!{U}{{/b}} Who goes {{color=#f00}}{H}there{U}{{/color}}, "
+        f"{{a=jump:x}}{H}friend{U}{{/a}}?{U}"
     )
-    # Open tags are closed where the visible part ends and opened again in the hidden part;
-    # color and hyperlink tags, which would show hidden text, are left out of it.
+    # Open tags are closed where the visible part ends and opened again in the hidden part.
     assert client.hide_after(text, 5) == (
-        "{b}Ha{/b}{alpha=0}{outlinecolor=#0000}{b}lt!{/b} Who goes there, friend?"
-        "{/outlinecolor}{/alpha}"
+        f"{{b}}Ha{{/b}}{H}{{b}}{H}lt!{U}{{/b}} Who goes {{color=#f00}}{H}there{U}{{/color}}, "
+        f"{{a=jump:x}}{H}friend{U}{{/a}}?{U}"
     )
     assert client.hide_after(text, text.index("there") + 2) == (
-        "{b}Halt!{/b} Who goes {color=#f00}th{/color}{alpha=0}{outlinecolor=#0000}ere, friend?"
-        "{/outlinecolor}{/alpha}"
+        f"{{b}}Halt!{{/b}} Who goes {{color=#f00}}th{{/color}}{H}{{color=#f00}}{H}ere{U}"
+        f"{{/color}}, {{a=jump:x}}{H}friend{U}{{/a}}?{U}"
     )
     # A position inside a tag moves past it; {{ is a literal brace; self-closing tags and
     # comments open nothing (custom self-closing tags are given).
     assert client.hide_after("{b}x{/b}", 1).startswith("{b}{/b}{alpha=0}")
-    assert client.hide_after("{{a} {p}b {#note}c", 9) == (
-        "{{a} {p}b{alpha=0}{outlinecolor=#0000} {#note}c{/outlinecolor}{/alpha}"
-    )
-    assert client.hide_after("{beep}x y", 8, self_closing={"beep"}) == (
-        "{beep}x {alpha=0}{outlinecolor=#0000}y{/outlinecolor}{/alpha}"
+    assert client.hide_after("{{a} {p}b {#note}c", 9) == f"{{{{a}} {{p}}b{H} {{#note}}c{U}"
+    assert client.hide_after("{beep}x y", 8, self_closing={"beep"}) == f"{{beep}}x {H}y{U}"
+    # A style tag ({=name}), and ruby, whose {rt} applies a whole style: hidden too.
+    assert client.hide_after("{=emph}Go{/=emph} {rb}東京{/rb}{rt}とうきょう{/rt}", 9) == (
+        f"{{=emph}}Go{{/=emph}}{H}{{=emph}}{H}{U}{{/=emph}} {{rb}}{H}東京{U}{{/rb}}"
+        f"{{rt}}{H}とうきょう{U}{{/rt}}{U}"
     )
 
 
@@ -295,7 +300,7 @@ def _markup(pieces: list[Any]) -> str:
 _pieces = st.recursive(
     st.sampled_from(["Halt", "who", " ", ", ", "!", "{{", "{w=0.5}", "{p}", "250", "é"]),
     lambda inner: st.tuples(
-        st.sampled_from(["b", "i", "color=#f00", "alpha=0.5", "size=+4", "a=jump:x"]),
+        st.sampled_from(["b", "i", "color=#f00", "alpha=0.5", "size=+4", "a=jump:x", "=emph"]),
         st.lists(inner, max_size=4),
     ),
     max_leaves=12,
@@ -317,13 +322,22 @@ def test_hide_after_nests_and_lays_out_the_same_text(pieces: list[Any], shown: i
     if end >= len(text):
         assert hidden == text
         return
-    visible, _, invisible = hidden.partition("{alpha=0}{outlinecolor=#0000}")
+    visible, _, invisible = hidden.partition(client.HIDE)
     assert visible.startswith(text[:end])
-    assert re.fullmatch(r"(\{/[a-z]+\})*", visible[end:])  # then only closing tags
-    assert invisible.endswith("{/outlinecolor}{/alpha}")
-    for match in _TAGGED.finditer(invisible.removesuffix("{/outlinecolor}{/alpha}")):
-        name = (match.group(1) or "").partition("=")[0].lstrip("/")
-        assert name not in {"color", "alpha", "outlinecolor", "a"}, invisible
+    assert re.fullmatch(r"(\{/=?[a-z]+\})*", visible[end:])  # then only closing tags
+    # Every character of the hidden part is laid out transparent: the tag around it is the
+    # {outlinecolor=#0000} of HIDE, inside its {alpha=0}, whatever tags enclose those.
+    stack = ["alpha=0", "outlinecolor=#0000"]
+    for token in re.findall(r"\{\{|\{[^{}]*\}|[^{]", invisible):
+        if token.startswith("{/"):
+            stack.pop()
+        elif token.startswith("{") and token != "{{":
+            name = token[1:-1]
+            if not name.startswith("#") and name.partition("=")[0] not in client.SELF_CLOSING_TAGS:
+                stack.append(name)
+        else:
+            assert stack[-2:] == ["alpha=0", "outlinecolor=#0000"], (token, invisible)
+    assert stack == []
 
 
 class FakeConnection:
@@ -385,7 +399,10 @@ def test_speech_reveals_as_the_voice_plays() -> None:
     ]
     [second] = speech.poll()
     assert second.seq == 1 and not second.first
-    # The second chunk starts at sample 20000: 4000 samples into it is sample 24000.
+    # The second chunk starts at sample 20000. get_pos gives None at a file's very start
+    # (and before the device starts it): that is sample 20000, just past "Who".
+    assert speech.reveal(LINE, name(1), None) == len("{b}Halt!{/b} {w=0.5}Who")
+    # 4000 samples into it is sample 24000.
     assert speech.reveal(LINE, name(1), 4000 / rate) == LINE.index(" {i}")
     # Past the last word, but the line may go on: its last mark is not known for sure yet.
     assert speech.reveal(LINE, name(1), 17500 / rate) == LINE.index("?") + 1

@@ -259,6 +259,8 @@ init -100 python in dialogue_tts:
             if getattr(self, "_reveal_shown", None) != shown:
                 markup = client.hide_after(
                     self.text[0], shown, renpy.config.self_closing_custom_text_tags)
+                if getattr(self, "_reveal_text", None) is not None:
+                    self._reveal_text.kill_layout()  # one layout cached per word, else
                 self._reveal_text = renpy.text.text.Text(markup, slow=False, substitute=False)
                 self._reveal_text.style = self.style  # this text's own style, as built
                 self._reveal_shown = shown
@@ -282,12 +284,21 @@ init -100 python in dialogue_tts:
             end = len(text) if widget.end is None else widget.end
             if shown >= end:
                 # The voice has said this much ({w} ends a part): slow text is done.
-                widget.call_slow_done(0)
+                _end_slow(widget)
                 shown = None
             else:
                 shown = max(shown, start)
         _state.reveal = (text, shown)
         return shown, wait
+
+    def _end_slow(widget):
+        # Ends a Text's slow mode as Ren'Py does: call_slow_done in 8.0; from 8.1 on, Text
+        # has no such method, and its next event calls slow_done once slow is False.
+        if hasattr(widget, "call_slow_done"):
+            widget.call_slow_done(0)
+        else:
+            widget.slow = False
+            renpy.game.interface.timeout(0)
 
     def _has_auto_voice():
         auto_voice = renpy.config.auto_voice

@@ -441,8 +441,9 @@ _TAG = re.compile(r"\{\{|\{([^{}]*)\}")
 """A Ren'Py text tag, or ``{{`` (a literal brace)."""
 SELF_CLOSING_TAGS = frozenset({"w", "p", "nw", "fast", "done", "image", "space", "vspace", "clear"})
 """Ren'Py text tags that take no closing tag (renpy.text.extras.text_tags)."""
-_SHOWING_TAGS = frozenset({"color", "alpha", "outlinecolor", "a"})
-"""Tags that would give hidden text back its color (``a``: a hyperlink's style)."""
+HIDE = "{alpha=0}{outlinecolor=#0000}"
+"""Makes text, its outlines and drop shadows transparent; ``UNHIDE`` closes it."""
+UNHIDE = "{/outlinecolor}{/alpha}"
 REVEAL_WAIT = (0.02, 0.1)
 """Bounds of ``Speech.reveal_wait``, in seconds: at most 50 redraws a second, at least 10."""
 
@@ -487,11 +488,13 @@ def hide_after(text: str, shown: int, self_closing: object = ()) -> str:
     """Ren'Py text that shows ``text[:shown]`` and lays out the rest invisibly, in its place,
     so that revealing more moves nothing.
 
-    The hidden part goes in ``{alpha=0}{outlinecolor=#0000}`` (outlines and shadows too).
-    Tags still open at ``shown`` are closed there and opened again inside it, so that tags
-    nest; inside it, tags that would make text visible again (color, alpha, outlinecolor,
-    hyperlinks) are left out. ``self_closing``: names of custom self-closing tags
-    (config.self_closing_custom_text_tags). A ``shown`` inside a tag moves past it.
+    The hidden part is made transparent with ``HIDE`` (outlines and drop shadows too), again
+    after each tag that opens in it: a tag that applies a whole style (a hyperlink, ``{=style}``,
+    ruby's ``{rt}``) or a color would show its text otherwise. Every tag stays, so the text is
+    laid out with the same styles. Tags still open at ``shown`` are closed there and opened
+    again in the hidden part, so that tags nest. ``self_closing``: names of custom
+    self-closing tags (config.self_closing_custom_text_tags). A ``shown`` inside a tag moves
+    past it. Images (``{image}``) cannot be made transparent: they show early.
     """
     closing = SELF_CLOSING_TAGS | frozenset(self_closing)  # type: ignore[arg-type]
     tags = list(_TAG.finditer(text))
@@ -504,28 +507,44 @@ def hide_after(text: str, shown: int, self_closing: object = ()) -> str:
     for match in tags:
         if match.end() > shown:
             break
-        tag = match.group(1)
-        if not tag or tag.startswith("#"):
-            continue  # {{ or a comment
-        name = tag.partition("=")[0]
-        if name.startswith("/"):
-            if opened:
-                opened.pop()
-        elif name not in closing:
-            opened.append(tag)
-    hidden = "".join(f"{{{tag}}}" for tag in opened if not _shows(tag))
-    hidden += _TAG.sub(lambda m: "" if _shows(m.group(1)) else m.group(0), text[shown:])
+        kind = _tag_kind(match.group(1), closing)
+        if kind == "close" and opened:
+            opened.pop()
+        elif kind == "open":
+            opened.append(match.group(1))
+
+    def hidden_tag(match: re.Match) -> str:
+        kind = _tag_kind(match.group(1), closing)
+        if kind == "open":
+            return match.group(0) + HIDE
+        if kind == "close":
+            return UNHIDE + match.group(0)
+        return match.group(0)
+
     return (
         text[:shown]
-        + "".join(f"{{/{tag.partition('=')[0]}}}" for tag in reversed(opened))
-        + "{alpha=0}{outlinecolor=#0000}"
-        + hidden
-        + "{/outlinecolor}{/alpha}"
+        + "".join(f"{{/{_tag_name(tag)}}}" for tag in reversed(opened))
+        + HIDE
+        + "".join(f"{{{tag}}}{HIDE}" for tag in opened)
+        + _TAG.sub(hidden_tag, text[shown:])  # closes the tags opened again, each with UNHIDE
+        + UNHIDE
     )
 
 
-def _shows(tag: str | None) -> bool:
-    return tag is not None and tag.partition("=")[0].lstrip("/") in _SHOWING_TAGS
+def _tag_name(tag: str) -> str:
+    """The name that closes an open tag: "b" of "b", "color" of "color=#f00", "=emph" of
+    "=emph" (a style tag)."""
+    return tag if tag.startswith("=") else tag.partition("=")[0]
+
+
+def _tag_kind(tag: str | None, self_closing: frozenset) -> str:
+    """ "open", "close" or "other" (``{{``, a comment, a self-closing tag): what a text tag's
+    contents do."""
+    if not tag or tag.startswith("#"):
+        return "other"
+    if tag.startswith("/"):
+        return "close"
+    return "other" if _tag_name(tag) in self_closing else "open"
 
 
 # --- Ren'Py-style voicing -----------------------------------------------------------------
@@ -725,16 +744,19 @@ class Speech:
 
     @staticmethod
     def _position(line: _Line, playing: str | None, seconds: float | None) -> float | None:
-        """Samples of ``line`` played, if the voice channel is playing one of its chunks."""
+        """Samples of ``line`` played, if the voice channel is playing one of its chunks.
+
+        ``seconds`` None with one of them playing is its start: renpy.music.get_pos gives None
+        at position 0, and for a file the audio device has not started yet."""
         prefix = f"dialogue_tts/line-{line.line}-"
-        if not playing or seconds is None or not line.sample_rate:
+        if not playing or not line.sample_rate:
             return None
         if not playing.startswith(prefix) or not playing.endswith(".au"):
             return None
         seq = playing[len(prefix) : -len(".au")]
         if not seq.isdigit() or int(seq) >= len(line.starts):
             return None
-        return line.starts[int(seq)] + seconds * line.sample_rate
+        return line.starts[int(seq)] + (seconds or 0.0) * line.sample_rate
 
     def close(self) -> None:
         """Stop the current line and close the connection."""
