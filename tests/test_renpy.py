@@ -422,6 +422,39 @@ def test_speech_reveals_as_the_voice_plays() -> None:
     assert speech.reveal(LINE, client.chunk_filename(replay.line, 0), 2000 / rate) is None
 
 
+def test_a_line_moved_past_after_all_its_audio_came_is_cached() -> None:
+    """The player moves on while a line plays: the next say stops it, and the server's
+    finished (skipped, "complete") comes after. All of its audio had been sent, so the line
+    is kept for a rollback; a line cut before its end is not."""
+    fake = FakeConnection()
+    speech = client.Speech(lambda: fake, log=lambda message: None)
+
+    def voice(text: str, samples: int, complete: bool) -> None:
+        speech.say("lucy", text)
+        line = fake.sent[-1]["line"]
+        fake.events = [
+            {"type": "started", "line": line, "speaker": "lucy", "sample_rate": 22050},
+            {"type": "audio", "line": line, "speaker": "lucy", "seq": 0, "data": _pcm(samples)},
+        ]
+        speech.poll()
+        speech.say("lucy", "Next.")  # the player moved on: stops the line
+        assert fake.sent[-2] == {"type": "skip", "speaker": "lucy"}
+        fake.events = [
+            # Audio still in flight when the skip was sent: not played, but part of the line.
+            {"type": "audio", "line": line, "speaker": "lucy", "seq": 1, "data": _pcm(500)},
+            {"type": "finished", "line": line, "speaker": "lucy", "status": "skipped",
+             "samples": samples + 500, "complete": complete},
+        ]  # fmt: skip
+        assert speech.poll() == []  # nothing of the stopped line plays
+
+    voice("Yes, please.", 8000, complete=True)
+    assert speech.say("lucy", "Yes, please.") == "cached"
+    [replay] = speech.poll()
+    assert len(replay.audio) == 24 + 2 * 8500  # .au header, then every sample
+    voice("And some bread.", 4000, complete=False)
+    assert speech.say("lucy", "And some bread.") == "sent"
+
+
 def test_speech_reveal_shows_all_when_it_cannot_follow_the_voice() -> None:
     fake = FakeConnection()
     speech = client.Speech(lambda: fake, log=lambda message: None)

@@ -606,6 +606,8 @@ class Speech:
         # key -> (.au file, sample rate, word marks or None)
         self._cache: collections.OrderedDict[tuple, tuple] = collections.OrderedDict()
         self._current: _Line | None = None
+        # The line stopped last, until its finished comes: "complete", it is cached after all.
+        self._stopped: _Line | None = None
         self._requests: dict[int, _Line] = {}  # say request id -> line
         self._ready: list[Chunk] = []
         self._next_id = 0
@@ -674,6 +676,7 @@ class Speech:
         line.stopped = True
         if not line.finished and self.connection is not None:
             self.connection.send({"type": "skip", "speaker": line.speaker})
+            self._stopped = line
         return True
 
     def poll(self) -> list[Chunk]:
@@ -778,9 +781,9 @@ class Speech:
         return self.connection
 
     def _line(self, event: dict) -> _Line | None:
-        current = self._current
-        if current is not None and event.get("line") == current.line:
-            return current
+        for line in (self._current, self._stopped):
+            if line is not None and event.get("line") == line.line:
+                return line
         return None
 
     def _handle(self, event: dict) -> None:
@@ -797,17 +800,22 @@ class Speech:
                 line.words += event.get("words") or []
         elif kind == "audio":
             line = self._line(event)
-            if line is not None and not line.stopped:
-                line.pcm += event["data"]
-                line.pending += event["data"]
+            if line is not None:
+                line.pcm += event["data"]  # all of it, for the cache
+                if not line.stopped:
+                    line.pending += event["data"]  # to play
         elif kind == "finished":
             line = self._line(event)
             if line is not None:
                 line.finished = True
-                # "complete": all of the line arrived, even if the player moved on before it
+                if line is self._stopped:
+                    self._stopped = None
+                # "complete": all of the line was sent, even if the player moved on before it
                 # finished playing; such a line can be replayed from the cache on rollback.
                 whole = event.get("status") == "done" or event.get("complete") is True
-                if whole and line.pcm and line.sample_rate:
+                samples = len(line.pcm) // 2  # s16le; all of it arrived, or it is not whole
+                whole = whole and samples > 0 and samples == event.get("samples", samples)
+                if whole and line.sample_rate:
                     audio = au_bytes(bytes(line.pcm), line.sample_rate)
                     self._remember(line.key, (audio, line.sample_rate, line.words))
         elif kind == "error":
