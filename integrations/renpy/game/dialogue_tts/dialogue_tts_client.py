@@ -751,15 +751,12 @@ class Speech:
 
         ``seconds`` None with one of them playing is its start: renpy.music.get_pos gives None
         at position 0, and for a file the audio device has not started yet."""
-        prefix = f"dialogue_tts/line-{line.line}-"
         if not playing or not line.sample_rate:
             return None
-        if not playing.startswith(prefix) or not playing.endswith(".au"):
-            return None
-        seq = playing[len(prefix) : -len(".au")]
-        if not seq.isdigit() or int(seq) >= len(line.starts):
-            return None
-        return line.starts[int(seq)] + (seconds or 0.0) * line.sample_rate
+        for seq, start in enumerate(line.starts):
+            if playing == chunk_filename(line.line, seq):
+                return start + (seconds or 0.0) * line.sample_rate
+        return None
 
     def close(self) -> None:
         """Stop the current line and close the connection."""
