@@ -179,15 +179,15 @@ def build_engine(
     )  # fmt: skip
 
 
-def load_cast_option(args: argparse.Namespace, voices: set[str]) -> Any:
-    """The --cast file, checked against the voices (the empty cast without one)."""
+def load_cast_option(args: argparse.Namespace, catalog: Any) -> Any:
+    """The --cast file, checked against the catalog's voices (the empty cast without one)."""
     from .cast import DEFAULT_CAST, CastError, load_cast
 
     if args.cast is None:
         return DEFAULT_CAST
     try:
         cast = load_cast(args.cast)
-        cast.check_voices(voices)
+        cast.check(catalog)
     except CastError as exc:
         raise ValueError(str(exc)) from None
     return cast
@@ -241,7 +241,7 @@ async def _serve_async(args: argparse.Namespace) -> None:
         host=args.host or None, port=args.port, unix_path=args.unix,
         allow_remote=args.allow_remote, pace=not args.no_pace,
         web_port=args.web_port if args.web else None, web_origins=web_origins,
-        cast=load_cast_option(args, set(engine.catalog.names())), token=read_token(args),
+        cast=load_cast_option(args, engine.catalog), token=read_token(args),
     )  # fmt: skip
     server = Server(engine, config)
     await server.start()
@@ -328,7 +328,7 @@ async def _render_in_process(args: argparse.Namespace, request: Any) -> tuple[by
 
     engine = build_engine(args)
     try:
-        cast = load_cast_option(args, set(engine.catalog.names()))
+        cast = load_cast_option(args, engine.catalog)
         try:
             job, _ = synthesis_request(request, cast, engine.catalog, DEFAULT_LIMITS)
         except RemoteProtocolError as exc:
@@ -399,7 +399,7 @@ def _show_cast(args: argparse.Namespace) -> int:
 
     from .engine import VoiceCatalog
 
-    cast = load_cast_option(args, set(VoiceCatalog(args.voices).names()))
+    cast = load_cast_option(args, VoiceCatalog(args.voices))
     print(json.dumps(cast.to_dict(), indent=2, ensure_ascii=False))
     return 0
 

@@ -33,6 +33,7 @@ from piper.voice import PiperVoice
 
 from .audio import apply_gain, fade_edges, resample, shift_pitch
 from .cache import DiskCache, PreparedLines, file_digest, line_key
+from .lexicon import phonemize_blocks
 from .pieces import split_sentence
 from .text import Part, Pause, Spoken
 from .timings import (
@@ -138,6 +139,10 @@ class VoiceInfo:
     quality: str | None = None
     speaker_ids: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     """Speaker name -> id, for multi-speaker voices."""
+    espeak_voice: str = field(default="", compare=False, repr=False)
+    """The espeak-ng voice that reads its text ("en-us"); empty if not an espeak voice."""
+    phonemes: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+    """The phoneme symbols the model knows (its phoneme_id_map), for lexicon entries."""
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -300,9 +305,13 @@ class Voice:
         )
         return max(y0 + (wanted - x0) * (y1 - y0) / (x1 - x0), _MIN_LENGTH_SCALE)
 
+    def phonemize(self, text: str) -> list[list[str]]:
+        """Phonemes of each sentence of ``text``; lexicon words (``[[...]]``) as given."""
+        return phonemize_blocks(text, self._piper.phonemize)
+
     def pieces(self, text: str, first: bool = True) -> list[list[int]]:
         """Phoneme ids for each piece of ``text`` (clauses; see ``pieces.split_sentence``)."""
-        return self._split(self._piper.phonemize(text), first)
+        return self._split(self.phonemize(text), first)
 
     def _split(self, sentences: list[list[str]], first: bool) -> list[list[int]]:
         return [
@@ -322,18 +331,16 @@ class Voice:
     ) -> tuple[list[list[int]], Timed | None, list[WordSpan]]:
         """``pieces(text)``, the first one synthesized (None if there are no pieces), and,
         if ``words``, where each IPA word of ``text`` came from in it."""
-        sentences = self._piper.phonemize(text)
+        sentences = self.phonemize(text)
         pieces = self._split(sentences, first)
         timed = self.infer_timed(pieces[0], delivery, cancel) if pieces else None
-        spans = word_spans(text, sentences, self._piper.phonemize) if words and self.timed else []
+        spans = word_spans(text, sentences, self.phonemize) if words and self.timed else []
         return pieces, timed, spans
 
     def phoneme_ids(self, text: str) -> list[list[int]]:
         """Phoneme ids for each sentence of ``text``."""
         return [
-            self._piper.phonemes_to_ids(phonemes)
-            for phonemes in self._piper.phonemize(text)
-            if phonemes
+            self._piper.phonemes_to_ids(phonemes) for phonemes in self.phonemize(text) if phonemes
         ]
 
     def infer(
@@ -702,6 +709,8 @@ def _read_info(name: str, config_path: Path) -> VoiceInfo:
         speakers=sorted(speaker_ids, key=speaker_ids.__getitem__),
         quality=config["audio"].get("quality"),
         speaker_ids=dict(speaker_ids),
+        espeak_voice=str(config.get("espeak", {}).get("voice", "")),
+        phonemes=frozenset(config.get("phoneme_id_map") or ()),
     )
 
 

@@ -84,7 +84,7 @@ def synthesis_request(
     if casting.speaker is not None:
         speaker_id = _speaker_id(voice, casting.speaker, request_id)
         delivery = dataclasses.replace(delivery, speaker_id=speaker_id)
-    parts = prepare(text, request.markup, voice.language)
+    parts = prepare(text, request.markup, voice.language, cast.words(voice))
     if not parts:
         raise RemoteProtocolError(
             errors.EMPTY_TEXT, "nothing to say once markup is removed", request_id

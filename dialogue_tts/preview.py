@@ -308,7 +308,7 @@ async def _preview(
     engine = build_engine(args)
     failures: list[tuple[int, str]] = []
     try:
-        cast = load_cast_option(args, set(engine.catalog.names()))
+        cast = load_cast_option(args, engine.catalog)
         sample_rate = (
             args.sample_rate or engine.catalog.info(engine.catalog.default_voice).sample_rate
         )

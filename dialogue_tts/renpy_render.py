@@ -255,7 +255,7 @@ def render_lines(
     catalog = VoiceCatalog(voices_dir)
     cast = cast or DEFAULT_CAST
     try:
-        cast.check_voices(set(catalog.names()))
+        cast.check(catalog)
     except CastError as exc:
         raise ExportError(str(exc)) from None
     jobs, unchanged, silent = _plan(lines, mapping, output, catalog, force, cast)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from . import __version__, errors
 from .audio import encode_file
 from .cast import DEFAULT_CAST, Cast, CastError
-from .engine import Engine, SynthesisError, SynthesisRequest
+from .engine import Engine, SynthesisError, SynthesisRequest, VoiceCatalog
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .jobs import DEFAULT_LIMITS, Limits, RenderedFile, render_file, synthesis_request
 from .messages import (
@@ -365,7 +365,7 @@ class ConnectionHandler:
         cast = self.config.cast
         if hello.cast is not None:
             try:
-                cast = _client_cast(hello.cast, set(engine.catalog.names()))
+                cast = _client_cast(hello.cast, engine.catalog)
             except CastError as exc:
                 self.send_error(RemoteProtocolError(errors.INVALID_CAST, str(exc), hello.id))
                 return False
@@ -553,9 +553,9 @@ def token_matches(expected: str | None, given: str | None) -> bool:
     return hmac.compare_digest(expected.encode(), given.encode())
 
 
-def _client_cast(data: dict[str, Any] | str, voices: set[str]) -> Cast:
+def _client_cast(data: dict[str, Any] | str, catalog: VoiceCatalog) -> Cast:
     cast = Cast.from_toml(data, "hello") if isinstance(data, str) else Cast.from_dict(data, "hello")
-    cast.check_voices(voices)
+    cast.check(catalog)
     return cast
 
 
