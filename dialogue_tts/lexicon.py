@@ -76,7 +76,7 @@ class Entry:
 
     key: str
     value: str
-    where: str
+    where: str = field(default="lexicon", compare=False)
     """The file and table it came from, e.g. "cast.toml: lexicon", for messages."""
 
     @property
