@@ -1,4 +1,4 @@
-"""Command line: ``dialogue-tts serve | say | voices | cast | preview | renpy-render``."""
+"""Command line: ``dialogue-tts serve | say | voices | cast | preview | renpy-render | words``."""
 
 from __future__ import annotations
 
@@ -135,9 +135,11 @@ def _parser() -> argparse.ArgumentParser:
 
     from .preview import add_parser as add_preview
     from .renpy_render import add_parser as add_renpy_render
+    from .words import add_parser as add_words
 
     add_preview(commands)
     add_renpy_render(commands)
+    add_words(commands)
     return parser
 
 
