@@ -50,6 +50,15 @@ REQUESTS: list[tuple[str, m.Request]] = [
         m.Synthesize(id=22, text="Papers, please.", speaker="guard", format="flac"),
     ),
     ("cast", m.CastRequest(id=23)),
+    (
+        "hello_cast_lexicon",
+        m.Hello(
+            protocol=1,
+            client="renpy-demo",
+            id=4,
+            cast={"lexicon": {"Aelindra": "ay-LIN-dra", "Xal'thar": "/zˈælθɑːɹ/"}},
+        ),
+    ),
     ("say_timings", m.Say(id=24, speaker="guard", text="Halt!", timings=["word", "viseme"])),
     ("hello_timings", m.Hello(protocol=1, client="lipsync", id=3, timings=["viseme"])),
     (
