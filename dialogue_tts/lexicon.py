@@ -33,6 +33,7 @@ line's cache key changes exactly when an entry it uses changes.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
@@ -48,6 +49,7 @@ __all__ = [
     "Lexicon",
     "LexiconError",
     "WordBook",
+    "changed_words",
     "phonemize_blocks",
     "respell",
 ]
@@ -102,9 +104,15 @@ class Lexicon:
     common: tuple[Entry, ...] = ()
     languages: Mapping[str, tuple[Entry, ...]] = field(default_factory=dict)
     voices: Mapping[str, tuple[Entry, ...]] = field(default_factory=dict)
+    line: tuple[Entry, ...] = ()
+    """A request's own entries (``say.lexicon``), over every table."""
 
     def __bool__(self) -> bool:
-        return bool(self.common or self.languages or self.voices)
+        return bool(self.common or self.languages or self.voices or self.line)
+
+    def with_line(self, table: Mapping[str, Any], where: str) -> Lexicon:
+        """This lexicon, with a request's own entries winning; raises LexiconError."""
+        return dataclasses.replace(self, line=_entries(_table(table, where), where))
 
     @classmethod
     def from_table(cls, data: Any, where: str) -> Lexicon:
@@ -143,7 +151,7 @@ class Lexicon:
         matching = [s for s in self.languages if _language_matches(s, language)]
         tables = [self.common]
         tables += [self.languages[s] for s in sorted(matching, key=len)]
-        tables += [self.voices.get(voice, ())]
+        tables += [self.voices.get(voice, ()), self.line]
         for table in tables:
             for entry in table:
                 chosen[entry.key if entry.case_sensitive else entry.key.casefold()] = entry
@@ -223,6 +231,11 @@ class WordBook:
                 found.append((match.start(), match.end(), entry))
         return found
 
+    def check(self, info: Any) -> None:
+        """Raise LexiconError for phonemes of these entries that the voice cannot say."""
+        for entry in self.entries:
+            _check_symbols(entry, info)
+
     def phonemes(self, entry: Entry) -> str:
         """What the voice is given for the entry: its phonemes, or its respelling's."""
         return entry.phonemes or respell(entry.value, self.espeak_voice)
@@ -237,6 +250,19 @@ class WordBook:
             return match.group() if entry is None else f"[[{self.phonemes(entry)}]]"
 
         return text.sub(self._pattern, replace)
+
+
+def changed_words(parts: Iterable[Any]) -> list[tuple[int, int, str]]:
+    """Where a prepared line's parts say lexicon phonemes: the original [start, end) of each
+    word, and the phonemes (``parts`` from ``text.prepare``; plain str parts are skipped)."""
+    found = []
+    for part in parts:
+        if not hasattr(part, "origin"):
+            continue
+        for match in _BLOCK.finditer(part):
+            start, end = part.origin(match.start(), match.end())
+            found.append((start, end, unicodedata.normalize("NFC", match.group(1))))
+    return found
 
 
 def respell(respelling: str, espeak_voice: str) -> str:

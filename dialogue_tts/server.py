@@ -25,7 +25,14 @@ from .audio import encode_file
 from .cast import DEFAULT_CAST, Cast, CastError
 from .engine import Engine, SynthesisError, SynthesisRequest, VoiceCatalog
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from .jobs import DEFAULT_LIMITS, Limits, RenderedFile, render_file, synthesis_request
+from .jobs import (
+    DEFAULT_LIMITS,
+    Limits,
+    RenderedFile,
+    pronunciation,
+    render_file,
+    synthesis_request,
+)
 from .messages import (
     PROTOCOL_VERSION,
     AudioFile,
@@ -43,6 +50,7 @@ from .messages import (
     Pong,
     Prepare,
     Prepared,
+    Pronounce,
     Resume,
     Resumed,
     Say,
@@ -250,7 +258,8 @@ class ConnectionHandler:
             Clear: self._clear, Pause: self._pause, Resume: self._resume,
             VoicesRequest: self._voices, CastRequest: self._cast, StatusRequest: self._status,
             Synthesize: self._synthesize, SynthesizeScene: self._synthesize_scene,
-            Prepare: self._prepare, Ping: self._ping, Bye: self._bye,
+            Prepare: self._prepare, Pronounce: self._pronounce, Ping: self._ping,
+            Bye: self._bye,
         }  # fmt: skip
 
     # --- Outbox -------------------------------------------------------------------------
@@ -466,6 +475,13 @@ class ConnectionHandler:
                 f"{self.config.max_file_requests} synthesize/prepare requests are already running",
                 request.id,
             )
+
+    async def _pronounce(self, request: Pronounce) -> bool:
+        reply = pronunciation(
+            request, self._queues.cast, self.server.engine.catalog, self.config.limits
+        )
+        self.send(reply)
+        return True
 
     def _background_request(self, request: Synthesize | Prepare) -> SynthesisRequest:
         """Check a synthesize or prepare request; raises RemoteProtocolError."""
