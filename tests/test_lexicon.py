@@ -21,7 +21,7 @@ from dialogue_tts.client import Client, ServerError
 from dialogue_tts.engine import Engine, Voice, VoiceCatalog
 from dialogue_tts.jobs import DEFAULT_LIMITS, synthesis_request
 from dialogue_tts.lexicon import Lexicon, LexiconError, respell
-from dialogue_tts.messages import Synthesize
+from dialogue_tts.messages import Pronounce, Synthesize
 from dialogue_tts.text import prepare
 from dialogue_tts.timings import word_spans
 from dialogue_tts.tracked import Spoken
@@ -251,6 +251,35 @@ async def test_a_bad_lexicon_in_hello_is_a_clear_error_over_a_socket() -> None:
         async with await Client.connect(port=server.port) as client:
             as_written = await client.synthesize("Nggh!", format="wav")
         assert said.duration < as_written.duration  # "ung", not "N G G H"
+    finally:
+        server.stop()
+
+
+async def test_pronounce_and_a_lines_own_lexicon_over_a_socket() -> None:
+    server = ServerThread().start()
+    try:
+        text = "{b}Nggh{/b}! Ask Aelindra."
+        async with await Client.connect(port=server.port, cast={"lexicon": LEXICON}) as client:
+            reply = await client.request(Pronounce(text=text, markup="renpy"))
+            assert reply.voice == "en_US-joe-medium"
+            assert [text[start:end] for start, end, _, _ in reply.words] == ["Nggh", "Aelindra"]
+            assert [w[2:] for w in reply.words] == [["ˈʌŋ", "ung"], ["eɪlˈɪndɹɑː", "ay-LIN-dra"]]
+            # A line's own entries win over the cast's, for that line only.
+            trial = await client.request(
+                Pronounce(text=text, markup="renpy", lexicon={"aelindra": "EL-in-dra"})
+            )
+            assert trial.words[1][2:] == ["ˈɛlɪndɹɑː", "EL-in-dra"]
+            tried = await client.synthesize("Ask Aelindra.", lexicon={"Aelindra": "EL-in-dra"})
+            cast_said = await client.synthesize("Ask Aelindra.")
+            assert tried.data != cast_said.data
+            with pytest.raises(ServerError) as caught:
+                await client.request(Pronounce(text=text, lexicon={"Nggh": "/x☃/"}))
+            assert caught.value.code == errors.INVALID_FIELD
+            assert caught.value.message.startswith("pronounce.lexicon: Nggh: voice")
+            with pytest.raises(ServerError) as caught:
+                await client.synthesize("Nggh", lexicon={"a b": "x"})
+            assert caught.value.message == "synthesize.lexicon: 'a b': a key is one word; no spaces"
+            assert (await client.request(Pronounce(text="Hello there."))).words == []
     finally:
         server.stop()
 
