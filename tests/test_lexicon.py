@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -195,6 +197,36 @@ async def test_a_lexicon_edit_keeps_an_unrelated_lines_cache_entry(tmp_path: Pat
     assert (edited["hits"], edited["writes"]) == (1, 1)  # only the line with "Aelindra"
     unrelated = await render_all(cast_of({"Aelindra": "EL-in-dra", "Nggh": "NG-guh"}))
     assert (unrelated["hits"], unrelated["writes"]) == (2, 0)  # no line says "Nggh"
+
+
+def test_renpy_render_re_renders_only_the_lines_an_edited_entry_is_in(tmp_path: Path) -> None:
+    header = "Identifier\tCharacter\tDialogue\tFilename\tLine Number\tRen'Py Script"
+    rows = [("start_1", "e", "{b}Aelindra{/b}, wait!"), ("start_2", "l", "The road is long.")]
+    export = tmp_path / "dialogue.tab"
+    export.write_text(
+        "\n".join([header, *(f'{i}\t{w}\t{t}\tgame/script.rpy\t1\t"[what]"' for i, w, t in rows)])
+        + "\n",
+        encoding="utf-8",
+    )
+    cast = tmp_path / "cast.toml"
+
+    def render(value: str) -> str:
+        cast.write_text(f'[lexicon]\nAelindra = "{value}"\n', encoding="utf-8")
+        result = subprocess.run(
+            [sys.executable, "-m", "dialogue_tts", "renpy-render", str(export), "--cast",
+             str(cast), "-o", str(tmp_path / "voice"), "--quiet"],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert "2 to render" in render("ay-LIN-dra")
+    first = (tmp_path / "voice" / "start_1.ogg").read_bytes()
+    assert "0 to render, 2 up to date" in render("ay-LIN-dra")
+    assert "1 to render, 1 up to date" in render("EL-in-dra")  # only the line that says it
+    assert (tmp_path / "voice" / "start_1.ogg").read_bytes() != first
+    with pytest.raises(AssertionError, match="empty value"):
+        render("")
 
 
 _WORDS = st.text(st.characters(categories=["L", "Nd"]), min_size=1, max_size=8)
