@@ -106,13 +106,17 @@ class Lexicon:
     voices: Mapping[str, tuple[Entry, ...]] = field(default_factory=dict)
     line: tuple[Entry, ...] = ()
     """A request's own entries (``say.lexicon``), over every table."""
+    _books: dict[tuple[str, str, str], WordBook] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """``book``'s results: one compiled pattern per voice, not one per line."""
 
     def __bool__(self) -> bool:
         return bool(self.common or self.languages or self.voices or self.line)
 
     def with_line(self, table: Mapping[str, Any], where: str) -> Lexicon:
         """This lexicon, with a request's own entries winning; raises LexiconError."""
-        return dataclasses.replace(self, line=_entries(_table(table, where), where))
+        return dataclasses.replace(self, line=_entries(_table(table, where), where), _books={})
 
     @classmethod
     def from_table(cls, data: Any, where: str) -> Lexicon:
@@ -158,7 +162,12 @@ class Lexicon:
         return tuple(chosen.values())
 
     def book(self, voice: str, language: str, espeak_voice: str) -> WordBook:
-        return WordBook(self.entries_for(voice, language), espeak_voice)
+        """The entries ``entries_for`` gives, ready to rewrite lines (made once per voice)."""
+        key = (voice, language, espeak_voice)
+        found = self._books.get(key)
+        if found is None:
+            found = self._books[key] = WordBook(self.entries_for(voice, language), espeak_voice)
+        return found
 
     def check(self, voices: Iterable[Any], used: Iterable[str]) -> None:
         """Raise LexiconError for phonemes a voice that may use them cannot say.
