@@ -21,6 +21,7 @@ from dialogue_tts.cache import DiskCache
 from dialogue_tts.cast import Cast, CastError, load_cast
 from dialogue_tts.client import Client, ServerError
 from dialogue_tts.engine import Engine, Voice, VoiceCatalog
+from dialogue_tts.errors import RemoteProtocolError
 from dialogue_tts.jobs import DEFAULT_LIMITS, synthesis_request
 from dialogue_tts.lexicon import Lexicon, LexiconError, respell
 from dialogue_tts.messages import Pronounce, Synthesize
@@ -260,6 +261,28 @@ def test_any_lexicon_and_any_text_never_crash_nor_mark_outside_the_text(
             for span in word_spans(part, sentences, voice.phonemize):
                 start, end = part.origin(span.start, span.end)
                 assert 0 <= start <= end <= len(text)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lexicon=st.dictionaries(_WORDS, _VALUES, min_size=1, max_size=3),
+    text=st.text(st.characters(blacklist_categories=["Cs"]), max_size=30),
+)
+def test_any_lexicon_and_text_synthesized_keep_marks_inside_the_text(
+    engine: Engine, lexicon: dict[str, str], text: str
+) -> None:
+    try:
+        cast = cast_of(lexicon)
+    except CastError:
+        return
+    text = f"{text} {' '.join(lexicon)}, {next(iter(lexicon)).lower()}!"
+    try:
+        request = job(text, cast, engine, words=True)
+    except RemoteProtocolError:
+        return  # nothing speakable
+    _, _, pieces = asyncio.run(engine.render_timed(request))
+    marks = [(w.start_char, w.end_char) for piece in pieces for w in piece.words]
+    assert marks and all(0 <= start <= end <= len(text) for start, end in marks)
 
 
 async def test_a_bad_lexicon_in_hello_is_a_clear_error_over_a_socket() -> None:
