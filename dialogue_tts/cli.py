@@ -80,11 +80,14 @@ def _parser() -> argparse.ArgumentParser:
     connection_options(serve)
     serve.add_argument(
         "--workers", type=int,
-        help="parallel inference calls (default: 2, or 1 on a single core)",
+        help="fixed number of inference calls at once (default: chosen per call from the "
+        "work waiting: one call with every core for a lone line, one call per core when "
+        "many wait)",
     )  # fmt: skip
     serve.add_argument(
-        "--threads", type=int, help="onnxruntime threads per inference call (default: cores)"
-    )
+        "--threads", type=int,
+        help="fixed onnxruntime threads per inference call (default: chosen per call)",
+    )  # fmt: skip
     serve.add_argument("--no-pace", action="store_true", help="finish lines when sent, not played")
     serve.add_argument(
         "--allow-remote", action="store_true",

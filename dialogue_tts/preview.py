@@ -398,7 +398,7 @@ async def render_scene(
     ``on_line(index)`` is called as each line is done. Raises SceneRenderError naming every
     line that failed: one bad line stops no other.
     """
-    limit = asyncio.Semaphore(engine.workers)  # every synthesis thread busy, no more
+    limit = asyncio.Semaphore(engine.parallel_lines)  # every core busy, no more
 
     async def render(index: int, job: SynthesisRequest) -> np.ndarray | str:
         async with limit:

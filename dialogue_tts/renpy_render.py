@@ -35,6 +35,11 @@ __all__ = ["DialogueLine", "ExportError", "add_parser", "read_dialogue_tab", "re
 
 HEADER: Final = ("Identifier", "Character", "Dialogue", "Filename", "Line Number", "Ren'Py Script")
 MANIFEST_NAME: Final = ".dialogue-tts-render.json"
+JOURNAL_NAME: Final = ".dialogue-tts-render.journal"
+"""Lines finished since the manifest was last written, one JSON object each, appended as each
+file is written: an interrupted render of thousands of lines resumes where it stopped, at the
+cost of one short append per line (rewriting the whole manifest each time would grow with
+the square of the game's size)."""
 NARRATOR_KEY: Final = "narrator"
 """The mapping key for narration (rows whose Character is empty)."""
 DEFAULT_KEY: Final = "default"
@@ -292,8 +297,10 @@ async def _render_all(
     from .engine import Engine
 
     engine = Engine(catalog)
-    limit = asyncio.Semaphore(engine.workers)  # keeps every synthesis thread busy, no more
+    limit = asyncio.Semaphore(engine.parallel_lines)  # keeps every core busy, no more
     failures: list[str] = []
+
+    journal = (output / JOURNAL_NAME).open("a", encoding="utf-8")
 
     async def render(job: _Job) -> None:
         async with limit:
@@ -303,16 +310,18 @@ async def _render_all(
                 failures.append(f"{job.line.where} {job.line.identifier}: {exc}")
             else:
                 await asyncio.to_thread(_write_atomic, job.path, data)
-                # The manifest is rewritten after each file: an interrupted run keeps its work.
                 manifest[job.line.identifier] = job.digest
-                manifest_data = _manifest_bytes(manifest)
-                await asyncio.to_thread(_write_atomic, output / MANIFEST_NAME, manifest_data)
+                entry = {"id": job.line.identifier, "digest": job.digest}
+                journal.write(json.dumps(entry) + "\n")
+                journal.flush()  # an interrupted run keeps every file it finished
             bar.advance(job.line.identifier)
 
     try:
         await asyncio.gather(*(render(job) for job in jobs))
     finally:
         engine.close()
+        journal.close()
+        _write_manifest(output, manifest)
     return failures
 
 
@@ -370,12 +379,27 @@ async def _render_one(engine: Any, job: _Job) -> bytes:
 
 
 def _read_manifest(output: Path) -> dict[str, str]:
-    try:
+    """What each file was made from: the manifest, and the journal of lines finished after
+    it was written (a run that was stopped leaves one; a torn last entry is ignored)."""
+    manifest: dict[str, str] = {}
+    with contextlib.suppress(OSError, ValueError):
         data = json.loads((output / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    files = data.get("files") if isinstance(data, dict) else None
-    return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
+        files = data.get("files") if isinstance(data, dict) else None
+        if isinstance(files, dict):
+            manifest = {str(k): str(v) for k, v in files.items()}
+    with contextlib.suppress(OSError):
+        for row in (output / JOURNAL_NAME).read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                entry = json.loads(row)
+                manifest[str(entry["id"])] = str(entry["digest"])
+    return manifest
+
+
+def _write_manifest(output: Path, manifest: dict[str, str]) -> None:
+    """Fold the journal into the manifest (the journal goes once the manifest holds it)."""
+    _write_atomic(output / MANIFEST_NAME, _manifest_bytes(manifest))
+    with contextlib.suppress(FileNotFoundError):
+        (output / JOURNAL_NAME).unlink()
 
 
 def _manifest_bytes(manifest: dict[str, str]) -> bytes:
