@@ -526,6 +526,11 @@ class Engine:
         return voice
 
     @property
+    def preemptions(self) -> int:
+        """Calls aborted for more urgent work and run again (see ``workers.py``)."""
+        return self._pool.preemptions
+
+    @property
     def parallel_lines(self) -> int:
         """Lines a batch command keeps in flight so that every core has work: one per call
         that may run at once, and one more, so that a job always waits when one ends."""

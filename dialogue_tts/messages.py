@@ -561,6 +561,8 @@ class StatusReport(Event):
     speakers: dict[str, Any]
     cache: dict[str, Any] | None = None
     """Cache counters: {"memory": {hits, misses, entries, bytes}, "disk": {...}}."""
+    underruns: dict[str, Any] | None = None
+    """This connection's playback gaps so far: {"count": int, "seconds": float}."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -437,7 +437,8 @@ class ConnectionHandler:
 
     async def _status(self, request: StatusRequest) -> bool:
         cache = self.server.engine.cache_counters()
-        self.send(StatusReport(id=request.id, speakers=self._queues.status(), cache=cache))
+        speakers, underruns = self._queues.status(), self._queues.underruns.to_dict()
+        self.send(StatusReport(id=request.id, speakers=speakers, cache=cache, underruns=underruns))
         return True
 
     async def _synthesize(self, request: Synthesize) -> bool:

@@ -166,6 +166,8 @@ class InferencePool:
         self._lock = threading.Condition()
         self._order = itertools.count()
         self._closed = False
+        self.preemptions = 0
+        """Calls aborted for more urgent work so far."""
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{index}", daemon=True)
             for index in range(self.slots)
@@ -294,6 +296,7 @@ class InferencePool:
             except Preempted:
                 with self._lock:
                     job.preemptions += 1
+                    self.preemptions += 1
                     if not self._closed and not job.future.cancelled():
                         self._jobs.append(job)  # keeps its order: first in its class again
             except BaseException as exc:  # handed to the awaiting coroutine
