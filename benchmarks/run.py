@@ -77,16 +77,18 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def our_server(*args: str) -> Iterator[tuple[int, subprocess.Popen[str], float]]:
+def our_server(
+    *args: str, prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[int, subprocess.Popen[str], float]]:
     """`dialogue-tts serve`; yields (port, process, seconds until it printed "listening").
 
     With no disk cache unless ``args`` name one: the corpus repeats, and every measure but
-    the cache's own is of synthesis."""
+    the cache's own is of synthesis. ``prefix`` runs it under another command (taskset)."""
     started = time.perf_counter()
     if not any(arg.startswith("--cache") for arg in args):
         args = (*args, "--no-cache")
     process = subprocess.Popen(
-        [sys.executable, "-m", "dialogue_tts", "serve", "--port", "0", *args],
+        [*prefix, sys.executable, "-m", "dialogue_tts", "serve", "--port", "0", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
