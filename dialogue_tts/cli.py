@@ -7,34 +7,33 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from . import __version__
+from .app import (
+    HOST_ENV,
+    PORT_ENV,
+    TOKEN_ENV,
+    WEB_ORIGINS_ENV,
+    build_engine,
+    engine_options,
+    load_cast_option,
+    play_file,
+    player,
+    read_token,
+    run_async,
+)
 from .protocol import DEFAULT_HOST, DEFAULT_PORT
 
 _LOGGER = logging.getLogger("dialogue_tts")
 _T = TypeVar("_T")
 
-VOICES_ENV = "DIALOGUE_TTS_VOICES"
-HOST_ENV = "DIALOGUE_TTS_HOST"
-PORT_ENV = "DIALOGUE_TTS_PORT"
-WEB_ORIGINS_ENV = "DIALOGUE_TTS_WEB_ORIGINS"
-TOKEN_ENV = "DIALOGUE_TTS_TOKEN"
-CAST_ENV = "DIALOGUE_TTS_CAST"  # the same as cast.CAST_ENV
 DEFAULT_WEB_PORT = 5758  # the same as websocket.DEFAULT_WEB_PORT, without importing websockets
-_PLAYERS = (
-    ["aplay", "-q"],
-    ["paplay"],
-    ["afplay"],
-    ["ffplay", "-nodisp", "-autoexit", "-loglevel", "quiet"],
-)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,87 +143,6 @@ def _parser() -> argparse.ArgumentParser:
     add_renpy_render(commands)
     add_words(commands)
     return parser
-
-
-def engine_options(command: argparse.ArgumentParser) -> None:
-    """Voices, cast and cache options, for every command that may synthesize in-process."""
-    command.add_argument(
-        "--voices", type=Path, metavar="DIR", default=_env_path(VOICES_ENV),
-        help=f"folder of extra Piper voices (*.onnx + *.onnx.json); env {VOICES_ENV}",
-    )  # fmt: skip
-    command.add_argument(
-        "--cast", type=Path, metavar="FILE", default=_env_path(CAST_ENV),
-        help=f"cast file (TOML): each speaker's voice, rate, pitch and styles; env {CAST_ENV}",
-    )  # fmt: skip
-    command.add_argument(
-        "--cache-dir", type=Path, metavar="DIR",
-        help="folder of the rendered-line cache (default: the user cache folder, "
-        "or env DIALOGUE_TTS_CACHE)",
-    )  # fmt: skip
-    command.add_argument(
-        "--cache-size", type=int, default=512, metavar="MIB",
-        help="largest size of the rendered-line cache in MiB (default 512)",
-    )  # fmt: skip
-    command.add_argument("--no-cache", action="store_true", help="keep no rendered lines on disk")
-
-
-def build_engine(
-    args: argparse.Namespace, workers: int | None = None, threads: int | None = None
-) -> Any:
-    """The engine the options describe: voices folder and disk cache."""
-    from .cache import DiskCache, default_cache_dir
-    from .engine import Engine, VoiceCatalog
-
-    disk_cache = None
-    if not args.no_cache:
-        disk_cache = DiskCache(args.cache_dir or default_cache_dir(), args.cache_size << 20)
-    return Engine(
-        VoiceCatalog(args.voices), workers=workers, intra_op_threads=threads,
-        disk_cache=disk_cache,
-    )  # fmt: skip
-
-
-def load_cast_option(args: argparse.Namespace, catalog: Any) -> Any:
-    """The --cast file, checked against the catalog's voices (the empty cast without one)."""
-    from .cast import DEFAULT_CAST, CastError, load_cast
-
-    if args.cast is None:
-        return DEFAULT_CAST
-    try:
-        cast = load_cast(args.cast)
-        cast.check(catalog)
-    except CastError as exc:
-        raise ValueError(str(exc)) from None
-    return cast
-
-
-def read_token(args: argparse.Namespace) -> str | None:
-    """The shared secret: --token-file's first line, else $DIALOGUE_TTS_TOKEN, else None.
-
-    Never a command-line value: other users can read a process's arguments.
-    """
-    path: Path | None = getattr(args, "token_file", None)
-    if path is not None:
-        lines = path.read_text(encoding="utf-8").splitlines()
-        token = lines[0].strip() if lines else ""
-        if not token:
-            raise ValueError(f"{path} holds no token")
-        return token
-    return os.environ.get(TOKEN_ENV) or None
-
-
-def _env_path(name: str) -> Path | None:
-    value = os.environ.get(name)
-    return Path(value) if value else None
-
-
-def run_async(coroutine: Coroutine[Any, Any, _T]) -> _T:
-    """Run on uvloop where it exists (Linux, macOS), plain asyncio elsewhere (Windows)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coroutine)
-    return uvloop.run(coroutine)
 
 
 # --- serve ------------------------------------------------------------------------------
@@ -363,7 +281,7 @@ async def _try_connect(args: argparse.Namespace) -> Any:
 
 
 def _play(wav: bytes, duration: float) -> int:
-    if _player() is not None:
+    if player() is not None:
         with tempfile.NamedTemporaryFile(suffix=".wav") as file:
             file.write(wav)
             file.flush()
@@ -372,22 +290,6 @@ def _play(wav: bytes, duration: float) -> int:
     fallback.write_bytes(wav)
     print(f"no audio player found; wrote {fallback} ({duration:.2f} s)")
     return 0
-
-
-def play_file(path: Path) -> int:
-    """Play an audio file with the system's player (aplay, paplay, afplay or ffplay)."""
-    command = _player()
-    if command is None:
-        print(f"no audio player found (aplay, paplay, afplay or ffplay); the file is {path}")
-        return 0
-    status = subprocess.call([*command, str(path)])
-    if status != 0:
-        print(f"{command[0]} could not play {path} (no audio device?)", file=sys.stderr)
-    return status
-
-
-def _player() -> list[str] | None:
-    return next((command for command in _PLAYERS if shutil.which(command[0])), None)
 
 
 def _voices(args: argparse.Namespace) -> int:

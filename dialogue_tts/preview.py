@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import numpy as np
 
+from .app import build_engine, engine_options, load_cast_option, play_file, run_async
 from .errors import RemoteProtocolError
 from .messages import MAX_SCENE_PAUSE, InvalidMessage, SceneLine, Synthesize
 from .progress import ProgressBar
@@ -142,7 +143,6 @@ class Scene:
 
 def add_parser(commands: Any) -> None:
     """Register ``preview`` on the CLI's subcommands."""
-    from .cli import engine_options
 
     command = commands.add_parser(
         "preview",
@@ -278,7 +278,6 @@ def _pause_seconds(seconds: float, where: str) -> float:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from .cli import run_async
 
     try:
         lines = read_script(args.script)
@@ -293,8 +292,6 @@ def _main(args: argparse.Namespace) -> int:
         print(f"dialogue-tts preview: {exc}", file=sys.stderr)
         return 2
     if status == 0 and args.play:
-        from .cli import play_file
-
         return play_file(output / f"scene.{args.format}")
     return status
 
@@ -303,7 +300,6 @@ async def _preview(
     args: argparse.Namespace, lines: list[ScriptLine], output: Path, progress: TextIO | None
 ) -> int:
     from .audio import encode_file
-    from .cli import build_engine, load_cast_option
 
     engine = build_engine(args)
     failures: list[tuple[int, str]] = []

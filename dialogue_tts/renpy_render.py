@@ -29,6 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from .app import (
+    disk_cache_option,
+    engine_options,
+    run_async,
+)
 from .progress import ProgressBar
 
 __all__ = ["DialogueLine", "ExportError", "add_parser", "read_dialogue_tab", "render_lines"]
@@ -94,23 +99,12 @@ def add_parser(commands: Any) -> None:
         f'Character column (the variable name; "{NARRATOR_KEY}" for narration, "{DEFAULT_KEY}" '
         "for the rest); null leaves them silent. Unlisted: as the cast says.",
     )  # fmt: skip
-    command.add_argument(
-        "--cast", type=Path, metavar="FILE", default=_env_path("DIALOGUE_TTS_CAST"),
-        help="cast file (TOML) keyed by the Character column, as the live binding's speakers "
-        "(the same voices and styles as live voicing); env DIALOGUE_TTS_CAST",
-    )  # fmt: skip
-    command.add_argument(
-        "--voices", type=Path, metavar="DIR", default=_env_path("DIALOGUE_TTS_VOICES"),
-        help="folder of extra Piper voices (*.onnx + *.onnx.json); env DIALOGUE_TTS_VOICES",
-    )  # fmt: skip
+    # --cast is keyed by the Character column, as the live binding's speakers are, so that
+    # files sound like live voicing; the disk cache reuses lines already heard live.
+    engine_options(command)
     command.add_argument("--force", action="store_true", help="render every line again")
     command.add_argument("--quiet", action="store_true", help="no progress bar")
     command.set_defaults(command=_main)
-
-
-def _env_path(name: str) -> Path | None:
-    value = os.environ.get(name)
-    return Path(value) if value else None
 
 
 # --- reading the export and the mapping ------------------------------------------------------
@@ -229,6 +223,7 @@ def _main(args: argparse.Namespace) -> int:
     return render_lines(
         lines, mapping, output, voices_dir=args.voices, force=args.force,
         progress=None if args.quiet else sys.stderr, cast=cast,
+        disk_cache=disk_cache_option(args),
     )  # fmt: skip
 
 
@@ -251,10 +246,11 @@ def render_lines(
     force: bool = False,
     progress: TextIO | None = None,
     cast: Any = None,
+    disk_cache: Any = None,
 ) -> int:
-    """Render every line that is not up to date; returns the exit status."""
+    """Render every line that is not up to date; returns the exit status. ``disk_cache``
+    (a ``cache.DiskCache``) keeps rendered lines and the voices' calibration."""
     from .cast import DEFAULT_CAST, CastError
-    from .cli import run_async
     from .engine import VoiceCatalog
 
     catalog = VoiceCatalog(voices_dir)
@@ -282,7 +278,7 @@ def render_lines(
     manifest = _read_manifest(output)
     bar = ProgressBar(len(jobs), progress)
     try:
-        failures = run_async(_render_all(catalog, jobs, output, manifest, bar))
+        failures = run_async(_render_all(catalog, jobs, output, manifest, bar, disk_cache))
     finally:
         bar.close()
     for failure in failures:
@@ -292,11 +288,16 @@ def render_lines(
 
 
 async def _render_all(
-    catalog: Any, jobs: list[_Job], output: Path, manifest: dict[str, str], bar: ProgressBar
+    catalog: Any,
+    jobs: list[_Job],
+    output: Path,
+    manifest: dict[str, str],
+    bar: ProgressBar,
+    disk_cache: Any,
 ) -> list[str]:
     from .engine import Engine
 
-    engine = Engine(catalog)
+    engine = Engine(catalog, disk_cache=disk_cache)
     limit = asyncio.Semaphore(engine.parallel_lines)  # keeps every core busy, no more
     failures: list[str] = []
 
@@ -318,6 +319,7 @@ async def _render_all(
 
     try:
         await asyncio.gather(*(render(job) for job in jobs))
+        await engine.finish_cache_writes()
     finally:
         engine.close()
         journal.close()

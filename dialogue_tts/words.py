@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from . import espeak
+from .app import build_engine, engine_options, load_cast_option, play_file, run_async
 
 __all__ = ["Word", "WordLine", "add_parser", "find_words", "read_lines"]
 
@@ -66,7 +67,6 @@ class Word:
 
 def add_parser(commands: Any) -> None:
     """Register ``words`` on the CLI's subcommands."""
-    from .cli import engine_options
 
     command = commands.add_parser(
         "words",
@@ -217,7 +217,6 @@ def write_table(words: Sequence[Word], out: TextIO, width: int = 120) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from .cli import build_engine, load_cast_option, run_async
 
     lines = read_lines(args.script)
     engine = build_engine(args)
@@ -243,7 +242,6 @@ async def _clips(
     import tempfile
 
     from .audio import encode_file
-    from .cli import play_file
     from .jobs import DEFAULT_LIMITS, synthesis_request
     from .messages import Synthesize
 

@@ -141,6 +141,19 @@ async def test_a_lone_call_gets_every_core_and_many_calls_get_one_each() -> None
         pool.close()
 
 
+def test_on_two_cores_narrow_calls_share_the_wide_session() -> None:
+    pool = InferencePool(2)
+    try:
+        assert pool.thread_counts == {2}  # one session per voice
+    finally:
+        pool.close()
+    pool = InferencePool(8)
+    try:
+        assert pool.thread_counts == {8, 1}
+    finally:
+        pool.close()
+
+
 async def test_fixed_workers_and_threads_override_the_choice() -> None:
     pool = InferencePool(8, workers=3, threads=2)
     try:
@@ -160,7 +173,7 @@ async def test_fixed_workers_and_threads_override_the_choice() -> None:
 
 
 async def test_an_urgent_line_aborts_background_work_and_takes_every_core() -> None:
-    pool = InferencePool(2)
+    pool = InferencePool(4)
     log: list[str] = []
     renders = [AbortableCall(f"render{i}", log) for i in range(2)]
     gate = threading.Event()
@@ -183,7 +196,7 @@ async def test_an_urgent_line_aborts_background_work_and_takes_every_core() -> N
                 call.release.set()
             return lease.threads
 
-        assert await pool.run(first_piece, constant(Priority.URGENT)) == 2
+        assert await pool.run(first_piece, constant(Priority.URGENT)) == 4
         assert await asyncio.gather(*background) == ["render0", "render1"]
         assert sorted(log[:2]) == ["render0 aborted", "render1 aborted"]
         assert log[2] == "urgent done"
