@@ -27,7 +27,7 @@ from piper import espeakbridge
 from piper import voice as piper_voice
 from piper.phonemize_espeak import ESPEAK_DATA_DIR, EspeakPhonemizer
 
-__all__ = ["Lookup", "lookup", "phonemize"]
+__all__ = ["Lookup", "lookup", "phonemize", "sentences"]
 
 _PHONEMES_IPA: Final = 0x02
 _PHONEMES_TRACE: Final = 0x08
@@ -71,6 +71,14 @@ def phonemize(espeak_voice: str, text: str) -> str:
     """IPA for ``text`` as espeak reads it for ``espeak_voice`` (e.g. "en-us")."""
     with _lock():  # type: ignore[attr-defined]
         return _phonemize_locked(espeak_voice, text)
+
+
+def sentences(espeak_voice: str, text: str) -> list[list[str]]:
+    """Phonemes of each sentence of ``text``, as Piper's phonemizer gives them (NFD symbols,
+    clause marks kept): for voices of other families that read through espeak."""
+    with _lock():  # type: ignore[attr-defined]
+        _initialize_locked()
+        return piper_voice._ESPEAK_PHONEMIZER.phonemize(espeak_voice, text)  # type: ignore[no-any-return]
 
 
 class _Trace:

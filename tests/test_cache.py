@@ -25,12 +25,12 @@ from dialogue_tts.engine import (
     Delivery,
     Engine,
     SynthesisRequest,
-    Voice,
     VoiceCatalog,
-    valid_duration_curve,
 )
 from dialogue_tts.text import prepare
 from dialogue_tts.timings import PhonemeUnit, Piece, WordUnit
+from dialogue_tts.voices.piper import PiperVoice as Voice
+from dialogue_tts.voices.piper import valid_duration_curve
 
 LINE = "The lanterns are lit, and the road is clear."
 

@@ -20,7 +20,7 @@ from dialogue_tts import errors
 from dialogue_tts.cache import DiskCache
 from dialogue_tts.cast import Cast, CastError, load_cast
 from dialogue_tts.client import Client, ServerError
-from dialogue_tts.engine import Engine, Voice, VoiceCatalog
+from dialogue_tts.engine import Engine, VoiceCatalog
 from dialogue_tts.errors import RemoteProtocolError
 from dialogue_tts.jobs import DEFAULT_LIMITS, synthesis_request
 from dialogue_tts.lexicon import Lexicon, LexiconError, respell
@@ -28,6 +28,7 @@ from dialogue_tts.messages import Pronounce, Synthesize
 from dialogue_tts.text import prepare
 from dialogue_tts.timings import word_spans
 from dialogue_tts.tracked import Spoken
+from dialogue_tts.voices.piper import PiperVoice as Voice
 from tests.helpers import ServerThread
 
 LEXICON = {"Aelindra": "ay-LIN-dra", "Nggh": "ung", "Xal'thar": "/zˈælθɑːɹ/", "US": "/jˌuːˈɛs/"}
