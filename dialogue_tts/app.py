@@ -55,7 +55,8 @@ def engine_options(command: argparse.ArgumentParser) -> None:
     """Voices, cast and cache options, for every command that may synthesize in-process."""
     command.add_argument(
         "--voices", type=Path, metavar="DIR", default=env_path(VOICES_ENV),
-        help=f"folder of extra Piper voices (*.onnx + *.onnx.json); env {VOICES_ENV}",
+        help="folder of extra voices: Piper (*.onnx + *.onnx.json), Kokoro "
+        f"(kokoro*.onnx + kokoro-voices/); env {VOICES_ENV}",
     )  # fmt: skip
     command.add_argument(
         "--cast", type=Path, metavar="FILE", default=env_path(CAST_ENV),

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -212,20 +212,24 @@ class Cast:
             default=default, speakers=speakers, styles=styles, lexicon=lexicon, source=source
         )
 
-    def check_voices(self, known: set[str]) -> None:
-        """Raise CastError if an entry names a voice that is not in ``known``."""
+    def check_voices(self, known: Container[str], listed: Iterable[str] | None = None) -> None:
+        """Raise CastError if an entry names a voice that is not in ``known`` (a set, or a
+        catalog, which also knows voices made on request: blends); ``listed`` are the
+        names the error suggests (default: ``known`` itself)."""
         entries = {"default": self.default} | {f"speakers.{n}": e for n, e in self.speakers.items()}
         for where, entry in entries.items():
             if entry.voice is not None and entry.voice not in known:
+                names = listed if listed is not None else known
+                suggestions = ", ".join(sorted(names)) if isinstance(names, Iterable) else ""
                 raise CastError(
                     f"{self.source}: {where}.voice: no voice named {entry.voice!r} "
-                    f"(known: {', '.join(sorted(known))})"
+                    f"(known: {suggestions})"
                 )
 
     def check(self, catalog: Any) -> None:
         """``check_voices`` against a ``VoiceCatalog``, and every lexicon entry's phonemes
         against the voices that may say it; raises CastError."""
-        self.check_voices(set(catalog.names()))
+        self.check_voices(catalog, catalog.names())
         entries = [self.default, *self.speakers.values()]
         used = {entry.voice or catalog.default_voice for entry in entries}
         try:

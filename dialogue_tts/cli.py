@@ -294,10 +294,14 @@ def _play(wav: bytes, duration: float) -> int:
 
 def _voices(args: argparse.Namespace) -> int:
     voices = run_async(_list_voices(args))
-    print(f"{'NAME':32} {'LANGUAGE':10} {'RATE':>6}  SPEAKERS")
+    print(f"{'NAME':32} {'FAMILY':7} {'LANGUAGE':9} {'GENDER':7} {'RATE':>6}  SPEAKERS")
     for voice in voices:
         speakers = ", ".join(voice["speakers"]) or "-"
-        print(f"{voice['name']:32} {voice['language']:10} {voice['sample_rate']:>6}  {speakers}")
+        family, gender = voice.get("family", "piper"), voice.get("gender") or "-"
+        print(
+            f"{voice['name']:32} {family:7} {voice['language']:9} {gender:7} "
+            f"{voice['sample_rate']:>6}  {speakers}"
+        )
     return 0
 
 

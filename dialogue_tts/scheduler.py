@@ -169,6 +169,8 @@ class Line:
         """The marks the client asked for with this line."""
         self.notes: list[str] = []
         """What the finished event should tell, e.g. that the line fell back to another voice."""
+        self.gaps = Underruns()
+        """This line's own underruns: said in its finished event, never silently."""
 
     def priority(self) -> tuple[Priority, float]:
         """How urgent this line's next ONNX call is (read from inference threads)."""
@@ -405,6 +407,8 @@ class SpeakerQueue:
             line.all_sent = True
             if self._owner.pace:
                 await self._wait_played(line)
+            if line.gaps.count:
+                line.notes.append(_gap_warning(line.gaps))
             self.finish(line, "done", "; ".join(line.notes) or None)
         except SynthesisCancelled:
             pass  # whoever cancelled it has finished it
@@ -449,6 +453,7 @@ class SpeakerQueue:
         gap = clock.elapsed() - line.samples_sent / line.sample_rate
         if gap > UNDERRUN_TOLERANCE:
             self._owner.underruns.add(gap)
+            line.gaps.add(gap)
             clock.started += gap
 
     def _send_marks(self, line: Line, piece: Piece) -> None:
@@ -508,6 +513,13 @@ class Underruns:
 
     def to_dict(self) -> dict[str, Any]:
         return {"count": self.count, "seconds": round(self.seconds, 3)}
+
+
+def _gap_warning(gaps: Underruns) -> str:
+    return (
+        f"warning: synthesis fell behind playback {gaps.count} time(s), {gaps.seconds:.2f} s "
+        "of gaps; prepare slow voices' lines ahead (prepare) or pre-render them"
+    )
 
 
 class ConnectionQueues:

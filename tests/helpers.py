@@ -48,10 +48,13 @@ class ServerThread:
         config: ServerConfig | None = None,
         workers: int | None = None,
         voices_dir: Path | None = None,
+        catalog: VoiceCatalog | None = None,
     ) -> None:
+        """``catalog`` replaces the one made from ``voices_dir`` (other voice families)."""
         self.config = config or ServerConfig(port=0)
         self.workers = workers
         self.voices_dir = voices_dir
+        self.catalog = catalog
         self.loop = _new_loop()
         self.server: Server | None = None
         self._ready = threading.Event()
@@ -73,7 +76,8 @@ class ServerThread:
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)
         try:
-            engine = Engine(VoiceCatalog(self.voices_dir), workers=self.workers)
+            catalog = self.catalog or VoiceCatalog(self.voices_dir)
+            engine = Engine(catalog, workers=self.workers)
             self.server = Server(engine, self.config)
             self.loop.run_until_complete(self.server.start())
         except BaseException as exc:

@@ -303,10 +303,14 @@ async def test_a_piece_that_comes_after_the_audio_ran_out_counts_as_one_underrun
     # each later piece reaches a client whose audio of the line ran out 0.1 s before.
     slow, slow_outbox = make(delay=0.2)
     line = slow.say(Say(speaker="a", text="One. Two. Three."))
-    await finished(slow_outbox, line.line)
+    late = await finished(slow_outbox, line.line)
     assert slow.underruns.count == 2
     assert slow.underruns.to_dict()["seconds"] >= 2 * 0.09
+    # The line itself says so: never an underrun the game cannot see.
+    assert late.status == "done" and late.message is not None
+    assert "fell behind playback 2 time(s)" in late.message
     fast, fast_outbox = make(delay=0.0)
     line = fast.say(Say(speaker="a", text="One. Two. Three."))
-    await finished(fast_outbox, line.line)
+    on_time = await finished(fast_outbox, line.line)
     assert fast.underruns.count == 0
+    assert on_time.message is None

@@ -84,7 +84,7 @@ async def test_welcome_and_voices(client: Client) -> None:
     voices = await client.voices()
     assert voices == client.welcome.voices
     assert voices[0] == {"name": "en_US-joe-medium", "language": "en_US", "sample_rate": 22050,
-                         "speakers": [], "quality": "medium"}  # fmt: skip
+                         "speakers": [], "quality": "medium", "family": "piper"}  # fmt: skip
 
 
 async def test_a_line_streams_real_speech(client: Client) -> None:
