@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 from helpers import REPO, ServerThread
 
 from dialogue_tts.cache import DiskCache
@@ -242,3 +243,30 @@ async def test_kokoro_lines_render_to_files_and_cache_on_disk(
         assert not np.array_equal(first[: len(second)], second[: len(first)])
     finally:
         engine.close()
+
+
+def test_renpy_render_voices_two_characters_with_two_kokoro_voices(
+    kokoro_dir: Path, tmp_path: Path
+) -> None:
+    header = "Identifier\tCharacter\tDialogue\tFilename\tLine Number\tRen'Py Script"
+    rows = [
+        'start_1\te\tWelcome {i}home{/i}.\tgame/script.rpy\t1\te "[what]"',
+        'start_2\ta\tおかえりなさい。\tgame/script.rpy\t2\ta "[what]"',
+    ]
+    export = tmp_path / "dialogue.tab"
+    export.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    mapping = tmp_path / "voices.json"
+    mapping.write_text(
+        '{"e": {"voice": "kokoro:af_heart"}, "a": {"voice": "kokoro:jf_alpha", "rate": 1.1}}'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "dialogue_tts", "renpy-render", str(export), "--quiet",
+         "--voices", str(kokoro_dir), "--map", str(mapping), "--no-cache"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for identifier, seconds in (("start_1", (0.5, 4.0)), ("start_2", (0.5, 4.0))):
+        audio, rate = soundfile.read(tmp_path / "game" / "voice" / f"{identifier}.ogg")
+        assert rate == RATE  # said by Kokoro voices, not the default Piper voice (22050 Hz)
+        assert seconds[0] < len(audio) / rate < seconds[1]
+        assert np.sqrt(np.mean(audio**2)) > 0.02
