@@ -671,7 +671,7 @@ function voiceSelect(speaker, settings) {
   const castVoice = castEntry(speaker).voice ?? welcome?.default_voice;
   select.append(element("option", { value: "" }, castVoice ? `as cast (${castVoice})` : "as cast"));
   for (const info of welcome?.voices ?? []) {
-    const label = [info.name, info.language, info.quality].filter(Boolean).join(" · ");
+    const label = [info.name, info.language, info.gender, info.quality].filter(Boolean).join(" · ");
     select.append(element("option", { value: info.name }, label));
   }
   if (welcome && !welcome.voices.some((info) => info.name === settings.voice)) {
