@@ -10,7 +10,9 @@ as the server uses it, with the pool's own choice of threads:
   (English: the corpus's short and medium lines; other languages: fixed game lines);
 - first audio, new line: from asking to the first piece of a line never said before;
 - first audio, prepared line: the same after ``prepare`` (as a game that knows its next line);
-- RSS after loading the voice and after the lines, and the peak (VmHWM).
+- RSS after loading the voice and after the lines, and the peak (VmHWM);
+- Piper's real-time factor on the English lines in the same process right after, for the
+  ratio (the machine may be shared: figures taken minutes apart are not comparable).
 
 Writes its section of benchmarks/RESULTS.md (``results.write_section``).
 """
@@ -107,6 +109,17 @@ async def _measure(voices_dir: Path, voice: str, count: int) -> dict[str, float]
     result["rss_after"] = _rss_mib()
     result["rss_peak"] = _rss_mib("VmHWM")
     result["sample_rate"] = loaded.sample_rate
+    # Piper on the English lines, in this process right after, so that the ratio compares
+    # two measurements under the same load (the machine is shared).
+    piper, english = engine.catalog.default_voice, _lines("en_US", count)
+    await engine.voice(piper)
+    synth = audio = 0.0
+    for text in english:
+        started = time.perf_counter()
+        samples, rate = await engine.render(SynthesisRequest(prepare(text, "plain", "en"), piper))
+        synth += time.perf_counter() - started
+        audio += len(samples) / rate
+    result["piper_rtf"] = synth / audio
     engine.close()
     return result
 
@@ -130,12 +143,12 @@ def main() -> int:
         )  # fmt: skip
         rows[voice] = json.loads(done.stdout.strip().splitlines()[-1])
         print(voice, rows[voice], flush=True)
-    piper = rows["en_US-joe-medium"]["rtf"]
     table = [
         "## Kokoro-82M next to Piper (benchmarks/kokoro.py)",
         "",
-        f"One run, {os.cpu_count()} cores shared with other work (figures are noisy; the "
-        "ratios to Piper in the same run are what to read). Each voice in its own process, "
+        f"One run, {os.cpu_count()} cores shared with other work (figures are noisy; read "
+        "the ratios: × Piper divides by Piper's real-time factor on the English lines, "
+        "measured in the same process right after). Each voice in its own process, "
         f"through the engine with the pool's own thread choice; {args.lines} lines per voice "
         "(English: the corpus's short and medium lines; others: fixed game lines). First "
         "audio is the median over the same lines, once new and once after `prepare`.",
@@ -145,9 +158,10 @@ def main() -> int:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for voice, row in rows.items():
+        ratio = row["rtf"] / row["piper_rtf"]
         table.append(
-            f"| {voice} | {VOICES[voice]} | {row['rtf']:.2f} | {row['rtf'] / piper:.1f} | "
-            f"{row['first_new_ms']:.0f} ms | {row['first_prepared_ms']:.0f} ms | "
+            f"| {voice} | {VOICES[voice]} | {row['rtf']:.2f} | {ratio:.1f} | "
+            f"{row['first_new_ms']:.0f} ms | {row['first_prepared_ms']:.1f} ms | "
             f"{row['rss_load']:.0f} MiB | {row['rss_after']:.0f} MiB | {row['rss_peak']:.0f} MiB |"
         )
     print("\n".join(table))
