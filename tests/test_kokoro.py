@@ -11,7 +11,9 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,9 @@ from dialogue_tts.client import Client, LineResult
 from dialogue_tts.engine import Engine, SynthesisRequest, VoiceCatalog, source_digest
 from dialogue_tts.server import ServerConfig
 from dialogue_tts.text import prepare
+from dialogue_tts.voices.family import CancelToken, Delivery, SynthesisCancelled
 from dialogue_tts.voices.kokoro import PACKS_FOLDER, parse_blend
+from dialogue_tts.workers import Lease, Preempted
 
 KOKORO_DIR_ENV = "DIALOGUE_TTS_KOKORO_DIR"
 RATE = 24_000
@@ -270,3 +274,26 @@ def test_renpy_render_voices_two_characters_with_two_kokoro_voices(
         assert rate == RATE  # said by Kokoro voices, not the default Piper voice (22050 Hz)
         assert seconds[0] < len(audio) / rate < seconds[1]
         assert np.sqrt(np.mean(audio**2)) > 0.02
+
+
+def test_a_running_kokoro_call_is_aborted_by_a_skip_and_by_preemption(kokoro_dir: Path) -> None:
+    catalog = VoiceCatalog(kokoro_dir)
+    source = catalog.source("kokoro:af_heart")
+    voice = catalog.family(source).load(source, 1)
+    pieces = voice.pieces("The road north is long, and the night is cold. " * 6)
+    long_piece = [symbol for piece in pieces for symbol in piece][:400]  # seconds of work
+    voice.add_session(2)
+    assert voice._model.sessions.pick(Lease(2)) is not voice._model.sessions.pick(Lease(1))
+    with ThreadPoolExecutor(1) as pool:
+        token = CancelToken()
+        running = pool.submit(voice.infer_timed, long_piece, Delivery(), token, Lease(1))
+        time.sleep(0.3)  # inside session.run: a 400-phoneme call takes seconds
+        token.cancel()
+        with pytest.raises(SynthesisCancelled):
+            running.result()
+        lease = Lease(1)
+        running = pool.submit(voice.infer_timed, long_piece, Delivery(), None, lease)
+        time.sleep(0.3)
+        lease.preempt()
+        with pytest.raises(Preempted):
+            running.result()
