@@ -297,3 +297,21 @@ def test_a_running_kokoro_call_is_aborted_by_a_skip_and_by_preemption(kokoro_dir
         lease.preempt()
         with pytest.raises(Preempted):
             running.result()
+
+
+async def test_kokoro_rate_is_the_speed_and_pitch_keeps_the_duration(kokoro_dir: Path) -> None:
+    engine = Engine(VoiceCatalog(kokoro_dir))
+    try:
+        text = prepare("The bridge fell last night, so take the ferry.", "plain", "en-US")
+
+        async def seconds(**delivery: float) -> float:
+            request = SynthesisRequest(text, "kokoro:bm_george", Delivery(**delivery))
+            audio, rate = await engine.render(request)
+            return len(audio) / rate
+
+        normal = await seconds()
+        assert 0.4 < await seconds(rate=2.0) / normal < 0.65
+        assert 1.6 < await seconds(rate=0.5) / normal < 2.4
+        assert 0.9 < await seconds(pitch=1.25) / normal < 1.1
+    finally:
+        engine.close()
