@@ -323,3 +323,30 @@ async def test_kokoro_rate_is_the_speed_and_pitch_keeps_the_duration(kokoro_dir:
         assert 0.9 < await seconds(pitch=1.25) / normal < 1.1
     finally:
         engine.close()
+
+
+async def test_a_failing_kokoro_voice_falls_back_to_the_default(
+    kokoro_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "kokoro-v1.0.int8.onnx").symlink_to(
+        (kokoro_dir / "kokoro-v1.0.int8.onnx").resolve()
+    )
+    (tmp_path / PACKS_FOLDER).mkdir()
+    np.zeros((100, 256), np.float32).tofile(tmp_path / PACKS_FOLDER / "af_short.bin")
+    engine = Engine(VoiceCatalog(tmp_path))
+    try:
+        request = SynthesisRequest(
+            prepare("Who goes there?", "plain", "en-US"), "kokoro:af_short",
+            fallback_voice=engine.catalog.default_voice,
+        )  # fmt: skip
+        reasons: list[str] = []
+        pieces = [
+            piece
+            async for piece in engine.stream(request, CancelToken(), on_fallback=reasons.append)
+        ]
+        assert len(reasons) == 1 and "100 styles" in reasons[0]
+        audio = np.concatenate([piece.audio for piece in pieces])
+        assert 0.5 < len(audio) / RATE < 3.0  # the Piper voice, resampled to the voice's rate
+        assert np.sqrt(np.mean(audio**2)) > 0.02
+    finally:
+        engine.close()
