@@ -31,6 +31,15 @@ async def until(condition: Callable[[], bool]) -> None:
         await asyncio.sleep(0.001)
 
 
+async def hold(pool: InferencePool) -> tuple[threading.Event, asyncio.Future[object]]:
+    """Occupy the pool with an urgent call (not preemptible) until the returned gate is
+    set, so that the jobs queued meanwhile start together, in the pool's order."""
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(pool.run(lambda _: gate.wait(), constant(Priority.URGENT)))
+    await started(pool)
+    return gate, blocker
+
+
 class AbortableCall:
     """A job that blocks like a long ONNX call until it is released, or aborted through its
     lease (then it raises Preempted, and runs again later)."""
@@ -63,11 +72,9 @@ class AbortableCall:
 
 async def test_most_urgent_job_runs_first_and_priority_is_read_late() -> None:
     pool = InferencePool(1)
-    gate = threading.Event()
     ran: list[str] = []
     try:
-        blocker = asyncio.ensure_future(pool.run(lambda _: gate.wait(), constant(Priority.URGENT)))
-        await started(pool)
+        gate, blocker = await hold(pool)
         promoted = {"class": Priority.PREFETCH}
 
         def job(name: str) -> Callable[[Lease], None]:
@@ -176,11 +183,8 @@ async def test_an_urgent_line_aborts_background_work_and_takes_every_core() -> N
     pool = InferencePool(4)
     log: list[str] = []
     renders = [AbortableCall(f"render{i}", log) for i in range(2)]
-    gate = threading.Event()
     try:
-        # Held back until both are queued, so that they start together (narrow).
-        blocker = asyncio.ensure_future(pool.run(lambda _: gate.wait(), constant(Priority.URGENT)))
-        await started(pool)
+        gate, blocker = await hold(pool)  # until both are queued: they start together, narrow
         background = [
             asyncio.ensure_future(pool.run(call, constant(Priority.BACKGROUND))) for call in renders
         ]
@@ -277,11 +281,9 @@ async def test_a_line_that_becomes_urgent_while_it_waits_aborts_prefetch() -> No
 async def test_jobs_of_one_class_start_in_order_of_need_then_of_arrival() -> None:
     """No line of a class is starved: equal need-by times start in the order they came."""
     pool = InferencePool(1)
-    gate = threading.Event()
     ran: list[str] = []
     try:
-        blocker = asyncio.ensure_future(pool.run(lambda _: gate.wait(), constant(Priority.URGENT)))
-        await started(pool)
+        gate, blocker = await hold(pool)
         names = ["a", "b", "c", "d"]
         tasks = [
             asyncio.ensure_future(
