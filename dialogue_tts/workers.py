@@ -19,7 +19,8 @@ lone line soonest; many one-thread calls side by side get the most audio out of 
 (onnxruntime's intra-op threads scale poorly past a few cores on these small models). So the
 pool decides per call, from what is waiting: a job that starts with nothing else running or
 queued is *wide* (every core); otherwise jobs run *narrow* (one thread each), as many at once
-as there are cores. A wide call fills the machine, so nothing else starts beside it.
+as there are cores. An urgent wide call (a line the player waits for) has the machine to
+itself; a wide call in no hurry lets work that comes meanwhile start narrow beside it.
 
 **Preemption.** An ``URGENT`` job that cannot start because less urgent calls hold the cores
 aborts those calls (the engine's ``RunOptions.terminate``, about 2 ms) and takes the cores;
@@ -35,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import itertools
 import os
 import sys
@@ -243,11 +245,15 @@ class InferencePool:
         priority = keys[id(job)][0]
         self._jobs.remove(job)
         urgent = priority == Priority.URGENT
-        # Wide: nothing runs and nothing else of its class waits (less urgent work can wait
-        # for one piece, or is aborted if it is in the way of an urgent one).
-        alone = not self._running and not any(keys[id(j)][0] == priority for j in self._jobs)
-        if self.adaptive and alone:
-            return _Running(job, Lease(self.wide_threads), self.slots, urgent)
+        if self.adaptive and not self._running:
+            if urgent and not any(keys[id(j)][0] == Priority.URGENT for j in self._jobs):
+                # A line the player waits for, alone: the whole machine, nothing beside it
+                # (less urgent work waits for this one piece).
+                return _Running(job, Lease(self.wide_threads), self.slots, urgent)
+            if not self._jobs:
+                # Alone but in no hurry: every core, yet work that comes meanwhile starts
+                # beside it rather than waiting behind it.
+                return _Running(job, Lease(self.wide_threads), 1, urgent)
         return _Running(job, Lease(self.narrow_threads), 1, urgent)
 
     def _preempt_for_urgent(self) -> None:
@@ -292,10 +298,11 @@ class InferencePool:
                 assert taken is not None
                 self._running.append(taken)
             job = taken.job
+            outcome: Callable[[], None] | None = None
             try:
                 if not job.future.cancelled():
                     result = job.function(taken.lease)
-                    job.loop.call_soon_threadsafe(_set_result, job.future, result)
+                    outcome = functools.partial(_set_result, job.future, result)
             except Preempted:
                 with self._lock:
                     job.preemptions += 1
@@ -303,11 +310,14 @@ class InferencePool:
                     if not self._closed and not job.future.cancelled():
                         self._jobs.append(job)  # keeps its order: first in its class again
             except BaseException as exc:  # handed to the awaiting coroutine
-                job.loop.call_soon_threadsafe(_set_exception, job.future, exc)
+                outcome = functools.partial(_set_exception, job.future, exc)
             finally:
                 with self._lock:
                     self._running.remove(taken)
                     self._lock.notify_all()
+            # Only now: what the caller submits next must find this call gone.
+            if outcome is not None:
+                job.loop.call_soon_threadsafe(outcome)
 
 
 def run_niced(function: Callable[[], _T]) -> _T:

@@ -121,6 +121,16 @@ async def test_a_lone_call_gets_every_core_and_many_calls_get_one_each() -> None
     try:
         lone = await pool.run(lambda lease: lease.threads, constant(Priority.URGENT))
         assert lone == 4
+        # A lone call in no hurry gets every core too, but does not hold back what comes
+        # next: a second call starts beside it (narrow) while it runs.
+        gate = threading.Event()
+        relaxed = asyncio.ensure_future(
+            pool.run(lambda lease: (gate.wait(), lease.threads)[1], constant(Priority.CURRENT))
+        )
+        await started(pool)
+        beside = await pool.run(lambda lease: lease.threads, constant(Priority.PREFETCH))
+        gate.set()
+        assert (await relaxed, beside) == (4, 1)
         # Four calls of one class at once: each narrow, all running side by side (the barrier
         # only opens with all four inside). A wide call started first holds every core, so
         # they wait for it rather than squeeze beside it.
