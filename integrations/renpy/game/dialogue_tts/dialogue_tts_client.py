@@ -44,9 +44,11 @@ __all__ = [
     "chunk_filename",
     "encode_frame",
     "hide_after",
+    "line_request",
     "packb",
     "revealed_length",
     "unpackb",
+    "walk_ahead",
 ]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -559,6 +561,37 @@ def chunk_filename(line: object, seq: int) -> str:
     return f"dialogue_tts/line-{line}-{seq}.au"
 
 
+PREPARED_KEPT = 256
+"""How many prepared lines ``Speech`` remembers, so as not to prepare them again (the server
+keeps far more: 64 MiB of audio)."""
+_LINE_FIELDS = ("voice", "style", "rate", "pitch", "volume", "markup", "text")
+
+
+def line_request(kind: str, speaker: str, text: str, voice: str | None = None,
+                 rate: float | None = None, volume: float | None = None, markup: str = "renpy",
+                 style: str | None = None, pitch: float | None = None, reveal: bool = False,
+                 ) -> dict:  # fmt: skip
+    """A ``say`` or ``prepare`` of a line: both carry the same fields, so that a say of a
+    prepared line finds it in the server's cache (same text, markup, voice, style, rate,
+    pitch; word timings when its text is revealed by the voice)."""
+    request: dict = {"type": kind, "speaker": speaker, "text": text, "markup": markup}
+    if reveal:
+        request["timings"] = ["word"]
+    for name, value in (("voice", voice), ("style", style)):
+        if value is not None:
+            request[name] = value
+    for name, number in (("rate", rate), ("pitch", pitch), ("volume", volume)):
+        if number is not None:
+            request[name] = float(number)
+    return request
+
+
+def _key(line: dict) -> tuple:
+    """What tells lines apart in the local cache and among prepared lines."""
+    fields = (line.get(name, "renpy" if name == "markup" else None) for name in _LINE_FIELDS)
+    return (line.get("speaker"), line.get("reveal", False), *fields)
+
+
 class _Line:
     def __init__(self, line: object, speaker: str, key: tuple, text: str = "",
                  reveal: bool = False) -> None:  # fmt: skip
@@ -578,6 +611,7 @@ class _Line:
         self.said = 0  # revealed_length so far: it never goes back
         self.heard = False  # the voice channel has played some of it
         self.cached = False  # replayed from the cache: no server needed
+        self.sent_at: float | None = None  # when the say went out
 
 
 class Speech:
@@ -594,7 +628,8 @@ class Speech:
     """
 
     def __init__(self, connect: object, log: object = None, cache_size: int = 32,
-                 retry_seconds: float = 10.0, clock: object = None) -> None:  # fmt: skip
+                 retry_seconds: float = 10.0, clock: object = None, lookahead: int = 2,
+                 hold_seconds: float = 5.0) -> None:  # fmt: skip
         self._connect = connect
         self._log = log or (lambda message: print(message, file=sys.stderr))
         self.cache_size = cache_size
@@ -612,6 +647,12 @@ class Speech:
         self._ready: list[Chunk] = []
         self._next_id = 0
         self._errors_logged: set[str] = set()
+        self.lookahead = lookahead
+        """How many prepare requests may be in flight at once."""
+        self.hold_seconds = hold_seconds
+        self._ahead: list[dict] = []  # the lines to prepare next, in order
+        self._preparing: dict[int, tuple] = {}  # prepare request id -> key
+        self._prepared: collections.OrderedDict[tuple, None] = collections.OrderedDict()
         self.refused: str | None = None
         """The error code with which the server refused the game, if it did."""
 
@@ -628,7 +669,9 @@ class Speech:
         Returns "cached" (the audio is ready for the next ``poll``), "sent" (asked the
         server) or "offline" (no server, silent)."""
         self.skip()
-        key = (voice, style, rate, pitch, volume, markup, text)
+        key = _key({"speaker": speaker, "text": text, "voice": voice, "rate": rate,
+                    "volume": volume, "markup": markup, "style": style, "pitch": pitch,
+                    "reveal": reveal})  # fmt: skip
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
@@ -648,23 +691,72 @@ class Speech:
             return "offline"
         self._next_id += 1
         line = _Line(self._next_id, speaker, key, text, reveal)
-        request = {
-            "type": "say", "id": self._next_id, "line": line.line, "speaker": speaker,
-            "text": text, "interrupt": True, "format": "s16le", "markup": markup,
-        }  # fmt: skip
-        if reveal:
-            request["timings"] = ["word"]
-        for name, value in (("voice", voice), ("style", style)):
-            if value is not None:
-                request[name] = value
-        for name, number in (("rate", rate), ("pitch", pitch), ("volume", volume)):
-            if number is not None:
-                request[name] = float(number)
+        line.sent_at = self._clock()
+        request = line_request("say", speaker, text, voice=voice, rate=rate, volume=volume,
+                               markup=markup, style=style, pitch=pitch, reveal=reveal)  # fmt: skip
+        request.update(id=self._next_id, line=line.line, interrupt=True, format="s16le")
         if not connection.send(request):
             return "offline"
         self._current = line
         self._requests[self._next_id] = line
+        self._send_prepares()  # the line that is said now is no longer ahead
         return "sent"
+
+    def look_ahead(self, lines: list) -> int:
+        """Have the server prepare the lines the player will hear next, in that order: each
+        a dict of ``say``'s arguments (speaker, text, voice, rate, volume, markup, style,
+        pitch, reveal), exactly as ``say`` will get them, so that ``say`` hits the prepared
+        line. Replaces the lines asked for before (a jump, a rollback or a load leaves those
+        behind). At most ``lookahead`` prepares are in flight: the rest are sent as replies
+        come in. Lines in the local cache, or prepared already, are not sent again. Needs a
+        connection: before the first ``say``, nothing is sent. Returns how many were sent."""
+        self._ahead = [dict(line) for line in lines]
+        return self._send_prepares()
+
+    def drop_lookahead(self) -> None:
+        """Forget the lines to prepare (skipping): what is in flight finishes on the server,
+        which cannot cancel a prepare, and is simply not used."""
+        self._ahead = []
+
+    def _send_prepares(self) -> int:
+        connection = self.connection
+        if connection is None or connection.closed or self.refused is not None:
+            return 0
+        sent = 0
+        in_flight = set(self._preparing.values())
+        current_key = self._current.key if self._current is not None else None
+        for line in self._ahead:
+            if len(self._preparing) >= self.lookahead:
+                break
+            key = _key(line)
+            known = key in self._prepared or key in self._cache or key == current_key
+            if known or key in in_flight:
+                continue
+            self._next_id += 1
+            request = line_request("prepare", **line)
+            request["id"] = self._next_id
+            if not connection.send(request):
+                break
+            self._preparing[self._next_id] = key
+            in_flight.add(key)
+            sent += 1
+        return sent
+
+    @property
+    def holds_voice(self) -> bool:
+        """True while the current line's voice is due but not all handed out to play: sent
+        and its audio not all come, or come and not yet taken by ``poll``. Auto-forward waits
+        for it (for the first audio at most ``hold_seconds``: a stuck server never stops
+        the game); once handed out, the voice channel tells whether it plays."""
+        line = self._current
+        if line is None or line.stopped:
+            return False
+        if self._ready or line.pending:
+            return True
+        if line.cached or line.finished or self.connection is None or self.connection.closed:
+            return False
+        waited = self._clock() - (line.sent_at or 0.0)
+        return bool(line.starts) or waited <= self.hold_seconds
 
     def skip(self) -> bool:
         """Stop the current line; tells the server when it is still running. True if a line
@@ -815,7 +907,16 @@ class Speech:
                 if whole and line.sample_rate:
                     audio = au_bytes(bytes(line.pcm), line.sample_rate)
                     self._remember(line.key, (audio, line.sample_rate, line.words))
+        elif kind == "prepared":
+            key = self._preparing.pop(event.get("id"), None)  # type: ignore[arg-type]
+            if key is not None:
+                self._prepared[key] = None
+                while len(self._prepared) > PREPARED_KEPT:
+                    self._prepared.popitem(last=False)
+                self._send_prepares()
         elif kind == "error":
+            if self._preparing.pop(event.get("id"), None) is not None:  # type: ignore[arg-type]
+                self._send_prepares()  # and log it as any error, once
             line = self._requests.pop(event.get("id"), None)  # type: ignore[arg-type]
             if line is not None:
                 line.finished = True
@@ -835,6 +936,8 @@ class Speech:
             self._requests.pop(event.get("id"), None)  # type: ignore[arg-type]
         elif kind == "closed":
             self._requests.clear()
+            self._preparing.clear()
+            self._prepared.clear()  # a new server has an empty cache
             if self._current is not None:
                 self._current.finished = True
             if not self._reported:
@@ -850,3 +953,106 @@ class Speech:
         self._cache.move_to_end(key)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+
+
+# --- looking ahead in the script ------------------------------------------------------------
+# Ren'Py's script is a graph of statements (renpy.ast nodes) linked by .next. The walk below
+# reads it by class name and attributes only, so it runs (and is tested) without Ren'Py.
+
+PASS_THROUGH = frozenset({
+    "Label", "Pass", "Show", "Scene", "Hide", "With", "ShowLayer", "Camera", "EndTranslate",
+    "Translate",
+})  # fmt: skip
+"""Statements that cannot change what the next line says or who says it."""
+PASS_THROUGH_STATEMENTS = frozenset({
+    "play", "queue", "stop", "pause", "window", "nvl", "show", "hide", "scene",
+})  # fmt: skip
+"""User statements (by their first word) that cannot change the next line: music, sound,
+pauses, the window, screens shown and hidden. Others (``voice``, ``call screen``, ...) end
+the walk."""
+
+
+def walk_ahead(start: object, lookup: object, count: int = 2, branches: int = 3,
+               max_steps: int = 500) -> list:  # fmt: skip
+    """The say statements the player can reach next from the statement ``start``, nearest
+    first: ``count`` of them along the path, and where the path forks (a ``menu``, an ``if``)
+    the first line of each branch, ``branches`` at most, after which the walk ends.
+
+    Returns ``(say node, translate identifier or None)`` pairs. ``lookup(label)`` gives a
+    label's statement (``renpy.game.script.lookup``), or raises. The walk follows jumps and
+    calls to a named label (and the returns of those calls), and stops where it cannot know
+    where the game goes or what a line will say: Python, ``while``, jumps and calls to an
+    expression, calls with arguments, a ``return`` it did not walk into, a ``voice`` statement
+    and any other statement it does not know. ``max_steps`` bounds the walk (a loop of
+    statements without a line).
+    """
+    found: list = []
+    steps = [max_steps]
+    node, identifier, stack = start, None, []
+    while len(found) < count:
+        node, identifier, forks = _walk_to_line(node, identifier, stack, lookup, steps)
+        if forks is not None:
+            for fork in forks[:branches]:
+                first = _walk_to_line(fork, identifier, list(stack), lookup, steps)
+                if first[0] is not None and first[2] is None:
+                    found.append((first[0], first[1]))
+            break
+        if node is None:
+            break
+        found.append((node, identifier))
+        node = node.next
+    return found
+
+
+def _walk_to_line(node: object, identifier: object, stack: list, lookup: object,
+                  steps: list) -> tuple:  # fmt: skip
+    """From ``node`` to the next say statement: ``(say, identifier, None)``; at a fork,
+    ``(None, identifier, [first statement of each branch])``; ``(None, ...)`` where the walk
+    must stop. ``stack`` holds the statements that calls walked into return to."""
+    while node is not None and steps[0] > 0:
+        steps[0] -= 1
+        kind = type(node).__name__
+        if kind == "Say":
+            return node, identifier, None
+        if kind == "Translate":
+            if getattr(node, "language", None) is not None:
+                return None, identifier, None  # a translation's own block: not in the flow
+            identifier = node.identifier
+        if kind in PASS_THROUGH:
+            node = node.next
+        elif kind == "UserStatement":
+            name = _statement_name(node)
+            if name.split(" ", 1)[0] not in PASS_THROUGH_STATEMENTS or name == "call screen":
+                return None, identifier, None
+            node = node.next
+        elif kind == "Jump" and not node.expression:
+            node = _lookup(lookup, node.target)
+        elif kind == "Call" and not node.expression and node.arguments is None:
+            stack.append(node.next)
+            node = _lookup(lookup, node.label)
+        elif kind == "Return" and stack:
+            node = stack.pop()
+        elif kind == "Menu":
+            return None, identifier, [block[0] for _label, _cond, block in node.items if block]
+        elif kind == "If":
+            forks = [block[0] for _condition, block in node.entries if block]
+            if not node.entries or node.entries[-1][0] != "True":
+                forks.append(node.next)  # no else: falls through when nothing is true
+            return None, identifier, forks
+        else:
+            return None, identifier, None
+    return None, identifier, None
+
+
+def _statement_name(node: object) -> str:
+    try:
+        return str(node.get_name())  # type: ignore[attr-defined]
+    except Exception:
+        return ""
+
+
+def _lookup(lookup: object, label: object) -> object:
+    try:
+        return lookup(label)  # type: ignore[operator]
+    except Exception:  # Ren'Py raises ScriptError for a missing label
+        return None
