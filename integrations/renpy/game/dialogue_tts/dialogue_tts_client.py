@@ -49,6 +49,7 @@ __all__ = [
     "revealed_length",
     "unpackb",
     "walk_ahead",
+    "wav_samples",
 ]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -63,6 +64,9 @@ REFUSALS = {
 }
 """Errors with which the server refuses a hello and closes, and what to fix: retrying would
 only repeat them, so ``Speech`` stops asking."""
+_DONT_WAIT = getattr(socket, "MSG_DONTWAIT", 0)
+"""A send that never waits (POSIX); elsewhere, a send waits only while the socket's buffer
+is full, which a few small frames on loopback never fill."""
 _MAX_DEPTH = 64
 _HEADER = struct.Struct(">I")
 
@@ -305,6 +309,27 @@ def au_bytes(pcm: bytes, sample_rate: int) -> bytes:
     return struct.pack(">4sIIIII", b".snd", 24, len(data), 3, sample_rate, 1) + data
 
 
+def wav_samples(data: bytes) -> tuple[bytes, int] | None:
+    """The samples (16-bit little-endian) and sample rate of a 16-bit mono PCM WAV file, as
+    the server's ``synthesize`` writes them; None for anything else."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos, sample_rate = 12, None
+    while pos + 8 <= len(data):
+        kind, size = data[pos : pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
+        body = data[pos + 8 : pos + 8 + size]
+        if kind == b"fmt " and len(body) >= 16:
+            audio_format, channels, rate = struct.unpack_from("<HHI", body)
+            bits = struct.unpack_from("<H", body, 14)[0]
+            if audio_format not in (1, 0xFFFE) or channels != 1 or bits != 16:
+                return None
+            sample_rate = rate
+        elif kind == b"data" and sample_rate is not None:
+            return bytes(body), sample_rate
+        pos += 8 + size + size % 2
+    return None
+
+
 # --- connection ---------------------------------------------------------------------------
 
 
@@ -358,6 +383,10 @@ class Connection:
         self._outbox: collections.deque[bytes] = collections.deque()
         self._inbox: collections.deque[dict] = collections.deque()
         self._closing = False
+        # The game's thread sends and reads too (see ``send`` and ``poll``): one at a time.
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None  # once the hello is sent
+        self._reader = FrameReader()
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
@@ -369,15 +398,24 @@ class Connection:
         return self
 
     def send(self, message: dict) -> bool:
-        """Queue ``message`` for the server; False if the connection is closed."""
+        """Send ``message`` to the server, or queue it for the background thread; never
+        waits. False if the connection is closed.
+
+        The caller's thread sends at once when it can: a game's main thread that is busy
+        drawing a frame holds Python's GIL for long stretches (a few hundred milliseconds
+        in a software-rendered, headless Ren'Py), and the background thread could not send
+        the line until the frame is done."""
         if self.closed or self._closing:
             return False
         self._outbox.append(encode_frame(message))
-        self._wake()
+        if not self._now(self._flush):
+            self._wake()
         return True
 
     def poll(self) -> list[dict]:
-        """The messages received since the last call, oldest first."""
+        """The messages received since the last call, oldest first. Reads what the socket
+        holds now (never waits), for the same reason as ``send``."""
+        self._now(self._receive)
         messages = []
         while self._inbox:
             messages.append(self._inbox.popleft())
@@ -389,6 +427,40 @@ class Connection:
             self._outbox.append(encode_frame({"type": "bye"}))
             self._closing = True
             self._wake()
+
+    def _now(self, work: object) -> bool:
+        """Run ``work(sock)`` in this thread if the socket is free; True if it ran whole."""
+        sock = self._sock
+        if sock is None or self.closed or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            work(sock)  # type: ignore[operator]
+            return True
+        except (OSError, ProtocolError):
+            return False  # the background thread meets it too, and reports it
+        finally:
+            self._lock.release()
+
+    def _flush(self, sock: socket.socket) -> None:
+        while self._outbox:
+            frame = self._outbox[0]
+            sent = sock.send(frame, _DONT_WAIT)
+            if sent < len(frame):
+                self._outbox[0] = frame[sent:]
+                raise BlockingIOError  # the rest goes when the socket can take it
+            self._outbox.popleft()
+
+    def _receive(self, sock: socket.socket) -> bool:
+        """Read what has arrived, without waiting; False once the server has closed."""
+        while select.select([sock], [], [], 0)[0]:
+            data = sock.recv(65536)
+            if not data:
+                return False
+            for message in self._reader.feed(data):
+                if message["type"] == "welcome":
+                    self.welcome = message
+                self._inbox.append(message)
+        return True
 
     def _wake(self) -> None:
         # OSError: the wake-up pipe is full (the thread wakes anyway) or already closed.
@@ -403,6 +475,7 @@ class Connection:
             sock.settimeout(self.timeout)  # bounds a blocked sendall; reads wait in select
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.sendall(encode_frame(self._hello))
+            self._sock = sock
             why = self._serve(sock)
         except (OSError, ProtocolError) as exc:
             why = f"{type(exc).__name__}: {exc}"
@@ -415,24 +488,18 @@ class Connection:
             self._wake_writer.close()
 
     def _serve(self, sock: socket.socket) -> str:
-        reader = FrameReader()
         while True:
             readable, _, _ = select.select([sock, self._wake_reader], [], [])
             if self._wake_reader in readable:
                 with contextlib.suppress(BlockingIOError):
                     self._wake_reader.recv(4096)
-            while self._outbox:
-                sock.sendall(self._outbox.popleft())
-            if self._closing:
-                return "closed by the game"
-            if sock in readable:
-                data = sock.recv(65536)
-                if not data:
+            with self._lock:
+                while self._outbox:
+                    sock.sendall(self._outbox.popleft())
+                if self._closing:
+                    return "closed by the game"
+                if sock in readable and not self._receive(sock):
                     return "the server closed the connection"
-                for message in reader.feed(data):
-                    if message["type"] == "welcome":
-                        self.welcome = message
-                    self._inbox.append(message)
 
 
 # --- revealing text as it is said ------------------------------------------------------------
@@ -651,7 +718,7 @@ class Speech:
         """How many prepare requests may be in flight at once."""
         self.hold_seconds = hold_seconds
         self._ahead: list[dict] = []  # the lines to prepare next, in order
-        self._preparing: dict[int, tuple] = {}  # prepare request id -> key
+        self._preparing: dict[int, tuple] = {}  # prepare/synthesize request id -> (key, line)
         self._prepared: collections.OrderedDict[tuple, None] = collections.OrderedDict()
         self.refused: str | None = None
         """The error code with which the server refused the game, if it did."""
@@ -723,7 +790,7 @@ class Speech:
         if connection is None or connection.closed or self.refused is not None:
             return 0
         sent = 0
-        in_flight = set(self._preparing.values())
+        in_flight = {key for key, _line in self._preparing.values()}
         current_key = self._current.key if self._current is not None else None
         for line in self._ahead:
             if len(self._preparing) >= self.lookahead:
@@ -732,15 +799,30 @@ class Speech:
             known = key in self._prepared or key in self._cache or key == current_key
             if known or key in in_flight:
                 continue
-            self._next_id += 1
-            request = line_request("prepare", **line)
-            request["id"] = self._next_id
-            if not connection.send(request):
+            if not self._request_ahead("prepare", key, line):
                 break
-            self._preparing[self._next_id] = key
             in_flight.add(key)
             sent += 1
         return sent
+
+    def _request_ahead(self, kind: str, key: tuple, line: dict) -> bool:
+        """Send a prepare, or a synthesize that fetches a prepared line's audio."""
+        assert self.connection is not None
+        self._next_id += 1
+        request = line_request(kind, **line)
+        request["id"] = self._next_id
+        if kind == "synthesize":
+            request["format"] = "wav"
+        if not self.connection.send(request):
+            return False
+        self._preparing[self._next_id] = (key, line)
+        return True
+
+    def _ahead_done(self, key: tuple) -> None:
+        self._prepared[key] = None
+        while len(self._prepared) > PREPARED_KEPT:
+            self._prepared.popitem(last=False)
+        self._send_prepares()
 
     @property
     def holds_voice(self) -> bool:
@@ -908,12 +990,25 @@ class Speech:
                     audio = au_bytes(bytes(line.pcm), line.sample_rate)
                     self._remember(line.key, (audio, line.sample_rate, line.words))
         elif kind == "prepared":
-            key = self._preparing.pop(event.get("id"), None)  # type: ignore[arg-type]
-            if key is not None:
-                self._prepared[key] = None
-                while len(self._prepared) > PREPARED_KEPT:
-                    self._prepared.popitem(last=False)
-                self._send_prepares()
+            ahead = self._preparing.pop(event.get("id"), None)  # type: ignore[arg-type]
+            if ahead is None:
+                return
+            key, line = ahead
+            # Fetch its audio from the server's cache: then the line starts from memory as
+            # the player reaches it, as a voice file does. A line that reveals its text
+            # needs its word marks, which only a say brings: the server's cache serves it.
+            if line.get("reveal") or not self._request_ahead("synthesize", key, line):
+                self._ahead_done(key)
+        elif kind == "audio_file":
+            ahead = self._preparing.pop(event.get("id"), None)  # type: ignore[arg-type]
+            if ahead is None:
+                return
+            key, _line = ahead
+            found = wav_samples(event.get("data") or b"")
+            if found is not None:
+                pcm, sample_rate = found
+                self._remember(key, (au_bytes(pcm, sample_rate), sample_rate, None))
+            self._ahead_done(key)
         elif kind == "error":
             if self._preparing.pop(event.get("id"), None) is not None:  # type: ignore[arg-type]
                 self._send_prepares()  # and log it as any error, once
