@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -493,6 +494,180 @@ def test_speech_reveal_shows_all_when_it_cannot_follow_the_voice() -> None:
     assert speech.reveal("Hello?") is None
     connecting.welcome = {"type": "welcome"}
     assert speech.reveal("Hello?") == 0
+
+
+# --- looking ahead: the script walk and the prepared lines ----------------------------------
+
+
+def _node(kind: str, **fields: Any) -> Any:
+    """A stand-in for a renpy.ast node: the walk reads class names and attributes only."""
+    node = type(kind, (), {})()
+    node.next = None
+    node.__dict__.update(fields)
+    return node
+
+
+def _chain(*nodes: Any) -> Any:
+    for node, after in itertools.pairwise(nodes):
+        node.next = after
+    return nodes[0]
+
+
+def _says(found: list[Any]) -> list[str]:
+    return [node.what for node, _identifier in found]
+
+
+def test_walk_ahead_follows_the_path_and_stops_where_it_cannot_see() -> None:
+    label = _chain(_node("Label"), _node("Say", what="In the cellar."), _node("Return"))
+    labels = {"cellar": label}
+    play = _node("UserStatement", get_name=lambda: "play music")
+    start = _chain(
+        _node("Translate", identifier="start_1", language=None),
+        _node("Say", what="One."), _node("Show"), play,
+        _node("Translate", identifier="start_2", language=None), _node("Say", what="Two."),
+        _node("Call", label="cellar", expression=False, arguments=None),
+        _node("Say", what="Back up."), _node("Python"), _node("Say", what="Never reached."),
+    )  # fmt: skip
+    found = client.walk_ahead(start, labels.__getitem__, count=10)
+    assert _says(found) == ["One.", "Two.", "In the cellar.", "Back up."]
+    assert [identifier for _node_, identifier in found][:2] == ["start_1", "start_2"]
+    assert _says(client.walk_ahead(start, labels.__getitem__, count=2)) == ["One.", "Two."]
+    # Jumps to a label are followed; to an expression, or to a missing label, they end it.
+    assert _says(client.walk_ahead(
+        _node("Jump", target="cellar", expression=False), labels.__getitem__)) == [
+        "In the cellar."]  # fmt: skip
+    for stop in (_node("Jump", target="x", expression=True),
+                 _node("Jump", target="nowhere", expression=False),
+                 _node("Call", label="cellar", expression=False, arguments=object()),
+                 _node("UserStatement", get_name=lambda: "voice"),
+                 _node("UserStatement", get_name=lambda: "call screen"),
+                 _node("While"), _node("Return")):  # fmt: skip
+        stop.next = _node("Say", what="Hidden.")
+        assert client.walk_ahead(stop, labels.__getitem__) == [], stop
+    # A loop without lines ends.
+    loop = _node("Label")
+    loop.next = _node("Jump", target="loop", expression=False)
+    assert client.walk_ahead(loop, {"loop": loop}.__getitem__) == []
+
+
+def test_walk_ahead_takes_the_first_line_of_each_branch() -> None:
+    after = _node("Say", what="After.")
+    choices = [_chain(_node("Say", what=f"Choice {n}."), after) for n in range(5)]
+    menu = _node("Menu", items=[("caption", "True", None)]
+                 + [(f"c{n}", "True", [c]) for n, c in enumerate(choices)])  # fmt: skip
+    start = _chain(_node("Say", what="Before."), menu)
+    found = client.walk_ahead(start, {}.__getitem__, count=2, branches=3)
+    assert _says(found) == ["Before.", "Choice 0.", "Choice 1.", "Choice 2."]
+    # An if without else may also fall through; with an else, it may not.
+    then, other = _node("Say", what="Then."), _node("Say", what="Else.")
+    no_else = _chain(_node("If", entries=[("x", [then])]), _node("Say", what="Through."))
+    assert _says(client.walk_ahead(no_else, {}.__getitem__)) == ["Then.", "Through."]
+    with_else = _node("If", entries=[("x", [then]), ("True", [other])])
+    assert _says(client.walk_ahead(with_else, {}.__getitem__)) == ["Then.", "Else."]
+
+
+def _wav(pcm: bytes, rate: int) -> bytes:
+    from dialogue_tts.audio import wav_bytes
+
+    samples = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
+    return wav_bytes(samples, rate)
+
+
+def test_wav_samples_reads_the_servers_wav() -> None:
+    pcm = np.arange(-500, 500, dtype="<i2").tobytes()
+    assert client.wav_samples(_wav(pcm, 16000)) == (pcm, 16000)
+    assert client.wav_samples(b"RIFF....WAVEjunk") is None
+    assert client.wav_samples(b"not a wav") is None
+
+
+def test_speech_prepares_ahead_and_plays_prepared_lines_from_memory() -> None:
+    fake = FakeConnection()
+    clock = [0.0]
+    speech = client.Speech(lambda: fake, log=lambda message: None, lookahead=2,
+                           clock=lambda: clock[0])  # fmt: skip
+    assert speech.look_ahead([{"speaker": "lucy", "text": "One."}]) == 0  # not connected yet
+    speech.say("eileen", "Hello.", rate=1.1)  # connects, and sends what it was asked to
+    assert [m["type"] for m in fake.sent] == ["say", "prepare"]
+    fake.sent.pop()
+    speech._preparing.clear()  # as if never sent: the test below counts from here
+    ahead = [
+        {"speaker": "lucy", "text": "One.", "rate": 1.2, "pitch": 0.95, "volume": 0.9},
+        {"speaker": "eileen", "text": "Two.", "style": "warm", "reveal": True},
+        {"speaker": "lucy", "text": "Three."},
+    ]
+    assert speech.look_ahead(ahead) == 2  # two in flight at most
+    prepares = [m for m in fake.sent if m["type"] == "prepare"]
+    assert prepares == [
+        {"type": "prepare", "speaker": "lucy", "text": "One.", "markup": "renpy", "rate": 1.2,
+         "pitch": 0.95, "volume": 0.9, "id": prepares[0]["id"]},
+        {"type": "prepare", "speaker": "eileen", "text": "Two.", "markup": "renpy",
+         "timings": ["word"], "style": "warm", "id": prepares[1]["id"]},
+    ]  # fmt: skip
+    # The same fields as the say the line will get (the server matches on them).
+    say = client.line_request("say", **ahead[0])
+    assert {k: v for k, v in prepares[0].items() if k != "id" and k != "type"} == {
+        k: v for k, v in say.items() if k != "type"}  # fmt: skip
+    # One prepared: its audio is fetched (a line that reveals its text is not: it needs the
+    # marks that only a say brings), and the next line goes out.
+    fake.events = [{"type": "prepared", "id": prepares[0]["id"], "duration": 0.5}]
+    speech.poll()
+    fetch = fake.sent[-1]
+    assert fetch["type"] == "synthesize" and fetch["format"] == "wav" and fetch["text"] == "One."
+    fake.events = [{"type": "prepared", "id": prepares[1]["id"], "duration": 0.5}]
+    speech.poll()
+    assert fake.sent[-1]["type"] == "prepare" and fake.sent[-1]["text"] == "Three."
+    assert speech.look_ahead(ahead) == 0  # nothing new: in flight or prepared
+    pcm = _pcm(4000)
+    fake.events = [{"type": "audio_file", "id": fetch["id"], "format": "wav",
+                    "data": _wav(pcm, 22050), "duration": 0.2, "sample_rate": 22050}]  # fmt: skip
+    speech.poll()
+    # The player reaches it: it plays from memory, and the server is not asked.
+    sent = len(fake.sent)
+    assert speech.say("lucy", "One.", rate=1.2, pitch=0.95, volume=0.9) == "cached"
+    assert fake.sent[sent:] == [{"type": "skip", "speaker": "eileen"}]  # stops Hello.
+    [chunk] = speech.poll()
+    assert chunk.first and chunk.audio == client.au_bytes(pcm, 22050)
+    # A jump elsewhere: the old lines are dropped; new ones wait for a free slot.
+    speech.look_ahead([{"speaker": "lucy", "text": "Elsewhere."},
+                       {"speaker": "lucy", "text": "Later."}])  # fmt: skip
+    assert fake.sent[-1]["text"] == "Elsewhere."  # one free slot: "Three." is in flight
+    speech.drop_lookahead()  # skipping
+    [three] = [m for m in fake.sent if m.get("text") == "Three."]
+    fake.events = [{"type": "prepared", "id": three["id"], "duration": 0.5}]
+    speech.poll()
+    assert fake.sent[-1]["type"] == "synthesize" and fake.sent[-1]["text"] == "Three."
+    assert all(m.get("text") != "Later." for m in fake.sent)
+
+
+def test_speech_holds_auto_forward_until_the_voice_is_handed_out() -> None:
+    fake = FakeConnection()
+    clock = [0.0]
+    speech = client.Speech(lambda: fake, log=lambda message: None, hold_seconds=5.0,
+                           clock=lambda: clock[0])  # fmt: skip
+    assert not speech.holds_voice
+    speech.say("lucy", "Wait for me.")
+    line = fake.sent[-1]["line"]
+    assert speech.holds_voice  # sent, nothing came
+    clock[0] = 4.0
+    fake.events = [
+        {"type": "started", "line": line, "speaker": "lucy", "sample_rate": 22050},
+        {"type": "audio", "line": line, "speaker": "lucy", "seq": 0, "data": _pcm(800)},
+    ]
+    assert speech.poll() and speech.holds_voice  # playing, more to come
+    clock[0] = 9.0
+    assert speech.holds_voice  # its audio came: the wait bound no longer applies
+    fake.events = [{"type": "finished", "line": line, "speaker": "lucy", "status": "done",
+                    "samples": 800, "complete": True}]  # fmt: skip
+    assert speech.poll() == [] and not speech.holds_voice  # the voice channel has the rest
+    speech.say("lucy", "Nobody answers.")
+    clock[0] = 14.1
+    assert not speech.holds_voice  # 5 s without audio: auto-forward goes on
+    assert speech.say("lucy", "Wait for me.") == "cached"
+    assert speech.holds_voice  # handed out at the next poll
+    speech.poll()
+    assert not speech.holds_voice
+    speech.skip()
+    assert not speech.holds_voice
 
 
 # --- (b) the client against a real server -------------------------------------------------
