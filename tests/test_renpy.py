@@ -1182,7 +1182,10 @@ def test_example_game_plays_against_server(tmp_path: Path) -> None:
     game = _game_copy(tmp_path)
     # The server wants a token; the binding reads it from the environment by itself.
     with server_process(env={"DIALOGUE_TTS_TOKEN": TOKEN}) as (port, _server):
-        result, report, proxy = _play_example(game, port, {"DIALOGUE_TTS_TOKEN": TOKEN})
+        # Without lookahead: every line is said live (test_example_game_prepares_ahead has it).
+        result, report, proxy = _play_example(
+            game, port, {"DIALOGUE_TTS_TOKEN": TOKEN, "DIALOGUE_TTS_LOOKAHEAD": "0"}
+        )
     output = result.stdout + result.stderr
     assert TOKEN not in output + (game / "log.txt").read_text(encoding="utf-8", errors="replace")
 
@@ -1227,6 +1230,62 @@ def test_example_game_plays_against_server(tmp_path: Path) -> None:
     audio_lines = {m["line"] for m in from_server if m["type"] == "audio"}
     assert {m["line"] for m in says} <= audio_lines
     _check_reveals(report, says, from_server, finished)
+
+
+def _memory_hits(port: int) -> int:
+    """The server's prepared-lines cache hits so far (its status reply)."""
+
+    async def ask() -> int:
+        from dialogue_tts.client import Client
+
+        async with await Client.connect(port=port) as status_client:
+            cache = (await status_client.status_report()).cache
+        assert cache is not None
+        return int(cache["memory"]["hits"])
+
+    import asyncio
+
+    return asyncio.run(ask())
+
+
+@needs_renpy
+def test_example_game_prepares_ahead(tmp_path: Path) -> None:
+    """With lookahead (on by default), each line after the first is prepared while the one
+    before it plays, and played from what was prepared: the lines without revealed text
+    from memory, fetched from the server's cache (no say is sent), Eileen's revealed lines
+    by a say that the server's cache serves."""
+    game = _game_copy(tmp_path)
+    with server_process() as (port, _server):
+        _result, report, proxy = _play_example(game, port, {})
+        hits = _memory_hits(port)
+    from_game = [m for who, m in proxy.records if who == "game"]
+    prepares = [m for m in from_game if m["type"] == "prepare"]
+    fetches = [m for m in from_game if m["type"] == "synthesize"]
+    says = [m for m in from_game if m["type"] == "say"]
+    prepared_texts = [m["text"] for m in prepares]
+    # Every line but the first, in order, with the settings its say would have.
+    assert prepared_texts == [text for _speaker, text in EXPECTED_LINES[1:]], prepared_texts
+    for prepare in prepares:
+        index = [text for _speaker, text in EXPECTED_LINES].index(prepare["text"])
+        assert prepare["speaker"] == EXPECTED_LINES[index][0]
+        assert ("timings" in prepare) == (index in EILEEN_LINES)
+        if index == 4:
+            assert prepare["rate"] == 1.2 and prepare["pitch"] == 0.95
+        if index == 6:
+            assert prepare["style"] == "warm"
+    # Lines without revealed text: fetched once prepared, played from memory, never said.
+    plain = [i for i in range(1, 7) if i not in EILEEN_LINES]
+    assert sorted(m["text"] for m in fetches) == sorted(EXPECTED_LINES[i][1] for i in plain)
+    assert [m["text"] for m in says] == [EXPECTED_LINES[i][1] for i in (0, *EILEEN_LINES)]
+    played = report["played"]
+    for index in plain:
+        files = [p["file"] for p in played if p["line"] == index]
+        assert files and all(f.startswith("dialogue_tts/line-cache-") for f in files), played
+    # Eileen's lines: said, and served by the server's cache of prepared lines; each fetch
+    # hit it too.
+    assert hits >= len(fetches) + 1, hits
+    for index in EILEEN_LINES:
+        assert any(p["line"] == index for p in played), played
 
 
 EILEEN_LINES = (1, 3, 6)
@@ -1341,3 +1400,99 @@ def test_example_game_without_server(tmp_path: Path) -> None:
     log = (game / "log.txt").read_text(encoding="utf-8", errors="replace")
     assert log.count("dialogue-tts: no voice server at") == 1, log
     assert f"127.0.0.1:{port}" in log
+
+
+# --- lookahead through a menu, rollback and auto-forward at its fastest -----------------------
+
+HARNESS = REPO / "tests" / "data" / "renpy_harness"
+MENU_LINES = [
+    "Good evening. Come in from the rain.",
+    "Thank you. A cup of tea, if you would.",  # [drink], filled in ahead of time
+    "Will you have the stew or the bread with it?",
+    "The bread it is, baked this morning.",  # the second choice, then a rollback
+    "The stew it is, hot from the pot.",  # the first choice, after the rollback
+    "Thank you. That will do nicely.",
+]
+
+
+def _harness_game(tmp_path: Path) -> Path:
+    """A game of the binding, the harness (tests/data/renpy_harness) and its menu scene."""
+    game = tmp_path / "menu_game"
+    shutil.copytree(BINDING, game / "game" / "dialogue_tts",
+                    ignore=shutil.ignore_patterns("*.rpyc", "__pycache__"))  # fmt: skip
+    for source in (*HARNESS.glob("*.rpy"), EXAMPLE / "game" / "00python311_fix.rpy"):
+        shutil.copy(source, game / "game" / source.name)
+    return game
+
+
+def _play_harness(game: Path, port: int, env: dict[str, str]) -> tuple[dict[str, Any], Any]:
+    report_path = game.parent / f"report-{len(list(game.parent.glob('report-*')))}.json"
+    proxy = RecordingProxy(port)
+    try:
+        result = _run_renpy(
+            game,
+            env={
+                "DIALOGUE_TTS_PORT": str(proxy.port),
+                "DIALOGUE_TTS_HARNESS_REPORT": str(report_path),
+                **env,
+            },
+        )
+    finally:
+        proxy.close()
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    report = json.loads(report_path.read_text())
+    assert report["finished"] and "error" not in report, report
+    return report, proxy
+
+
+def _check_every_line_heard_and_no_other(report: dict[str, Any], lines: list[str]) -> None:
+    """Each line's voice played while it was shown (auto-forward dropped none), and nothing
+    else: every file the voice channel started was of the line on screen."""
+    assert [line["what"] for line in report["lines"]] == lines
+    for index, line in enumerate(report["lines"]):
+        heard = [p for p in report["played"] if p["line"] == index]
+        assert heard, f"line {index} ({line['what']!r}) was never voiced: {report['played']}"
+        for played in heard:
+            assert played["text"] == line["what"], (index, played)
+    assert all(p["line"] >= 0 for p in report["played"]), report["played"]
+
+
+@needs_renpy
+def test_lookahead_through_a_menu_and_a_rollback_plays_no_wrong_line(tmp_path: Path) -> None:
+    """Fastest auto-forward. The menu's two choices are both prepared; the game takes the
+    second, rolls back to the menu and takes the first: each line plays its own voice, from
+    what was prepared, and none is dropped."""
+    game = _harness_game(tmp_path)
+    with server_process() as (port, _server):
+        report, proxy = _play_harness(
+            game,
+            port,
+            {"DIALOGUE_TTS_CHOICES": "1,0", "DIALOGUE_TTS_ROLLBACK_AFTER": MENU_LINES[3]},
+        )
+    assert report["rolled_back"]
+    _check_every_line_heard_and_no_other(report, MENU_LINES)
+    from_game = [m for who, m in proxy.records if who == "game"]
+    prepared = [m["text"] for m in from_game if m["type"] == "prepare"]
+    assert set(prepared) == set(MENU_LINES[1:]), prepared  # both choices, [drink] filled in
+    assert prepared.index(MENU_LINES[3]) < prepared.index(MENU_LINES[5])
+    # Every line after the first played from memory, without a say.
+    assert [m["text"] for m in from_game if m["type"] == "say"] == MENU_LINES[:1]
+    for index in range(1, len(MENU_LINES)):
+        files = [p["file"] for p in report["played"] if p["line"] == index]
+        assert all(f.startswith("dialogue_tts/line-cache-") for f in files), report["played"]
+
+
+@needs_renpy
+def test_fastest_auto_forward_waits_for_live_voices(tmp_path: Path) -> None:
+    """Without lookahead every line is synthesized as it begins; auto-forward at its fastest
+    waits for each voice to arrive and play: no line is dropped, none plays another's."""
+    game = _harness_game(tmp_path)
+    with server_process("--no-cache") as (port, _server):
+        report, proxy = _play_harness(
+            game, port, {"DIALOGUE_TTS_CHOICES": "0", "DIALOGUE_TTS_LOOKAHEAD": "0"}
+        )
+    lines = [*MENU_LINES[:3], MENU_LINES[4], MENU_LINES[5]]
+    _check_every_line_heard_and_no_other(report, lines)
+    from_game = [m for who, m in proxy.records if who == "game"]
+    assert not any(m["type"] == "prepare" for m in from_game)
+    assert [m["text"] for m in from_game if m["type"] == "say"] == lines
