@@ -9,7 +9,8 @@
 # DIALOGUE_TTS_ROLLBACK_AFTER has been heard, and writes a JSON report when it
 # ends: each line as it began (its text with interpolations filled in, and the
 # time of its "begin" callback) and each file the voice channel started to play,
-# with the time and the binding's text for it. A thread reads
+# with the time and the binding's text for it, and when Ren'Py's audio thread
+# started each file (handed it to the mixer). A thread reads
 # renpy.music.get_playing("voice") 200 times a second, and the main thread as
 # each interaction starts and 20 times a second. DIALOGUE_TTS_PORT,
 # DIALOGUE_TTS_LOOKAHEAD and DIALOGUE_TTS_AUTO_VOICE set the binding's port, its
@@ -29,7 +30,8 @@ init 100 python in dialogue_tts_harness:
     report_path = os.environ.get("DIALOGUE_TTS_HARNESS_REPORT")
     choices = [int(c) for c in os.environ.get("DIALOGUE_TTS_CHOICES", "").split(",") if c]
     rollback_after = os.environ.get("DIALOGUE_TTS_ROLLBACK_AFTER")
-    report = {"lines": [], "played": [], "rolled_back": False, "finished": False}
+    report = {"lines": [], "played": [], "started": [], "rolled_back": False,
+              "finished": False}
     _lock = threading.Lock()
     _current = {"index": -1}
 
@@ -67,7 +69,16 @@ init 100 python in dialogue_tts_harness:
             return None
         return line.text
 
-    _playing = {"file": None}
+    _playing = {"file": None, "started": None}
+
+    def _started():
+        # The file Ren'Py's audio thread has handed to the mixer (renpy.music.get_playing
+        # names a file from the moment it is queued on the channel, before that).
+        channel = renpy.audio.audio.get_channel("voice")
+        if channel._number is None:
+            return None
+        name = renpy.audio.renpysound.playing_name(channel.number)
+        return None if name is None else str(name)
 
     def check_voice():
         # Records the voice channel's file when it changes. Called by a thread 200 times a
@@ -76,13 +87,21 @@ init 100 python in dialogue_tts_harness:
         playing = renpy.music.get_playing(channel="voice")
         playing = None if playing is None else str(playing)
         with _lock:
-            if playing == _playing["file"]:
-                return
+            changed = playing != _playing["file"]
             _playing["file"] = playing
+            if not changed:
+                playing = None
             if playing is not None:
                 report["played"].append({
                     "line": _current["index"], "file": playing, "t": time.monotonic(),
                     "text": _voiced_text(playing)})
+        started = _started()
+        with _lock:
+            if started != _playing["started"]:
+                _playing["started"] = started
+                if started is not None:
+                    report["started"].append({
+                        "line": _current["index"], "file": started, "t": time.monotonic()})
 
     def watch():
         while True:
