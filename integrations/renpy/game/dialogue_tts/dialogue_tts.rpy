@@ -259,7 +259,10 @@ init -100 python in dialogue_tts:
         if speech is None or not lookahead or not enabled:
             return
         context = renpy.game.context()
-        node = renpy.game.script.lookup(context.current) if context.current else None
+        try:
+            node = renpy.game.script.lookup(context.current)
+        except Exception:
+            return  # not in the script (a replay, an unusual context)
         if type(node).__name__ != "Say":
             return  # a line said from Python: its place in the script is unknown
         lines = []
