@@ -637,6 +637,10 @@ def test_speech_prepares_ahead_and_plays_prepared_lines_from_memory() -> None:
     speech.poll()
     assert fake.sent[-1]["type"] == "synthesize" and fake.sent[-1]["text"] == "Three."
     assert all(m.get("text") != "Later." for m in fake.sent)
+    # However many lines ahead a game asks for, no more than the server's 4 run at once.
+    speech.lookahead = 10
+    speech.look_ahead([{"speaker": "lucy", "text": f"Line {n}."} for n in range(10)])
+    assert len(speech._preparing) == 4
 
 
 def test_speech_holds_auto_forward_until_the_voice_is_handed_out() -> None:

@@ -628,6 +628,8 @@ def chunk_filename(line: object, seq: int) -> str:
     return f"dialogue_tts/line-{line}-{seq}.au"
 
 
+MAX_AHEAD_IN_FLIGHT = 4
+"""The server runs at most 4 prepare/synthesize requests of a connection at once."""
 PREPARED_KEPT = 256
 """How many prepared lines ``Speech`` remembers, so as not to prepare them again (the server
 keeps far more: 64 MiB of audio)."""
@@ -715,7 +717,8 @@ class Speech:
         self._next_id = 0
         self._errors_logged: set[str] = set()
         self.lookahead = lookahead
-        """How many prepare requests may be in flight at once."""
+        """How many prepare requests may be in flight at once (4 at most: the server's
+        limit)."""
         self.hold_seconds = hold_seconds
         self._ahead: list[dict] = []  # the lines to prepare next, in order
         self._preparing: dict[int, tuple] = {}  # prepare/synthesize request id -> (key, line)
@@ -793,7 +796,7 @@ class Speech:
         in_flight = {key for key, _line in self._preparing.values()}
         current_key = self._current.key if self._current is not None else None
         for line in self._ahead:
-            if len(self._preparing) >= self.lookahead:
+            if len(self._preparing) >= min(self.lookahead, MAX_AHEAD_IN_FLIGHT):
                 break
             key = _key(line)
             known = key in self._prepared or key in self._cache or key == current_key
