@@ -5,7 +5,10 @@
 refused once and never retried without it) with a cast, styles and pitch; (c) ``dialogue-tts
 renpy-render`` on a dialogue export written like the launcher's; (d) with Ren'Py installed
 (/usr/games/renpy, Debian's 8.0.3), the example game played headless against a real server
-with a token through a recording proxy, refused with a wrong token, and lint.
+with a token through a recording proxy, refused with a wrong token, and lint; (e) the
+lookahead: its script walk on stand-in nodes, its prepares against a fake connection, and in
+Ren'Py the example played with it, and a scene with a menu and a rollback at the fastest
+auto-forward (tests/data/renpy_harness).
 """
 
 from __future__ import annotations

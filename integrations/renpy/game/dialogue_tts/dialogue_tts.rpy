@@ -13,6 +13,11 @@
 # voice file (the voice statement, or config.auto_voice) play the file instead.
 # Without a server the game runs silently and says so once in log.txt.
 #
+# While a line is shown, the next lines on the script's path (2; set
+# dialogue_tts.lookahead) are prepared by the server and fetched, so that each
+# starts with its interaction as a voice file does; auto-forward waits for a
+# voice that is on its way.
+#
 # Give characters their own voices with dialogue_tts.voices, keyed by the
 # character's voice_tag or variable name (settings are listed below):
 #

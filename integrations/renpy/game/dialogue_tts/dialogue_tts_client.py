@@ -12,6 +12,8 @@ lines are cached so that rollback replays them at once; a server that refuses th
 wrong token) is reported once and not asked again. A line said with ``reveal=True`` also
 collects its word marks, and ``Speech.reveal`` tells how much of its text the voice has said
 (``revealed_length``), which ``hide_after`` turns into Ren'Py text that shows only that much.
+``walk_ahead`` finds the next say statements on the script's path, and ``Speech.look_ahead``
+has the server prepare them and fetches their audio, so that they play at once.
 Nothing here imports Ren'Py, so the module runs (and is tested) outside it. The wire format
 is protocol/PROTOCOL.md: frames of a 4-byte big-endian length and one msgpack map; the
 msgpack codec below is a small one of our own, so that game developers install nothing.
