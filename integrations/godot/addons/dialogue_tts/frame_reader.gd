@@ -54,12 +54,7 @@ func next_message() -> Dictionary:
 func _next_payload() -> PackedByteArray:
 	if fatal or _buffer.size() - _start < MsgPack.HEADER_SIZE:
 		return PackedByteArray()
-	var length: int = (
-		(_buffer[_start] << 24)
-		| (_buffer[_start + 1] << 16)
-		| (_buffer[_start + 2] << 8)
-		| _buffer[_start + 3]
-	)
+	var length: int = frame_length(_buffer, _start)
 	if length > max_frame:
 		fatal = true
 		_fail("frame_too_large", "frame length %d is over %d" % [length, max_frame])
@@ -74,6 +69,13 @@ func _next_payload() -> PackedByteArray:
 	var payload: PackedByteArray = _buffer.slice(_start + MsgPack.HEADER_SIZE, end)
 	_start = end
 	return payload
+
+
+## Returns the length prefix (4 bytes, big-endian) of the frame at [param start].
+static func frame_length(bytes: PackedByteArray, start: int) -> int:
+	return (
+		(bytes[start] << 24) | (bytes[start + 1] << 16) | (bytes[start + 2] << 8) | bytes[start + 3]
+	)
 
 
 func _fail(code: String, message: String) -> Dictionary:

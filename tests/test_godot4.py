@@ -1,0 +1,122 @@
+"""The Godot 4 addon in Godot 4.6 itself: a web export in headless Chromium, over WebSocket.
+
+integrations/godot/tests is zipped with the addon into a game pack and run by Godot's
+official 4.6 web template (see godot_web.py), so the addon takes its web transport
+(WebSocketPeer) to real servers started with ``serve --web`` and the origin check on: the
+game's page origin is the one allowed. The GDScript test prints its checks to the page's
+console, which Playwright hands to this test.
+
+Servers: one ``dialogue-tts serve --web`` subprocess; one with a token and a cast; one started
+only when the game asks for it (the game must find it by itself); and a fake one that sends
+malformed messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+from godot_web import browser_page, served_game, start, wait_done, wait_for
+from helpers import REPO, ServerThread, server_process
+
+from dialogue_tts.cast import Cast
+from dialogue_tts.server import ServerConfig
+
+ADDON = REPO / "integrations" / "godot" / "addons" / "dialogue_tts"
+TESTS = REPO / "integrations" / "godot" / "tests"
+VECTORS = REPO / "protocol" / "vectors.json"
+TOKEN = "godot4-test-token"
+TOKEN_SERVER_CAST = {
+    "speakers": {"guard": {"pitch": 0.85, "styles": {"stern": {"rate": 0.9, "volume": 1.2}}}},
+}
+HANG_GUARD_SECONDS = 300  # only so that a stuck engine cannot hang the suite
+
+
+def _unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def web_port_of(log: Path) -> int:
+    """The WebSocket port a `serve --web --web-port 0` printed."""
+    match = re.search(r"preview page: http://[\d.]+:(\d+)/", log.read_text())
+    assert match, log.read_text()
+    return int(match.group(1))
+
+
+@contextlib.contextmanager
+def malformed_server() -> Iterator[int]:
+    """A fake server: a welcome, then a frame that is not msgpack, then a map without a type,
+    then a good ``voices`` message. Yields its port."""
+    from websockets.sync.server import ServerConnection, serve
+
+    def handle(websocket: ServerConnection) -> None:
+        websocket.recv()  # the hello
+        welcome = {"type": "welcome", "protocol": 1, "server": "malformed-test", "voices": []}
+        websocket.send(msgpack.packb(welcome))
+        websocket.send(b"\xc1")  # a byte msgpack never uses
+        websocket.send(msgpack.packb([1, 2]))
+        voice = {"name": "fake", "language": "en", "sample_rate": 22050, "speakers": []}
+        websocket.send(msgpack.packb({"type": "voices", "voices": [voice]}))
+        for _message in websocket:  # hold the connection until the game closes it
+            pass
+
+    with serve(handle, "127.0.0.1", 0) as server:
+        thread = threading.Thread(target=server.serve_forever, name="malformed", daemon=True)
+        thread.start()
+        try:
+            yield int(server.socket.getsockname()[1])
+        finally:
+            server.shutdown()
+            thread.join(10)
+
+
+def test_godot4_addon_in_chromium(tmp_path: Path) -> None:
+    pack = {"project.godot": TESTS / "project.godot", "tests": TESTS, "addons/dialogue_tts": ADDON}
+    pack["tests/vectors.json"] = VECTORS
+    with contextlib.ExitStack() as stack:
+        game = stack.enter_context(served_game(tmp_path / "site", pack))
+        log = tmp_path / "server.log"
+        stack.enter_context(
+            server_process("--web", "--web-port", "0", "--web-origin", game.origin, log_path=log)
+        )
+        token_server = ServerThread(
+            ServerConfig(
+                port=0, web_port=0, web_origins=(game.origin,), token=TOKEN,
+                cast=Cast.from_dict(TOKEN_SERVER_CAST),
+            )
+        ).start()  # fmt: skip
+        stack.callback(token_server.stop)
+        assert token_server.server is not None and token_server.server.web is not None
+        late_port = _unused_port()
+        bad_port = stack.enter_context(malformed_server())
+        page = stack.enter_context(browser_page(game))
+        args = [
+            f"--port={web_port_of(log)}", f"--late-port={late_port}",
+            f"--token-port={token_server.server.web.port}", f"--token={TOKEN}",
+            f"--bad-port={bad_port}",
+        ]  # fmt: skip
+        start(page, game, args)
+        wait_for(page, game, "window.phase === 'need_server' || window.done", HANG_GUARD_SECONDS)
+        late = ServerThread(
+            ServerConfig(port=0, web_port=late_port, web_origins=(game.origin,))
+        ).start()
+        stack.callback(late.stop)
+        output = wait_done(page, game, HANG_GUARD_SECONDS)
+    print("\n".join(line for line in output.splitlines() if "GODOT_TEST" in line))
+    assert "SCRIPT ERROR" not in output, output
+    assert "GODOT_TEST_FAIL" not in output, output
+    match = re.search(r"^GODOT_TEST_OK n_checks=(\d+)$", output, re.MULTILINE)
+    assert match, output
+    assert int(match.group(1)) > 300, output
+    # One warning for the whole outage, though the node retried until the server started.
+    assert output.count(f"no dialogue-tts server at 127.0.0.1:{late_port}") == 1, output
+    # The node with a wrong token was refused once and never tried again; no token printed.
+    assert output.count("the server refused this game (unauthorized") == 1, output
+    assert TOKEN not in output.replace(f"--token={TOKEN}", "")
