@@ -102,17 +102,28 @@ def template_dir() -> Path:
 def zip_project(contents: dict[str, Path], target: Path) -> None:
     """Writes a mainPack: each file, or folder's files, under its key ("" for the root).
 
-    Symbolic links are followed, so a project may link to the addon as examples/godot does.
+    A later key's file replaces an earlier one of the same name; symbolic links inside a
+    folder are left out (examples/godot links to the addon: pack the addon by its own key).
     """
+    files: dict[str, Path] = {}
+    for prefix, source in contents.items():
+        if source.is_file():
+            files[prefix] = source
+            continue
+        for path in sorted(source.rglob("*")):
+            inside = path.relative_to(source)
+            linked = any((source / part).is_symlink() for part in _prefixes(inside))
+            if path.is_file() and not linked and "__pycache__" not in inside.parts:
+                files[(Path(prefix) / inside).as_posix()] = path
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as pack:
-        for prefix, folder in contents.items():
-            if folder.is_file():
-                pack.write(folder, prefix)
-                continue
-            for path in sorted(folder.rglob("*")):
-                if path.is_file() and "__pycache__" not in path.parts:
-                    name = (Path(prefix) / path.relative_to(folder)).as_posix()
-                    pack.write(path, name)
+        for name, path in files.items():
+            pack.write(path, name)
+
+
+def _prefixes(path: Path) -> Iterator[Path]:
+    """``a``, ``a/b``, ``a/b/c`` for ``a/b/c``."""
+    for index in range(1, len(path.parts) + 1):
+        yield Path(*path.parts[:index])
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -140,6 +151,10 @@ class WebGame:
     origin: str = ""
     console: list[str] = field(default_factory=list)
 
+    def pack(self, contents: dict[str, Path]) -> None:
+        """(Re)writes the game's pack: see zip_project()."""
+        zip_project(contents, self.site / "game.zip")
+
 
 @contextlib.contextmanager
 def served_game(site: Path, pack: dict[str, Path]) -> Iterator[WebGame]:
@@ -149,13 +164,14 @@ def served_game(site: Path, pack: dict[str, Path]) -> Iterator[WebGame]:
     for name in TEMPLATE_FILES:
         shutil.copy(template / name, site / name)
     (site / "index.html").write_text(PAGE, encoding="utf-8")
-    zip_project(pack, site / "game.zip")
     handler = functools.partial(_Handler, directory=str(site))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, name="godot-web", daemon=True)
     thread.start()
     try:
-        yield WebGame(site, f"http://127.0.0.1:{httpd.server_address[1]}")
+        game = WebGame(site, f"http://127.0.0.1:{httpd.server_address[1]}")
+        game.pack(pack)
+        yield game
     finally:
         httpd.shutdown()
         httpd.server_close()

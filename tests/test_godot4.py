@@ -9,6 +9,9 @@ console, which Playwright hands to this test.
 Servers: one ``dialogue-tts serve --web`` subprocess; one with a token and a cast; one started
 only when the game asks for it (the game must find it by itself); and a fake one that sends
 malformed messages.
+
+The demo, examples/godot, is run the same way, with an autoload (demo_probe.gd) that reports
+how its lines finished and which shapes its characters' mouths showed.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dialogue_tts.server import ServerConfig
 
 ADDON = REPO / "integrations" / "godot" / "addons" / "dialogue_tts"
 TESTS = REPO / "integrations" / "godot" / "tests"
+EXAMPLE = REPO / "examples" / "godot"
 VECTORS = REPO / "protocol" / "vectors.json"
 TOKEN = "godot4-test-token"
 TOKEN_SERVER_CAST = {
@@ -120,3 +124,39 @@ def test_godot4_addon_in_chromium(tmp_path: Path) -> None:
     # The node with a wrong token was refused once and never tried again; no token printed.
     assert output.count("the server refused this game (unauthorized") == 1, output
     assert TOKEN not in output.replace(f"--token={TOKEN}", "")
+
+
+def test_godot4_demo_in_chromium(tmp_path: Path) -> None:
+    # The demo as it is, plus an autoload that watches it and the port of the test's server.
+    with contextlib.ExitStack() as stack:
+        project = tmp_path / "project.godot"
+        pack = {"": EXAMPLE, "addons/dialogue_tts": ADDON, "project.godot": project}
+        pack["demo_probe.gd"] = TESTS / "demo_probe.gd"
+        game = stack.enter_context(served_game(tmp_path / "site", pack))
+        log = tmp_path / "server.log"
+        stack.enter_context(
+            server_process("--web", "--web-port", "0", "--web-origin", game.origin, log_path=log)
+        )
+        settings = (EXAMPLE / "project.godot").read_text(encoding="utf-8")
+        settings = settings.replace(
+            "[autoload]\n", '[autoload]\n\nDemoProbe="*res://demo_probe.gd"\n'
+        )  # after DialogueTTS, which it connects to
+        settings += f"\n[dialogue_tts]\n\nport={web_port_of(log)}\n"
+        project.write_text(settings, encoding="utf-8")
+        game.pack(pack)  # again, with the server's port
+        page = stack.enter_context(browser_page(game))
+        start(page, game, [])
+        output = wait_done(page, game, HANG_GUARD_SECONDS)
+    print("\n".join(line for line in output.splitlines() if "DEMO_" in line))
+    assert "SCRIPT ERROR" not in output, output
+    statuses = re.findall(r"^DEMO_LINE \d+ (\w+) (\w+)$", output, re.MULTILINE)
+    assert [speaker for speaker, _status in statuses] == [
+        "guard", "traveller", "guard", "traveller", "guard"
+    ], output  # fmt: skip
+    assert all(status == "done" for _speaker, status in statuses), output
+    # Each mouth moved: it showed several shapes, and closed again at the end.
+    for mouth in ("GuardMouth", "TravellerMouth"):
+        match = re.search(rf"^DEMO_MOUTH {mouth} (.*)$", output, re.MULTILINE)
+        assert match, output
+        shapes = set(match.group(1).split())
+        assert len(shapes) >= 4 and "sil" in shapes, (mouth, shapes)
