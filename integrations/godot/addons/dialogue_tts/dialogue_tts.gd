@@ -64,8 +64,7 @@ const DEFAULT_HOST: String = "127.0.0.1"
 const DEFAULT_PORT: int = 5757
 ## The port of the server's WebSocket ([code]serve --web[/code]), which web exports use.
 const DEFAULT_WEB_PORT: int = 5758
-## Sample format requested: raw float32, which [method PackedByteArray.to_float32_array]
-## decodes in one call.
+## Sample format requested: raw float32, which [method _decode_samples] decodes in one call.
 const AUDIO_FORMAT: String = "f32le"
 ## Keys of [method speak]'s options that go into the say request as they are.
 const SAY_OPTIONS: Array[String] = [
@@ -143,8 +142,8 @@ var _output_latency: float = 0.0  # AudioServer's, read per new player: costly t
 
 
 func _ready() -> void:
-	host = ProjectSettings.get_setting(HOST_SETTING, host)
-	port = ProjectSettings.get_setting(PORT_SETTING, port)
+	host = _setting(HOST_SETTING, host)
+	port = _setting(PORT_SETTING, port)
 	if auto_connect:
 		connect_to_server(host, port)
 
@@ -327,12 +326,9 @@ func _hello() -> Dictionary:
 	if not secret.is_empty():
 		hello["token"] = secret
 	if not cast_file.is_empty():
-		var file: FileAccess = FileAccess.open(cast_file, FileAccess.READ)
-		if file == null:
-			var why: String = error_string(FileAccess.get_open_error())
-			push_error("dialogue-tts: cannot read cast_file %s: %s" % [cast_file, why])
-		else:
-			hello["cast"] = file.get_as_text()  # TOML text: the server parses it
+		var text: String = _read_cast_file()
+		if not text.is_empty():
+			hello["cast"] = text  # TOML text: the server parses it
 	elif not cast.is_empty():
 		hello["cast"] = cast
 	return hello
@@ -353,7 +349,7 @@ func _send_outbox() -> void:
 	if _transport.send(_outbox) != OK:
 		_drop("cannot send to the dialogue-tts server")
 		return
-	_outbox.clear()
+	_outbox = PackedByteArray()
 
 
 func _receive() -> void:
@@ -422,16 +418,16 @@ func _on_marks(message: Dictionary) -> void:
 		marks.line = message["line"]
 		speaker.marks.append(marks)
 	if message.get("words") is Array:
-		marks.words.append_array(message["words"])
+		marks.words += message["words"]
 	if message.get("visemes") is Array:
-		marks.visemes.append_array(message["visemes"])
+		marks.visemes += message["visemes"]
 
 
 func _on_audio(message: Dictionary) -> void:
 	var speaker: Speaker = _get_speaker(message["speaker"])
 	if speaker.current != message["line"]:
 		return  # audio of a line skipped here, still in flight from the server
-	var samples: PackedFloat32Array = (message["data"] as PackedByteArray).to_float32_array()
+	var samples: PackedFloat32Array = _decode_samples(message["data"])
 	if not speaker.marks.is_empty():
 		var marks: LineMarks = speaker.marks.back()
 		if marks.line == message["line"] and not marks.has_audio:
@@ -518,7 +514,7 @@ func _drop(reason: String) -> void:
 		disconnected.emit(reason)
 
 
-#region Platform: the parts the Godot 3 port has its own versions of.
+#region Differs in Godot 3: the transport, settings, files, audio
 
 
 ## A web export has no TCP sockets: it speaks to the server's WebSocket port.
@@ -528,6 +524,37 @@ static func _new_transport() -> Transport:
 
 static func _default_port() -> int:
 	return DEFAULT_WEB_PORT if OS.has_feature("web") else DEFAULT_PORT
+
+
+## Returns the project setting [param setting], or [param default] when it is not set.
+static func _setting(setting: String, default: Variant) -> Variant:
+	return ProjectSettings.get_setting(setting, default)
+
+
+## Returns the text of [member cast_file], or "" (with an error logged) when it is unreadable.
+func _read_cast_file() -> String:
+	var file: FileAccess = FileAccess.open(cast_file, FileAccess.READ)
+	if file == null:
+		var why: String = error_string(FileAccess.get_open_error())
+		push_error("dialogue-tts: cannot read cast_file %s: %s" % [cast_file, why])
+		return ""
+	return file.get_as_text()
+
+
+## Decodes f32le audio bytes in one call.
+static func _decode_samples(data: PackedByteArray) -> PackedFloat32Array:
+	return data.to_float32_array()
+
+
+## Web exports play "samples" by default, which an AudioStreamGenerator cannot feed.
+static func _use_stream_playback(player: Node) -> void:
+	player.set("playback_type", AudioServer.PLAYBACK_TYPE_STREAM)
+
+
+## Stops [param player] and plays it again: play() makes a new, empty playback.
+static func _replay(player: Node) -> void:
+	player.call("stop")
+	player.call("play")
 
 
 #endregion
@@ -564,17 +591,15 @@ func _start_player(speaker: Speaker) -> void:
 	generator.mix_rate = speaker.sample_rate
 	generator.buffer_length = BUFFER_SECONDS
 	_output_latency = AudioServer.get_output_latency()
-	# Web exports play "samples" by default, which a generator cannot feed.
-	speaker.player.set("playback_type", AudioServer.PLAYBACK_TYPE_STREAM)
+	_use_stream_playback(speaker.player)
 	speaker.player.set("stream", generator)
 	_restart_player(speaker)
 
 
-## Stops the player and plays it again: play() makes a new, empty playback, which is how a
-## generator's buffer is emptied at once (clear_buffer() refuses while it plays).
+## Gives the speaker's player a new, empty playback, which is how a generator's buffer is
+## emptied at once (clear_buffer() refuses while it plays).
 func _restart_player(speaker: Speaker) -> void:
-	speaker.player.call("stop")
-	speaker.player.call("play")
+	_replay(speaker.player)
 	speaker.playback = speaker.player.call("get_stream_playback")
 	speaker.player.set("stream_paused", speaker.paused)
 	# Frames are counted from this new, empty playback: what the old one held is gone.

@@ -29,7 +29,7 @@ var _codec := MsgPack.new()
 ## Appends received bytes.
 func feed(bytes: PackedByteArray) -> void:
 	if _start > 0 and _start * 2 >= _buffer.size():
-		_buffer = _buffer.slice(_start)  # drop consumed bytes once they are half the buffer
+		_buffer = sliced(_buffer, _start, _buffer.size())  # drop them once they are half of it
 		_start = 0
 	_buffer.append_array(bytes)
 
@@ -66,7 +66,7 @@ func _next_payload() -> PackedByteArray:
 	var end: int = _start + MsgPack.HEADER_SIZE + length
 	if _buffer.size() < end:
 		return PackedByteArray()
-	var payload: PackedByteArray = _buffer.slice(_start + MsgPack.HEADER_SIZE, end)
+	var payload: PackedByteArray = sliced(_buffer, _start + MsgPack.HEADER_SIZE, end)
 	_start = end
 	return payload
 
@@ -82,3 +82,13 @@ func _fail(code: String, message: String) -> Dictionary:
 	error_code = code
 	error_message = message
 	return {}
+
+
+#region Differs in Godot 3: slicing
+
+
+## Returns the bytes of [param bytes] from [param from] up to [param to] (excluded).
+static func sliced(bytes: PackedByteArray, from: int, to: int) -> PackedByteArray:
+	return bytes.slice(from, to)
+
+#endregion

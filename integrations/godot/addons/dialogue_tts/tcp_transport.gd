@@ -1,6 +1,8 @@
 extends "transport.gd"
 ## Desktop and mobile games: the server's TCP port, where frames go as they are.
 
+const FrameReader := preload("frame_reader.gd")
+
 var _tcp := StreamPeerTCP.new()
 var _outbox := PackedByteArray()  # bytes the socket did not take yet
 
@@ -12,8 +14,18 @@ func open(host: String, port: int) -> Error:
 	return result
 
 
+#region Differs in Godot 3: polling
+
+
 func poll() -> Status:
 	_tcp.poll()
+	return _status()
+
+
+#endregion
+
+
+func _status() -> Status:
 	match _tcp.get_status():
 		StreamPeerTCP.STATUS_CONNECTING:
 			return Status.CONNECTING
@@ -44,5 +56,5 @@ func _flush() -> Error:
 		return OK
 	var result: Array = _tcp.put_partial_data(_outbox)
 	if result[0] == OK:
-		_outbox = _outbox.slice(result[1])
+		_outbox = FrameReader.sliced(_outbox, result[1], _outbox.size())
 	return result[0]

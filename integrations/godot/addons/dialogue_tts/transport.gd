@@ -3,8 +3,8 @@ extends RefCounted
 ## frames (a 4-byte big-endian length, then one msgpack map). Everything above it, the API,
 ## queues, audio and timings, is the same for every transport.
 ##
-## [code]tcp_transport.gd[/code] is the desktop one; [code]web_socket_transport.gd[/code] is
-## for web exports, which cannot open TCP sockets.
+## [code]tcp_transport.gd[/code]: desktop and mobile games.
+## [code]web_socket_transport.gd[/code]: web exports, which cannot open TCP sockets.
 
 enum Status { CONNECTING, OPEN, CLOSED }
 
