@@ -44,6 +44,7 @@ GODOT4_TESTS = REPO / "integrations" / "godot" / "tests"
 GODOT4_SCRIPTS = (
     sorted(GODOT4_ADDON.glob("*.gd"))
     + sorted(GODOT4_TESTS.glob("*.gd"))
+    + sorted((REPO / "benchmarks" / "godot4").glob("*.gd"))
     + sorted(path for path in EXAMPLE.rglob("*.gd") if GODOT4_ADDON not in path.resolve().parents)
 )
 GODOT3_SCRIPTS = sorted(GODOT3.rglob("*.gd"))
