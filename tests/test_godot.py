@@ -1,8 +1,9 @@
 """The Godot bindings: gdtoolkit on their scripts, and the Godot 3 port run headless.
 
-The Godot 4 addon (integrations/godot) cannot run here: no Godot 4 binary is packaged. It is
-parsed, linted and format-checked with gdtoolkit, and kept a line-for-line port of the Godot 3
-addon (integrations/godot3), which runs under Debian's ``godot3-server`` against a real server:
+The Godot 4 addon (integrations/godot) runs in Godot 4.6 in tests/test_godot4.py; here it is
+parsed, linted and format-checked with gdtoolkit. Its Godot 3 port (integrations/godot3,
+written from it by integrations/godot3/port.py, see tests/test_godot_port.py) runs under
+Debian's ``godot3-server`` against a real server:
 its GDScript test decodes and encodes every protocol vector, reads split and merged frames,
 voices two speakers with skip, cancel, clear, pause/resume and interrupt, follows a line's
 word and viseme timings as its playback reaches them (word_reached, viseme_changed), and

@@ -23,7 +23,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import godot_web
 import msgpack
+import pytest
 from godot_web import browser_page, served_game, start, wait_done, wait_for
 from helpers import REPO, ServerThread, server_process
 
@@ -160,3 +162,20 @@ def test_godot4_demo_in_chromium(tmp_path: Path) -> None:
         assert match, output
         shapes = set(match.group(1).split())
         assert len(shapes) >= 4 and "sil" in shapes, (mouth, shapes)
+
+
+def test_a_missing_runtime_fails_where_engines_are_required(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(godot_web.TEMPLATE_ENV, str(tmp_path))  # an empty folder: no template
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv(godot_web.REQUIRE_ENGINES_ENV, raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no Godot 4 web template"):
+        godot_web.template_dir()
+    monkeypatch.setenv(godot_web.REQUIRE_ENGINES_ENV, "1")
+    with pytest.raises(pytest.fail.Exception, match="no Godot 4 web template"):
+        godot_web.template_dir()
+    monkeypatch.delenv(godot_web.REQUIRE_ENGINES_ENV)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"index\.wasm"):
+        godot_web.template_dir()
