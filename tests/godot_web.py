@@ -18,7 +18,6 @@ import contextlib
 import functools
 import http.server
 import os
-import shutil
 import threading
 import time
 import zipfile
@@ -162,7 +161,7 @@ def served_game(site: Path, pack: dict[str, Path]) -> Iterator[WebGame]:
     template = template_dir()
     site.mkdir(parents=True, exist_ok=True)
     for name in TEMPLATE_FILES:
-        shutil.copy(template / name, site / name)
+        (site / name).symlink_to(template.resolve() / name)
     (site / "index.html").write_text(PAGE, encoding="utf-8")
     handler = functools.partial(_Handler, directory=str(site))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

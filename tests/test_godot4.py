@@ -83,7 +83,7 @@ def malformed_server() -> Iterator[int]:
             thread.join(10)
 
 
-def test_godot4_addon_in_chromium(tmp_path: Path) -> None:
+def test_godot4_addon_in_chromium(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     pack = {"project.godot": TESTS / "project.godot", "tests": TESTS, "addons/dialogue_tts": ADDON}
     pack["tests/vectors.json"] = VECTORS
     with contextlib.ExitStack() as stack:
@@ -125,6 +125,8 @@ def test_godot4_addon_in_chromium(tmp_path: Path) -> None:
     assert output.count(f"no dialogue-tts server at 127.0.0.1:{late_port}") == 1, output
     # The node with a wrong token was refused once and never tried again; no token printed.
     assert output.count("the server refused this game (unauthorized") == 1, output
+    refusals = [r for r in caplog.records if "Refused a client" in r.getMessage()]
+    assert len(refusals) == 1, output  # the token server saw one hello with the wrong token
     assert TOKEN not in output.replace(f"--token={TOKEN}", "")
 
 

@@ -389,7 +389,8 @@ func _test_timings(port: int) -> void:
 
 
 ## With the right token the server accepts the node and its styles; an 8 kHz line gets all
-## its audio into a generator that holds less than one of the server's chunks.
+## its audio into a generator that holds less than one of the server's chunks; a cast file
+## sent in the hello replaces the server's cast.
 func _test_token_and_low_rate(port: int) -> void:
 	var tts: Node = _new_tts()
 	tts.token = _args.get("token", "")
@@ -416,6 +417,24 @@ func _test_token_and_low_rate(port: int) -> void:
 		"8 kHz: every frame went in (%d of %d)" % [scout.frames_pushed, scout.frames_received]
 	)
 	tts.queue_free()
+	_events.clear()
+
+	# The game's own cast, from a TOML file in the pack, replaces the server's for its
+	# connection: its "angry" style is voiced, the server's "stern" is gone.
+	var from_file: Node = _new_tts()
+	from_file.token = _args.get("token", "")
+	from_file.cast_file = "res://tests/cast.toml"
+	from_file.connect_to_server("127.0.0.1", port)
+	while _named("connected").is_empty() and _named("disconnected").is_empty():
+		await get_tree().process_frame
+	var angry: int = from_file.speak("guard", "Stop right there!", {"style": "angry"})
+	var stern_gone: int = from_file.speak("guard", "Halt.", {"style": "stern"})
+	for line: int in [angry, stern_gone]:
+		while _finished(line).is_empty():
+			await get_tree().process_frame
+	_check(_status(angry) == "done", "cast_file: its style is voiced")
+	_check(_status(stern_gone) == "error", "cast_file: the server's cast no longer applies")
+	from_file.queue_free()
 	_events.clear()
 
 
