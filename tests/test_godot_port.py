@@ -45,6 +45,8 @@ def test_the_web_transport_stays_godot4_only() -> None:
     names = {path.name for path in port.ported_files()}
     assert "web_socket_transport.gd" not in names and "tcp_transport.gd" in names
     assert port.port_line('const WebSocketTransport := preload("web_socket_transport.gd")') == []
+    assert port.port_line("## A web export uses the server's WebSocket port instead.") == []
+    assert port.port_line("## The server's TCP port.") == ["## The server's TCP port."]
 
 
 @pytest.mark.parametrize(

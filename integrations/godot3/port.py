@@ -11,7 +11,8 @@ Godot 3 file's own region of that name replaces the Godot 4 one, and regions tha
 Godot 3 file has stay at its end. So the Godot 3 files may be edited inside their regions
 only; tests/test_godot_port.py fails when they differ from what this script writes.
 
-The web transport (web_socket_transport.gd) is Godot 4 only: Godot 3 games connect over TCP.
+The web transport (web_socket_transport.gd) is Godot 4 only, and so are comment lines about
+web exports: Godot 3 games connect over TCP.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ GODOT4_ONLY = frozenset({"web_socket_transport.gd"})
 REGION = re.compile(r"^\s*#region (Differs in Godot 3: .+)$")
 END_REGION = re.compile(r"^\s*#endregion\s*$")
 PLUGIN_DESCRIPTION = re.compile(r'^(description=".*)(")$')
+# Comment lines about web exports, which the Godot 3 port does not support (the Godot 4 source
+# keeps each such sentence on lines of its own).
+WEB_ONLY_COMMENT = re.compile(
+    r"^\s*#.*(web export|WebSocket|on the web|serve --web)", re.IGNORECASE
+)
 
 Rule = tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]
 
@@ -72,7 +78,7 @@ RULES: list[Rule] = [
 
 def port_line(line: str) -> list[str]:
     """One Godot 4 line in Godot 3, or none (lines inside regions are not ported: see port())."""
-    if any(name in line for name in GODOT4_ONLY):
+    if any(name in line for name in GODOT4_ONLY) or WEB_ONLY_COMMENT.match(line):
         return []  # e.g. the web transport's preload
     for pattern, replacement in RULES:
         line = pattern.sub(replacement, line)

@@ -4,9 +4,7 @@ extends Node
 ##
 ## The plugin adds this script as the autoload [code]DialogueTTS[/code]. It connects to
 ## [member host]:[member port] by itself, polls the socket every frame (never blocking), and
-## reconnects with a growing delay when the server is not running. A web export, which has
-## no TCP sockets, uses the server's WebSocket port instead ([code]dialogue-tts serve --web
-## --web-origin <the game's origin>[/code]); nothing else changes.
+## reconnects with a growing delay when the server is not running.
 ## [codeblock]
 ## DialogueTTS.connect("line_finished", self, "_on_line_finished")
 ## var line: int = DialogueTTS.speak("guard", "Halt! Who goes there?")
@@ -61,7 +59,6 @@ const TcpTransport := preload("tcp_transport.gd")
 const PROTOCOL_VERSION: int = 1
 const DEFAULT_HOST: String = "127.0.0.1"
 const DEFAULT_PORT: int = 5757
-## The port of the server's WebSocket ([code]serve --web[/code]), which web exports use.
 const DEFAULT_WEB_PORT: int = 5758
 ## Sample format requested: raw float32, which [method _decode_samples] decodes in one call.
 const AUDIO_FORMAT: String = "f32le"
@@ -79,8 +76,7 @@ const BUFFER_SECONDS: float = 0.5
 ## pieces this long, which fit its buffer at any sample rate (at 8 kHz it holds 4095).
 const PUSH_FRAMES: int = 2048
 const CONNECT_TIMEOUT_MSEC: int = 3000
-## Optional project settings that override [member host] and [member port]; a web export
-## reads [code]dialogue_tts/port.web[/code] first, as Godot does for any setting.
+## Optional project settings that override [member host] and [member port].
 const HOST_SETTING: String = "dialogue_tts/host"
 const PORT_SETTING: String = "dialogue_tts/port"
 const MIN_RETRY_SECONDS: float = 0.5
@@ -97,7 +93,7 @@ const REFUSALS: Dictionary = {
 
 ## Server address; change it before the first frame, or call [method connect_to_server].
 var host: String = DEFAULT_HOST
-## The server's TCP port, or its WebSocket port in a web export.
+## The server's TCP port.
 var port: int = _default_port()
 ## Sent in the hello, for the server's logs.
 var client_name: String = "godot"
@@ -191,7 +187,7 @@ func _exit_tree() -> void:
 
 ## (Re)connects to a server; lines spoken from now until the handshake wait for it. Also how
 ## to try again after the server refused the game (a wrong [member token], say).
-## [param new_port] 0: [constant DEFAULT_PORT], or [constant DEFAULT_WEB_PORT] on the web.
+## [param new_port] 0: [constant DEFAULT_PORT].
 func connect_to_server(new_host: String = DEFAULT_HOST, new_port: int = 0) -> void:
 	host = new_host
 	port = new_port if new_port > 0 else _default_port()
