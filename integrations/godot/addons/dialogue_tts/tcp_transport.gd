@@ -14,18 +14,8 @@ func open(host: String, port: int) -> Error:
 	return result
 
 
-#region Differs in Godot 3: polling
-
-
 func poll() -> Status:
-	_tcp.poll()
-	return _status()
-
-
-#endregion
-
-
-func _status() -> Status:
+	_poll_socket()
 	match _tcp.get_status():
 		StreamPeerTCP.STATUS_CONNECTING:
 			return Status.CONNECTING
@@ -51,6 +41,17 @@ func close() -> void:
 	_tcp.disconnect_from_host()
 
 
+#region Differs in Godot 3: polling
+
+
+func _poll_socket() -> void:
+	_tcp.poll()
+
+
+#endregion
+
+
+## Sends what the socket takes of the bytes not sent yet.
 func _flush() -> Error:
 	if _outbox.is_empty():
 		return OK

@@ -10,12 +10,15 @@ const MsgPack := preload("msgpack.gd")
 ## Bytes of received messages the socket may hold between two frames; an audio message is
 ## at most 16 KiB, so this is seconds of speech arriving while the game is busy.
 const INBOUND_BUFFER_SIZE: int = 4 * 1024 * 1024
+## Bytes of messages to send the socket may hold: the server's largest accepted frame.
+const OUTBOUND_BUFFER_SIZE: int = 1024 * 1024
 
 var _socket := WebSocketPeer.new()
 
 
 func open(host: String, port: int) -> Error:
 	_socket.inbound_buffer_size = INBOUND_BUFFER_SIZE
+	_socket.outbound_buffer_size = OUTBOUND_BUFFER_SIZE
 	return _socket.connect_to_url("ws://%s:%d/" % [host, port])
 
 

@@ -14,17 +14,8 @@ func open(host: String, port: int) -> int:
 	return result
 
 
-#region Differs in Godot 3: polling
-
-
 func poll() -> int:
-	return _status()  # in Godot 3, get_status() also polls the socket
-
-
-#endregion
-
-
-func _status() -> int:
+	_poll_socket()
 	match _tcp.get_status():
 		StreamPeerTCP.STATUS_CONNECTING:
 			return Status.CONNECTING
@@ -50,6 +41,17 @@ func close() -> void:
 	_tcp.disconnect_from_host()
 
 
+#region Differs in Godot 3: polling
+
+
+func _poll_socket() -> void:
+	pass  # in Godot 3, get_status() polls the socket
+
+
+#endregion
+
+
+## Sends what the socket takes of the bytes not sent yet.
 func _flush() -> int:
 	if _outbox.empty():
 		return OK
