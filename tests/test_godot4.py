@@ -123,6 +123,8 @@ def test_godot4_addon_in_chromium(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     assert int(match.group(1)) > 300, output
     # One warning for the whole outage, though the node retried until the server started.
     assert output.count(f"no dialogue-tts server at 127.0.0.1:{late_port}") == 1, output
+    # ... which says how to start a server this page may use.
+    assert f"`dialogue-tts serve --web --web-origin {game.origin}`" in output, output
     # The node with a wrong token was refused once and never tried again; no token printed.
     assert output.count("the server refused this game (unauthorized") == 1, output
     refusals = [r for r in caplog.records if "Refused a client" in r.getMessage()]

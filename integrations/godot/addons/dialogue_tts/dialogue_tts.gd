@@ -511,7 +511,7 @@ func _drop(reason: String) -> void:
 		else:
 			var retrying: String = ", retrying" if auto_connect else ""
 			push_warning(
-				"dialogue-tts: %s%s (start it with `dialogue-tts serve`)" % [reason, retrying]
+				"dialogue-tts: %s%s (start it with `%s`)" % [reason, retrying, _serve_command()]
 			)
 		disconnected.emit(reason)
 
@@ -526,6 +526,14 @@ static func _new_transport() -> Transport:
 
 static func _default_port() -> int:
 	return DEFAULT_WEB_PORT if OS.has_feature("web") else DEFAULT_PORT
+
+
+## The command that starts a server this game can use: a web page needs the WebSocket, and
+## its origin allowed.
+static func _serve_command() -> String:
+	if OS.has_feature("web"):
+		return "dialogue-tts serve --web --web-origin %s" % JavaScriptBridge.eval("location.origin")
+	return "dialogue-tts serve"
 
 
 ## Returns the project setting [param setting], or [param default] when it is not set.

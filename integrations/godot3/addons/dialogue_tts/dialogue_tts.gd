@@ -504,7 +504,7 @@ func _drop(reason: String) -> void:
 		else:
 			var retrying: String = ", retrying" if auto_connect else ""
 			push_warning(
-				"dialogue-tts: %s%s (start it with `dialogue-tts serve`)" % [reason, retrying]
+				"dialogue-tts: %s%s (start it with `%s`)" % [reason, retrying, _serve_command()]
 			)
 		emit_signal("disconnected", reason)
 
@@ -519,6 +519,10 @@ static func _new_transport() -> Transport:
 
 static func _default_port() -> int:
 	return DEFAULT_PORT
+
+
+static func _serve_command() -> String:
+	return "dialogue-tts serve"
 
 
 ## Returns the project setting [param setting], or [param default] when it is not set.
