@@ -2,6 +2,9 @@
 
     .venv/bin/python benchmarks/godot4.py [--lines 24]
 
+Needs what tests/test_godot4.py needs: the test extra (Playwright, websockets), Chromium and
+Godot's web template in .cache/godot4-web (fetched by .ci/run).
+
 Runs benchmarks/godot4 (with the Godot 4 addon) the way tests/test_godot4.py runs its test,
 against one ``dialogue-tts serve --web``, over the first lines of tests/data's dialogue
 corpus: for each line, speak() -> first audio frame pushed into the AudioStreamGenerator,
