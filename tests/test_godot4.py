@@ -7,8 +7,8 @@ game's page origin is the one allowed. The GDScript test prints its checks to th
 console, which Playwright hands to this test.
 
 Servers: one ``dialogue-tts serve --web`` subprocess; one with a token and a cast; one started
-only when the game asks for it (the game must find it by itself); and a fake one that sends
-malformed messages.
+only when the game asks for it (the game must find it by itself); one that does not allow the
+game's origin; and a fake one that sends malformed messages.
 
 The demo, examples/godot, is run the same way, with an autoload (demo_probe.gd) that reports
 how its lines finished and which shapes its characters' mouths showed.
@@ -100,13 +100,17 @@ def test_godot4_addon_in_chromium(tmp_path: Path, caplog: pytest.LogCaptureFixtu
         ).start()  # fmt: skip
         stack.callback(token_server.stop)
         assert token_server.server is not None and token_server.server.web is not None
+        # Allows only its own preview page's origin, not the game's.
+        other_origin = ServerThread(ServerConfig(port=0, web_port=0)).start()
+        stack.callback(other_origin.stop)
+        assert other_origin.server is not None and other_origin.server.web is not None
         late_port = _unused_port()
         bad_port = stack.enter_context(malformed_server())
         page = stack.enter_context(browser_page(game))
         args = [
             f"--port={web_port_of(log)}", f"--late-port={late_port}",
             f"--token-port={token_server.server.web.port}", f"--token={TOKEN}",
-            f"--bad-port={bad_port}",
+            f"--bad-port={bad_port}", f"--other-origin-port={other_origin.server.web.port}",
         ]  # fmt: skip
         start(page, game, args)
         wait_for(page, game, "window.phase === 'need_server' || window.done", HANG_GUARD_SECONDS)
@@ -127,6 +131,8 @@ def test_godot4_addon_in_chromium(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     assert f"`dialogue-tts serve --web --web-origin {game.origin}`" in output, output
     # The node with a wrong token was refused once and never tried again; no token printed.
     assert output.count("the server refused this game (unauthorized") == 1, output
+    origin_refusals = [r for r in caplog.records if "Refused a web request" in r.getMessage()]
+    assert any(game.origin in r.getMessage() for r in origin_refusals), output
     refusals = [r for r in caplog.records if "Refused a client" in r.getMessage()]
     assert len(refusals) == 1, output  # the token server saw one hello with the wrong token
     assert TOKEN not in output.replace(f"--token={TOKEN}", "")

@@ -6,7 +6,8 @@ extends Node
 ## WebSocket port), --late-port (where a server is started only once this test asks for it,
 ## by setting window.phase to "need_server"), --token-port and --token (a server started with
 ## that token and a cast with the speaker "guard", style "stern"), --bad-port (a fake server
-## that sends malformed messages after its welcome).
+## that sends malformed messages after its welcome), --other-origin-port (a server that does
+## not allow this page's origin).
 ## Prints one GODOT_TEST_FAIL line per failed check, then GODOT_TEST_OK n_checks=N or
 ## GODOT_TEST_FAILED, then sets window.done.
 
@@ -74,6 +75,7 @@ func _ready() -> void:
 	await _test_timings(_port("port"))
 	await _test_token_and_low_rate(_port("token-port"))
 	await _test_malformed(_port("bad-port"))
+	await _test_origin_refused(_port("other-origin-port"))
 	_check_refused(refused)
 	_finish()
 
@@ -449,6 +451,19 @@ func _test_malformed(port: int) -> void:
 	_check(_has_event("error", "code", "invalid_message"), "malformed: invalid_message reported")
 	_check(tts.is_server_ready(), "malformed: still connected")
 	_check(tts.get_voices().size() == 1, "malformed: the next good message is read")
+	tts.queue_free()
+	_events.clear()
+
+
+## A server that does not allow this page's origin refuses the WebSocket handshake: the node
+## reports it as no server (the browser tells no more) and speaks nothing.
+func _test_origin_refused(port: int) -> void:
+	var tts: Node = _new_tts()
+	tts.connect_to_server("127.0.0.1", port)
+	while _named("connected").is_empty() and _named("disconnected").is_empty():
+		await get_tree().process_frame
+	_check(not tts.is_server_ready(), "origin refused: not connected")
+	_check(_named("disconnected").size() == 1, "origin refused: disconnected")
 	tts.queue_free()
 	_events.clear()
 
