@@ -75,7 +75,10 @@ engine.startGame().catch((error) => {
 
 def engines_required() -> bool:
     """True in CI: a missing engine fails the test instead of skipping it."""
-    return os.environ.get(REQUIRE_ENGINES_ENV, "") not in ("", "0") or bool(os.environ.get("CI"))
+    return any(
+        os.environ.get(name, "").lower() not in ("", "0", "false")
+        for name in (REQUIRE_ENGINES_ENV, "CI")
+    )
 
 
 def missing(reason: str) -> None:
