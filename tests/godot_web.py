@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
-import pytest
-from helpers import REPO
+from helpers import REPO, engine_missing
 
 TEMPLATE_ENV = "DIALOGUE_TTS_GODOT4_WEB"
 TEMPLATE_DIR = REPO / ".cache" / "godot4-web"
@@ -39,7 +38,6 @@ TEMPLATE_FILES = (
 FATAL_MARKERS = (
     "SCRIPT ERROR", "Parse Error", "Couldn't load project", "startGame failed", "PAGE ERROR"
 )  # fmt: skip
-REQUIRE_ENGINES_ENV = "DIALOGUE_TTS_REQUIRE_ENGINES"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
@@ -73,31 +71,18 @@ engine.startGame().catch((error) => {
 """
 
 
-def engines_required() -> bool:
-    """True in CI: a missing engine fails the test instead of skipping it."""
-    return any(
-        os.environ.get(name, "").lower() not in ("", "0", "false")
-        for name in (REQUIRE_ENGINES_ENV, "CI")
-    )
-
-
-def missing(reason: str) -> None:
-    """Skips the test, or fails it where engines are required."""
-    if engines_required():
-        pytest.fail(f"{reason} ({REQUIRE_ENGINES_ENV} or CI is set, so this fails)")
-    pytest.skip(reason)
-
-
 def template_dir() -> Path:
     """The folder with Godot's web export template, or skip/fail when there is none."""
     folder = Path(os.environ.get(TEMPLATE_ENV) or TEMPLATE_DIR)
     absent = [name for name in TEMPLATE_FILES if not (folder / name).is_file()]
     if absent:
-        missing(
+        engine_missing(
             f"no Godot 4 web template in {folder} (missing {', '.join(absent)}; .ci/run gets it)"
         )
     if not CHROMIUM.exists():
-        missing("needs Debian's chromium package at /usr/bin/chromium (apt-get install chromium)")
+        engine_missing(
+            "needs Debian's chromium package at /usr/bin/chromium (apt-get install chromium)"
+        )
     return folder
 
 

@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO, ServerThread, server_process
+from helpers import REPO, ServerThread, needs_engine, server_process
 
 from dialogue_tts.cast import Cast
 from dialogue_tts.server import ServerConfig
@@ -55,9 +55,9 @@ GODOT3_SCRIPTS = sorted(GODOT3.rglob("*.gd"))
 GDTOOLKIT_SCRIPTS = GODOT4_SCRIPTS + [path for path in GODOT3_SCRIPTS if path.name != "plugin.gd"]
 
 GODOT3_BIN = shutil.which("godot3-server")
-needs_godot3 = pytest.mark.skipif(
-    GODOT3_BIN is None,
-    reason="godot3-server is not on PATH (CI runs `apt-get install -y godot3-server`)",
+needs_godot3 = needs_engine(
+    GODOT3_BIN is not None,
+    "godot3-server is not on PATH (CI runs `apt-get install -y godot3-server`)",
 )
 HANG_GUARD_SECONDS = 300  # only so that a stuck engine cannot hang the suite
 TOKEN = "godot-test-token"

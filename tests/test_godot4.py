@@ -27,7 +27,7 @@ import godot_web
 import msgpack
 import pytest
 from godot_web import browser_page, served_game, start, wait_done, wait_for
-from helpers import REPO, ServerThread, server_process
+from helpers import REPO, REQUIRE_ENGINES_ENV, ServerThread, server_process
 
 from dialogue_tts.cast import Cast
 from dialogue_tts.server import ServerConfig
@@ -179,13 +179,13 @@ def test_a_missing_runtime_fails_where_engines_are_required(
 ) -> None:
     monkeypatch.setenv(godot_web.TEMPLATE_ENV, str(tmp_path))  # an empty folder: no template
     monkeypatch.setenv("CI", "false")
-    monkeypatch.delenv(godot_web.REQUIRE_ENGINES_ENV, raising=False)
+    monkeypatch.delenv(REQUIRE_ENGINES_ENV, raising=False)
     with pytest.raises(pytest.skip.Exception, match="no Godot 4 web template"):
         godot_web.template_dir()
-    monkeypatch.setenv(godot_web.REQUIRE_ENGINES_ENV, "1")
+    monkeypatch.setenv(REQUIRE_ENGINES_ENV, "1")
     with pytest.raises(pytest.fail.Exception, match="no Godot 4 web template"):
         godot_web.template_dir()
-    monkeypatch.delenv(godot_web.REQUIRE_ENGINES_ENV)
+    monkeypatch.delenv(REQUIRE_ENGINES_ENV)
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match=r"index\.wasm"):
         godot_web.template_dir()
