@@ -5,8 +5,8 @@ work waiting.
 the order in which players hear things. Each job has a priority class and a need-by time, read
 when a decision is made (a prefetched line that becomes current moves up while it waits):
 
-- ``URGENT``: the next piece of a current line whose client has (almost) no audio left to play,
-  above all a line's first piece, which the player is waiting for;
+- ``FIRST``: the first piece of a line just said, which the player is waiting for;
+- ``URGENT``: the next piece of a current line whose client has (almost) no audio left to play;
 - ``CURRENT``: later pieces of current lines, earliest playback deadline first;
 - ``PREFETCH``: lines queued behind the current one;
 - ``BACKGROUND``: ``prepare`` requests and whole-file renders (scenes, ``renpy-render``).
@@ -22,13 +22,17 @@ queued is *wide* (every core); otherwise jobs run *narrow* (one thread each), as
 as there are cores. An urgent wide call (a line the player waits for) has the machine to
 itself; a wide call in no hurry lets work that comes meanwhile start narrow beside it.
 
-**Preemption.** An ``URGENT`` job that cannot start because less urgent calls hold the cores
-aborts those calls (the engine's ``RunOptions.terminate``, about 2 ms) and takes the cores;
-they go back to the queue, first in their class, and start again from the beginning of their
-piece. So background work, prefetch and comfortable current lines delay a line the player is
-waiting for by milliseconds, not by the piece that happens to be running. A job is aborted
-at most ``MAX_PREEMPTIONS`` times, so that under a stream of urgent work every job still
-finishes.
+Under overload (more speakers than the cores can voice in real time), lines run dry, and a new
+line still starts first: its silence is the whole line, theirs a gap. ``status`` counts the
+gaps (``underruns``).
+
+**Preemption.** An urgent job (``FIRST`` or ``URGENT``) that cannot start because less
+urgent calls hold the cores aborts those calls (the engine's ``RunOptions.terminate``, about
+2 ms) and takes the cores; they go back to the queue, first in their class, and start again
+from the beginning of their piece. So background work, prefetch and comfortable current
+lines delay a line the player is waiting for by milliseconds, not by the piece that happens
+to be running. A job is aborted at most ``MAX_PREEMPTIONS`` times, so that under a stream of
+urgent work every job still finishes.
 """
 
 from __future__ import annotations
@@ -66,10 +70,16 @@ PRIORITY_RECHECK_SECONDS: Final = 0.05
 
 
 class Priority(enum.IntEnum):
-    URGENT = 0
-    CURRENT = 1
-    PREFETCH = 2
-    BACKGROUND = 3
+    FIRST = 0
+    URGENT = 1
+    CURRENT = 2
+    PREFETCH = 3
+    BACKGROUND = 4
+
+    @property
+    def urgent(self) -> bool:
+        """Someone is listening to silence until this runs: it may abort other work."""
+        return self <= Priority.URGENT
 
 
 PriorityKey = Callable[[], tuple[Priority, float]]
@@ -244,9 +254,9 @@ class InferencePool:
         job = min(self._jobs, key=lambda j: keys[id(j)])
         priority = keys[id(job)][0]
         self._jobs.remove(job)
-        urgent = priority == Priority.URGENT
+        urgent = priority.urgent
         if self.adaptive and not self._running:
-            if urgent and not any(keys[id(j)][0] == Priority.URGENT for j in self._jobs):
+            if urgent and not any(keys[id(j)][0].urgent for j in self._jobs):
                 # A line the player waits for, alone: the whole machine, nothing beside it
                 # (less urgent work waits for this one piece).
                 return _Running(job, Lease(self.wide_threads), self.slots, urgent)
@@ -258,7 +268,7 @@ class InferencePool:
 
     def _preempt_for_urgent(self) -> None:
         """Abort less urgent running calls while urgent jobs wait for cores."""
-        waiting = sum(_sort_key(job)[0] == Priority.URGENT for job in self._jobs)
+        waiting = sum(_sort_key(job)[0].urgent for job in self._jobs)
         if not waiting:
             return
         victims = [
@@ -354,7 +364,7 @@ def _lower_thread_priority() -> None:
 
 def _sort_key(job: _Job) -> tuple[Priority, float, int]:
     priority, deadline = job.priority()
-    return priority, deadline, job.order
+    return Priority(priority), deadline, job.order
 
 
 def _set_result(future: asyncio.Future[Any], result: Any) -> None:

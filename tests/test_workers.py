@@ -312,3 +312,28 @@ async def test_jobs_of_one_class_start_in_order_of_need_then_of_arrival() -> Non
         assert ran == ["needed first", *names]
     finally:
         pool.close()
+
+
+async def test_under_overload_a_new_line_starts_before_lines_that_ran_dry() -> None:
+    """Its silence is the whole line; theirs is a gap. Running-dry pieces come next, earliest
+    need first, then the rest."""
+    pool = InferencePool(1)
+    ran: list[str] = []
+    try:
+        gate, blocker = await hold(pool)
+        jobs = [
+            ("current", constant(Priority.CURRENT, 0.0)),
+            ("dry-late", constant(Priority.URGENT, 2.0)),
+            ("dry-early", constant(Priority.URGENT, 1.0)),
+            ("new line", constant(Priority.FIRST, 5.0)),
+        ]
+        tasks = [
+            asyncio.ensure_future(pool.run(lambda _, n=name: ran.append(n), key))
+            for name, key in jobs
+        ]
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(blocker, *tasks)
+        assert ran == ["new line", "dry-early", "dry-late", "current"]
+    finally:
+        pool.close()
