@@ -165,8 +165,6 @@ def _pyinstaller_command(work: Path, languages: set[str], web: bool) -> list[str
         "--paths", str(Path(__file__).resolve().parent.parent),  # also an editable install
         "--copy-metadata", "piper-tts", "--hidden-import", "piper.espeakbridge",
     ]  # fmt: skip
-    if sys.platform.startswith("linux"):
-        command.append("--strip")  # debug symbols: 40 MiB; macOS signing wants them left
     for source, target in data:
         command += ["--add-data", f"{source}{os.pathsep}{target}"]
     for module in excluded:
