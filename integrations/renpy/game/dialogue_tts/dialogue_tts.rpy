@@ -37,6 +37,9 @@
 #
 #     define dialogue_tts.server_path = "dialogue-tts-server/dialogue-tts-server"
 #
+# The voice takes a few seconds to load: call dialogue_tts.start_server() early
+# (in label splashscreen, say) so that it is ready for the first line.
+#
 # A server started with a token (DIALOGUE_TTS_TOKEN or --token-file) needs it:
 # the binding reads the DIALOGUE_TTS_TOKEN environment variable by itself, or
 # define dialogue_tts.token.
@@ -147,6 +150,16 @@ init -100 python in dialogue_tts:
                 path += ".exe"
             _state.server = client.ServerProcess(path, log=_log).start()
         return _state.server
+
+    def start_server():
+        """
+        Starts the bundled server (server_path) now rather than on the first line,
+        e.g. in label splashscreen: the voice loads in a few seconds, and a first
+        line that comes before it is ready is not voiced. Does nothing without
+        server_path, or once the server was started.
+        """
+
+        _server()
 
     def _stop_server():
         # In config.quit_callbacks: the game quits, its server goes with it. (A crash or a
