@@ -252,14 +252,26 @@ def wait_gone(bundle: Path, at_most: float = 30.0) -> float:
     return time.monotonic() - start
 
 
-def game_with_bundle(tmp_path: Path, bundle: Path) -> Path:
-    """A copy of the example game with the bundle beside game/ and server_path set to it.
+# A main menu that starts the server and waits for it, as a game's splash screen would.
+WAIT_FOR_VOICE = """
+label main_menu:
+    $ dialogue_tts.start_server()
+    while dialogue_tts.server_starting():
+        $ renpy.pause(0.1, hard=True)
+    $ renpy.jump_out_of_context("start")
+"""
+
+
+def game_with_bundle(tmp_path: Path, bundle: Path, wait: bool) -> Path:
+    """A copy of the example game with the bundle beside game/ and server_path set to it;
+    ``wait``: a main menu waits for the server (else it starts on the first line).
     DIALOGUE_TTS_PORT names a port nobody listens on: only the bundle can voice it."""
     base = tmp_path / "example"
     shutil.copytree(EXAMPLE, base, ignore=shutil.ignore_patterns("*.rpyc", "cache", "saves"))
     (base / "dialogue-tts-server").symlink_to(bundle, target_is_directory=True)
     (base / "game" / "shipping.rpy").write_text(
-        'define dialogue_tts.server_path = "dialogue-tts-server/dialogue-tts-server"\n',
+        'define dialogue_tts.server_path = "dialogue-tts-server/dialogue-tts-server"\n'
+        + (WAIT_FOR_VOICE if wait else ""),
         encoding="utf-8",
     )
     return base
@@ -278,10 +290,20 @@ def renpy_command(base: Path, report: Path) -> tuple[list[str], dict[str, str]]:
     return [str(RENPY), str(base)], env
 
 
-@needs_renpy
-def test_renpy_starts_the_bundle_and_stops_it_when_it_quits(tmp_path: Path, bundle: Path) -> None:
+@pytest.fixture
+def no_server_left(bundle: Path) -> Iterator[None]:
+    """None of the bundle's servers runs before the test; any left after it is killed."""
+    wait_gone(bundle, at_most=5)
     assert bundle_pids(bundle) == []
-    base = game_with_bundle(tmp_path, bundle)
+    yield
+    for pid in bundle_pids(bundle):
+        os.kill(pid, signal.SIGKILL)
+
+
+@needs_renpy
+@pytest.mark.usefixtures("no_server_left")
+def test_renpy_starts_the_bundle_and_stops_it_when_it_quits(tmp_path: Path, bundle: Path) -> None:
+    base = game_with_bundle(tmp_path, bundle, wait=True)
     report_path = tmp_path / "report.json"
     command, env = renpy_command(base, report_path)
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -290,9 +312,7 @@ def test_renpy_starts_the_bundle_and_stops_it_when_it_quits(tmp_path: Path, bund
     report = json.loads(report_path.read_text())
     assert report["finished"] and "error" not in report, report
     # Every line was voiced, by the bundle: nothing else listens where the game could look.
-    # Not the first: auto-forward moves past it while the voice loads (start_server() in
-    # label splashscreen avoids that; the example does not call it).
-    for index in range(1, EXAMPLE_LINES):
+    for index in range(EXAMPLE_LINES):
         assert any(p["line"] == index for p in report["played"]), (index, report["played"])
     log = (base / "log.txt").read_text(encoding="utf-8", errors="replace")
     assert "no voice server" not in log and "refused" not in log, log
@@ -300,9 +320,9 @@ def test_renpy_starts_the_bundle_and_stops_it_when_it_quits(tmp_path: Path, bund
 
 
 @needs_renpy
+@pytest.mark.usefixtures("no_server_left")
 def test_renpy_killed_leaves_no_server(tmp_path: Path, bundle: Path) -> None:
-    assert bundle_pids(bundle) == []
-    base = game_with_bundle(tmp_path, bundle)
+    base = game_with_bundle(tmp_path, bundle, wait=False)  # started by the first line
     report_path = tmp_path / "report.json"
     command, env = renpy_command(base, report_path)
     game = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -323,5 +343,3 @@ def test_renpy_killed_leaves_no_server(tmp_path: Path, bundle: Path) -> None:
     finally:
         if game.poll() is None:
             game.kill()
-        for pid in bundle_pids(bundle):
-            os.kill(pid, signal.SIGKILL)

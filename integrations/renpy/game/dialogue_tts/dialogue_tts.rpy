@@ -38,7 +38,8 @@
 #     define dialogue_tts.server_path = "dialogue-tts-server/dialogue-tts-server"
 #
 # The voice takes a few seconds to load: call dialogue_tts.start_server() early
-# (in label splashscreen, say) so that it is ready for the first line.
+# (in label splashscreen, say) so that it is ready for the first line, and wait
+# while dialogue_tts.server_starting() if the first line must be voiced.
 #
 # A server started with a token (DIALOGUE_TTS_TOKEN or --token-file) needs it:
 # the binding reads the DIALOGUE_TTS_TOKEN environment variable by itself, or
@@ -160,6 +161,18 @@ init -100 python in dialogue_tts:
         """
 
         _server()
+
+    def server_starting():
+        """
+        True while the bundled server is starting: it has been started and is
+        neither listening nor failed yet. A splash screen can wait for it:
+
+            $ dialogue_tts.start_server()
+            while dialogue_tts.server_starting():
+                $ renpy.pause(0.1, hard=True)
+        """
+
+        return _state.server is not None and _state.server.starting
 
     def _stop_server():
         # In config.quit_callbacks: the game quits, its server goes with it. (A crash or a

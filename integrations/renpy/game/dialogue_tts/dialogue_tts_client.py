@@ -915,6 +915,11 @@ class ServerProcess:
         (start_thread or _daemon_thread)(self._read_output)  # type: ignore[operator]
         return self
 
+    @property
+    def starting(self) -> bool:
+        """True from ``start()`` until the server listens, or has failed to."""
+        return self.process is not None and not self._listening.is_set()
+
     def wait_port(self) -> int:
         """The port, once the server listens; raises OSError if it failed or took too long."""
         if not self._listening.wait(self.start_timeout):
