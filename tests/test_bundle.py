@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -343,3 +344,30 @@ def test_renpy_killed_leaves_no_server(tmp_path: Path, bundle: Path) -> None:
     finally:
         if game.poll() is None:
             game.kill()
+
+
+# --- bad input, refused before the freeze -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "content", "message"),
+    [
+        ("--voices", None, "not a folder"),
+        ("--cast", "[speakers.guard]\nvoice = 'no-such-voice'\n", "no-such-voice"),
+        ("--cast", "this is not toml [", "not valid TOML"),
+    ],
+)
+def test_bundle_refuses_bad_game_files(
+    tmp_path: Path, option: str, content: str | None, message: str
+) -> None:
+    path = tmp_path / "input"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "dialogue_tts", "bundle", str(out), option, str(path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("dialogue-tts: ") and message in result.stderr, result.stderr
+    assert not out.exists()
