@@ -291,6 +291,8 @@ def _check_web(origins: Sequence[str]) -> None:
     try:
         from .websocket import parse_origin
     except ImportError:
+        if getattr(sys, "frozen", False):  # a bundle (dialogue-tts bundle)
+            raise ValueError("--web: this bundle was built without --web") from None
         raise ValueError(
             "--web needs the websockets package: pip install 'dialogue-tts[web]'"
         ) from None

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -371,3 +372,25 @@ def test_bundle_refuses_bad_game_files(
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("dialogue-tts: ") and message in result.stderr, result.stderr
     assert not out.exists()
+
+
+def test_bundle_without_web_says_so(bundle: Path) -> None:
+    result = subprocess.run(
+        [str(bundle / executable_name()), "--port", "0", "--web"],
+        capture_output=True, text=True, timeout=60, env=clean_env(bundle),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "--web: this bundle was built without --web" in result.stderr
+
+
+def test_bundle_with_web_serves_the_preview_page(tmp_path: Path) -> None:
+    out = tmp_path / "dialogue-tts-server"
+    build_bundle(out, web=True)
+    assert (out / "_internal" / "dialogue_tts" / "web" / "index.html").is_file()
+    with bundle_server(out, "--web", "--web-port", "0") as (_port, process):
+        assert process.stdout is not None
+        page = re.search(r"preview page: (http://127\.0\.0\.1:\d+/)", process.stdout.readline())
+        assert page, "no preview page line"
+        with urllib.request.urlopen(page.group(1), timeout=30) as response:
+            assert response.status == 200
+            assert b"<!doctype html>" in response.read().lower()
