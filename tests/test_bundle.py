@@ -11,6 +11,7 @@ leaves no server behind when it quits or is killed.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -394,3 +395,71 @@ def test_bundle_with_web_serves_the_preview_page(tmp_path: Path) -> None:
         with urllib.request.urlopen(page.group(1), timeout=30) as response:
             assert response.status == 200
             assert b"<!doctype html>" in response.read().lower()
+
+
+# --- the Ren'Py binding's ServerProcess, outside Ren'Py -----------------------------------------
+
+
+def renpy_client() -> Any:
+    """The binding's pure-Python client module (it imports nothing of Ren'Py)."""
+    path = REPO / "integrations" / "renpy" / "game" / "dialogue_tts" / "dialogue_tts_client.py"
+    spec = importlib.util.spec_from_file_location("dialogue_tts_client_for_bundle", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    dont_write, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # keep the binding clean
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = dont_write
+    return module
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [("/nonexistent/dialogue-tts-server", "cannot start"), ("/bin/false", "exited (status 1)")],
+)
+def test_server_process_that_cannot_start(path: str, message: str) -> None:
+    logged: list[str] = []
+    server = renpy_client().ServerProcess(path, log=logged.append, start_timeout=30).start()
+    with pytest.raises(OSError, match=re.escape(message)):
+        server.wait_port()
+    assert not server.starting
+    server.stop()  # nothing to stop: no error
+
+
+def test_server_process_voices_a_line_with_its_own_token(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = renpy_client()
+    logged: list[str] = []
+    monkeypatch.delenv("DIALOGUE_TTS_TOKEN", raising=False)
+    server = client.ServerProcess(str(bundle / executable_name()), log=logged.append).start()
+    try:
+        assert server.starting
+        speech = client.Speech(
+            lambda: client.Connection(client_name="renpy-test", server=server).start(),
+            log=logged.append,
+        )
+        assert speech.say("guard", "Halt! Who goes there?") == "sent"
+        deadline = time.monotonic() + 120
+        chunks: list[Any] = []
+        while not (chunks and not speech.receiving) and time.monotonic() < deadline:
+            chunks += speech.poll()
+            time.sleep(0.05)
+        assert chunks and chunks[0].first and chunks[0].audio[:4] == b".snd", logged
+        assert not server.starting and server.port is not None
+        assert speech.connection is not None and speech.connection.port == server.port
+        # A second local client, without the token: refused.
+        wire = Wire(server.port)
+        try:
+            wire.send(from_json(vector("hello")["message"]))
+            reply = wire.receive()
+            assert reply is not None and reply["code"] == "unauthorized"
+        finally:
+            wire.close()
+        assert server.token not in "\n".join(logged)
+        speech.close()
+    finally:
+        server.stop()
+    assert server.process.returncode is not None
+    assert process_gone(server.process.pid)
