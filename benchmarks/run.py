@@ -77,16 +77,18 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def our_server(*args: str) -> Iterator[tuple[int, subprocess.Popen[str], float]]:
+def our_server(
+    *args: str, prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[int, subprocess.Popen[str], float]]:
     """`dialogue-tts serve`; yields (port, process, seconds until it printed "listening").
 
     With no disk cache unless ``args`` name one: the corpus repeats, and every measure but
-    the cache's own is of synthesis."""
+    the cache's own is of synthesis. ``prefix`` runs it under another command (taskset)."""
     started = time.perf_counter()
     if not any(arg.startswith("--cache") for arg in args):
         args = (*args, "--no-cache")
     process = subprocess.Popen(
-        [sys.executable, "-m", "dialogue_tts", "serve", "--port", "0", *args],
+        [*prefix, sys.executable, "-m", "dialogue_tts", "serve", "--port", "0", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -413,16 +415,14 @@ def write_results(report: Report, args: argparse.Namespace, seconds: float) -> N
         "|---|---|---|---|",
         *(f"| {m} | {o} | {b} | {r} |" for m, o, b, r in report.rows),
         "",
-        "## Targets (issue 3), from the figures above",
+        TARGETS_HEADING,
         "",
         *report.targets(),
         "",
         *report.notes,
     ]
     out = Path(args.out)
-    # benchmarks/bundle.py's section is measured apart: keep it.
-    old = out.read_text(encoding="utf-8") if out.exists() else ""
-    kept = old[old.index(BUNDLE_SECTION) :] if BUNDLE_SECTION in old else ""
+    kept = _other_sections(out.read_text(encoding="utf-8")) if out.exists() else ""
     out.write_text("\n".join(lines) + "\n" + (f"\n{kept}" if kept else ""), encoding="utf-8")
 
 
@@ -540,7 +540,15 @@ async def run_async(report: Report, args: argparse.Namespace) -> None:
     await cache_section(report)
 
 
-BUNDLE_SECTION = "## The bundle a game ships"
+TARGETS_HEADING = "## Targets (issue 3), from the figures above"
+
+
+def _other_sections(old: str) -> str:
+    """The sections of RESULTS.md after this script's targets (other scripts measured them:
+    benchmarks/renpy_latency.py, benchmarks/bundle.py), kept as they are."""
+    targets = old.find(TARGETS_HEADING)
+    start = old.find("\n## ", targets + 1) if targets >= 0 else -1
+    return old[start + 1 :] if start >= 0 else ""
 
 
 def main() -> None:

@@ -129,7 +129,7 @@ def _check_inputs(cast: Path | None, voices: Path | None, web: bool) -> set[str]
     catalog = VoiceCatalog(voices)
     if cast is not None:
         try:
-            load_cast(cast).check_voices(set(catalog.names()))
+            load_cast(cast).check(catalog)
         except CastError as exc:
             raise ValueError(str(exc)) from None
     return {info.language.replace("_", "-").split("-")[0].lower() for info in catalog.infos()}

@@ -14,6 +14,10 @@ A cast file is TOML (see ``examples/cast.toml``)::
     pitch = 0.85
     styles.angry = { rate = 1.15, volume = 1.4, pitch = 1.05, noise_w = 1.0 }
 
+    [lexicon]                 # how to say words, for every speaker (see lexicon.py)
+    Aelindra = "ay-LIN-dra"
+    "Xal'thar" = "/zˈælθɑːɹ/"
+
 A speaker's unset keys come from ``[default]``. Rate, pitch and volume multiply: the
 speaker's, then the style's, then the request's; ``noise_scale`` and ``noise_w`` are Piper's
 own settings and the last one set wins. A game may send the same structure in its hello.
@@ -29,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from .engine import Delivery
+from .engine import Delivery, VoiceInfo
+from .lexicon import Lexicon, LexiconError, WordBook
 
 __all__ = [
     "CAST_ENV",
@@ -106,6 +111,7 @@ class Cast:
     default: Character = Character()
     speakers: dict[str, Character] = field(default_factory=dict)
     styles: dict[str, Style] = field(default_factory=dict)
+    lexicon: Lexicon = field(default_factory=Lexicon)
     source: str = "built-in"
     """Where it came from (a path, "hello"), for messages."""
 
@@ -168,7 +174,12 @@ class Cast:
             "default": _entry_dict(self.default),
             "styles": {name: _entry_dict(style) for name, style in self.styles.items()},
             "speakers": {name: _entry_dict(entry) for name, entry in self.speakers.items()},
+            **({"lexicon": self.lexicon.to_dict()} if self.lexicon else {}),
         }
+
+    def words(self, voice: VoiceInfo) -> WordBook:
+        """The lexicon entries a line in ``voice`` uses."""
+        return self.lexicon.book(voice.name, voice.language, voice.espeak_voice)
 
     @classmethod
     def from_toml(cls, text: str, source: str = "cast") -> Cast:
@@ -181,7 +192,7 @@ class Cast:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "cast") -> Cast:
         """Validate a parsed cast; raises CastError naming the bad key."""
-        _only(data, {"default", "speakers", "styles"}, source)
+        _only(data, {"default", "speakers", "styles", "lexicon"}, source)
         default = _character(data.get("default", {}), f"{source}: default", None)
         speakers_data = _table(data.get("speakers", {}), f"{source}: speakers")
         if len(speakers_data) > MAX_CAST_SPEAKERS:
@@ -193,7 +204,13 @@ class Cast:
             for name, entry in speakers_data.items()
         }
         styles = _styles(data.get("styles", {}), f"{source}: styles")
-        return cls(default=default, speakers=speakers, styles=styles, source=source)
+        try:
+            lexicon = Lexicon.from_table(data.get("lexicon", {}), f"{source}: lexicon")
+        except LexiconError as exc:
+            raise CastError(str(exc)) from None
+        return cls(
+            default=default, speakers=speakers, styles=styles, lexicon=lexicon, source=source
+        )
 
     def check_voices(self, known: set[str]) -> None:
         """Raise CastError if an entry names a voice that is not in ``known``."""
@@ -204,6 +221,17 @@ class Cast:
                     f"{self.source}: {where}.voice: no voice named {entry.voice!r} "
                     f"(known: {', '.join(sorted(known))})"
                 )
+
+    def check(self, catalog: Any) -> None:
+        """``check_voices`` against a ``VoiceCatalog``, and every lexicon entry's phonemes
+        against the voices that may say it; raises CastError."""
+        self.check_voices(set(catalog.names()))
+        entries = [self.default, *self.speakers.values()]
+        used = {entry.voice or catalog.default_voice for entry in entries}
+        try:
+            self.lexicon.check(catalog.infos(), used)
+        except LexiconError as exc:
+            raise CastError(str(exc)) from None
 
 
 DEFAULT_CAST: Final = Cast()

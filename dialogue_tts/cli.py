@@ -1,4 +1,5 @@
-"""Command line: ``dialogue-tts serve | say | voices | cast | preview | renpy-render | bundle``."""
+"""Command line: ``dialogue-tts serve | say | voices | cast | preview | renpy-render | words |
+bundle``."""
 
 from __future__ import annotations
 
@@ -7,34 +8,33 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from . import __version__
+from .app import (
+    HOST_ENV,
+    PORT_ENV,
+    TOKEN_ENV,
+    WEB_ORIGINS_ENV,
+    build_engine,
+    engine_options,
+    load_cast_option,
+    play_file,
+    player,
+    read_token,
+    run_async,
+)
 from .protocol import DEFAULT_HOST, DEFAULT_PORT
 
 _LOGGER = logging.getLogger("dialogue_tts")
 _T = TypeVar("_T")
 
-VOICES_ENV = "DIALOGUE_TTS_VOICES"
-HOST_ENV = "DIALOGUE_TTS_HOST"
-PORT_ENV = "DIALOGUE_TTS_PORT"
-WEB_ORIGINS_ENV = "DIALOGUE_TTS_WEB_ORIGINS"
-TOKEN_ENV = "DIALOGUE_TTS_TOKEN"
-CAST_ENV = "DIALOGUE_TTS_CAST"  # the same as cast.CAST_ENV
 DEFAULT_WEB_PORT = 5758  # the same as websocket.DEFAULT_WEB_PORT, without importing websockets
-_PLAYERS = (
-    ["aplay", "-q"],
-    ["paplay"],
-    ["afplay"],
-    ["ffplay", "-nodisp", "-autoexit", "-loglevel", "quiet"],
-)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,11 +80,14 @@ def _parser() -> argparse.ArgumentParser:
     connection_options(serve)
     serve.add_argument(
         "--workers", type=int,
-        help="parallel inference calls (default: 2, or 1 on a single core)",
+        help="fixed number of inference calls at once (default: chosen per call from the "
+        "work waiting: one call with every core for a lone line, one call per core when "
+        "many wait)",
     )  # fmt: skip
     serve.add_argument(
-        "--threads", type=int, help="onnxruntime threads per inference call (default: cores)"
-    )
+        "--threads", type=int,
+        help="fixed onnxruntime threads per inference call (default: chosen per call)",
+    )  # fmt: skip
     serve.add_argument("--no-pace", action="store_true", help="finish lines when sent, not played")
     serve.add_argument(
         "--allow-remote", action="store_true",
@@ -144,92 +147,13 @@ def _parser() -> argparse.ArgumentParser:
     from .bundle import add_parser as add_bundle
     from .preview import add_parser as add_preview
     from .renpy_render import add_parser as add_renpy_render
+    from .words import add_parser as add_words
 
     add_preview(commands)
     add_renpy_render(commands)
     add_bundle(commands)
+    add_words(commands)
     return parser
-
-
-def engine_options(command: argparse.ArgumentParser) -> None:
-    """Voices, cast and cache options, for every command that may synthesize in-process."""
-    command.add_argument(
-        "--voices", type=Path, metavar="DIR", default=_env_path(VOICES_ENV),
-        help=f"folder of extra Piper voices (*.onnx + *.onnx.json); env {VOICES_ENV}",
-    )  # fmt: skip
-    command.add_argument(
-        "--cast", type=Path, metavar="FILE", default=_env_path(CAST_ENV),
-        help=f"cast file (TOML): each speaker's voice, rate, pitch and styles; env {CAST_ENV}",
-    )  # fmt: skip
-    command.add_argument(
-        "--cache-dir", type=Path, metavar="DIR",
-        help="folder of the rendered-line cache (default: the user cache folder, "
-        "or env DIALOGUE_TTS_CACHE)",
-    )  # fmt: skip
-    command.add_argument(
-        "--cache-size", type=int, default=512, metavar="MIB",
-        help="largest size of the rendered-line cache in MiB (default 512)",
-    )  # fmt: skip
-    command.add_argument("--no-cache", action="store_true", help="keep no rendered lines on disk")
-
-
-def build_engine(
-    args: argparse.Namespace, workers: int | None = None, threads: int | None = None
-) -> Any:
-    """The engine the options describe: voices folder and disk cache."""
-    from .cache import DiskCache, default_cache_dir
-    from .engine import Engine, VoiceCatalog
-
-    disk_cache = None
-    if not args.no_cache:
-        disk_cache = DiskCache(args.cache_dir or default_cache_dir(), args.cache_size << 20)
-    return Engine(
-        VoiceCatalog(args.voices), workers=workers, intra_op_threads=threads,
-        disk_cache=disk_cache,
-    )  # fmt: skip
-
-
-def load_cast_option(args: argparse.Namespace, voices: set[str]) -> Any:
-    """The --cast file, checked against the voices (the empty cast without one)."""
-    from .cast import DEFAULT_CAST, CastError, load_cast
-
-    if args.cast is None:
-        return DEFAULT_CAST
-    try:
-        cast = load_cast(args.cast)
-        cast.check_voices(voices)
-    except CastError as exc:
-        raise ValueError(str(exc)) from None
-    return cast
-
-
-def read_token(args: argparse.Namespace) -> str | None:
-    """The shared secret: --token-file's first line, else $DIALOGUE_TTS_TOKEN, else None.
-
-    Never a command-line value: other users can read a process's arguments.
-    """
-    path: Path | None = getattr(args, "token_file", None)
-    if path is not None:
-        lines = path.read_text(encoding="utf-8").splitlines()
-        token = lines[0].strip() if lines else ""
-        if not token:
-            raise ValueError(f"{path} holds no token")
-        return token
-    return os.environ.get(TOKEN_ENV) or None
-
-
-def _env_path(name: str) -> Path | None:
-    value = os.environ.get(name)
-    return Path(value) if value else None
-
-
-def run_async(coroutine: Coroutine[Any, Any, _T]) -> _T:
-    """Run on uvloop where it exists (Linux, macOS), plain asyncio elsewhere (Windows)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coroutine)
-    return uvloop.run(coroutine)
 
 
 # --- serve ------------------------------------------------------------------------------
@@ -254,7 +178,7 @@ async def _serve_async(args: argparse.Namespace) -> None:
         host=args.host or None, port=args.port, unix_path=args.unix,
         allow_remote=args.allow_remote, pace=not args.no_pace,
         web_port=args.web_port if args.web else None, web_origins=web_origins,
-        cast=load_cast_option(args, set(engine.catalog.names())), token=read_token(args),
+        cast=load_cast_option(args, engine.catalog), token=read_token(args),
     )  # fmt: skip
     server = Server(engine, config)
     await server.start()
@@ -352,7 +276,7 @@ async def _render_in_process(args: argparse.Namespace, request: Any) -> tuple[by
 
     engine = build_engine(args)
     try:
-        cast = load_cast_option(args, set(engine.catalog.names()))
+        cast = load_cast_option(args, engine.catalog)
         try:
             job, _ = synthesis_request(request, cast, engine.catalog, DEFAULT_LIMITS)
         except RemoteProtocolError as exc:
@@ -382,7 +306,7 @@ async def _try_connect(args: argparse.Namespace) -> Any:
 
 
 def _play(wav: bytes, duration: float) -> int:
-    if _player() is not None:
+    if player() is not None:
         with tempfile.NamedTemporaryFile(suffix=".wav") as file:
             file.write(wav)
             file.flush()
@@ -391,22 +315,6 @@ def _play(wav: bytes, duration: float) -> int:
     fallback.write_bytes(wav)
     print(f"no audio player found; wrote {fallback} ({duration:.2f} s)")
     return 0
-
-
-def play_file(path: Path) -> int:
-    """Play an audio file with the system's player (aplay, paplay, afplay or ffplay)."""
-    command = _player()
-    if command is None:
-        print(f"no audio player found (aplay, paplay, afplay or ffplay); the file is {path}")
-        return 0
-    status = subprocess.call([*command, str(path)])
-    if status != 0:
-        print(f"{command[0]} could not play {path} (no audio device?)", file=sys.stderr)
-    return status
-
-
-def _player() -> list[str] | None:
-    return next((command for command in _PLAYERS if shutil.which(command[0])), None)
 
 
 def _voices(args: argparse.Namespace) -> int:
@@ -423,7 +331,7 @@ def _show_cast(args: argparse.Namespace) -> int:
 
     from .engine import VoiceCatalog
 
-    cast = load_cast_option(args, set(VoiceCatalog(args.voices).names()))
+    cast = load_cast_option(args, VoiceCatalog(args.voices))
     print(json.dumps(cast.to_dict(), indent=2, ensure_ascii=False))
     return 0
 

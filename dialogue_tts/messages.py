@@ -48,6 +48,8 @@ __all__ = [
     "Pong",
     "Prepare",
     "Prepared",
+    "Pronounce",
+    "Pronunciation",
     "Queued",
     "Request",
     "Resume",
@@ -75,6 +77,8 @@ MAX_SCENE_LINES: typing.Final = 200
 """Lines of one synthesize_scene; checked before any line is validated, so that a frame of
 tiny lines costs no time."""
 MAX_SCENE_PAUSE: typing.Final = 30.0
+MAX_LINE_LEXICON: typing.Final = 64
+"""Entries in one request's own ``lexicon``."""
 """Longest gap or pause, in seconds, in a synthesize_scene."""
 
 LineId = int | str
@@ -198,9 +202,17 @@ class TextRequest(Request):
     """Linear gain; samples are clipped, never wrapped (multiplies the cast's volume)."""
     sample_rate: int | None = None
     """Resample the audio to this rate (Hz); default: the voice's own rate."""
+    lexicon: dict[str, str] | None = None
+    """Lexicon entries for this line only, winning over the cast's (word -> respelling or
+    /phonemes/): a writer trying a pronunciation before putting it in the cast."""
 
     def check(self) -> None:
         _check_line(self)
+        if self.lexicon is not None and len(self.lexicon) > MAX_LINE_LEXICON:
+            raise InvalidMessage(
+                errors.INVALID_FIELD,
+                f"{self.TYPE}.lexicon: at most {MAX_LINE_LEXICON} entries",
+            )
         low, high = SAMPLE_RATE_RANGE
         if self.sample_rate is not None and not low <= self.sample_rate <= high:
             raise InvalidMessage(
@@ -312,6 +324,22 @@ class Prepare(TextRequest):
     Its volume is accepted but does not matter: gain is applied after the cache."""
 
     TYPE: ClassVar[str] = "prepare"
+    timings: list[str] | None = None
+    """With "word", the line is prepared with its word marks, so that a say that asks for
+    them hits it; None: the hello's. Phonemes and visemes always come with a line."""
+
+    def check(self) -> None:
+        super().check()
+        _check_timings(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pronounce(TextRequest):
+    """Which words of a line the lexicon changes, and into what; nothing is synthesized.
+
+    Its delivery fields (rate, pitch, volume, sample_rate) are accepted and do not matter."""
+
+    TYPE: ClassVar[str] = "pronounce"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -522,12 +550,26 @@ class CastReport(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Pronunciation(Event):
+    """The reply to ``pronounce``."""
+
+    TYPE: ClassVar[str] = "pronunciation"
+    id: int | str | None = None
+    voice: str
+    words: list[list[Any]]
+    """``[start_char, end_char, phonemes, entry]`` for each word the lexicon changed: its
+    characters in the text as sent, the phonemes the voice is given, the lexicon's value."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class StatusReport(Event):
     TYPE: ClassVar[str] = "status"
     id: int | str | None = None
     speakers: dict[str, Any]
     cache: dict[str, Any] | None = None
     """Cache counters: {"memory": {hits, misses, entries, bytes}, "disk": {...}}."""
+    underruns: dict[str, Any] | None = None
+    """This connection's playback gaps so far: {"count": int, "seconds": float}."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -567,19 +609,20 @@ REQUEST_TYPES: typing.Final[dict[str, type[Request]]] = {
     cls.TYPE: cls
     for cls in (
         Hello, Say, Skip, Cancel, Clear, Pause, Resume, VoicesRequest, CastRequest,
-        StatusRequest, Synthesize, SynthesizeScene, Prepare, Ping, Bye,
+        StatusRequest, Synthesize, SynthesizeScene, Prepare, Pronounce, Ping, Bye,
     )
 }  # fmt: skip
 EVENT_TYPES: typing.Final[dict[str, type[Event]]] = {
     cls.TYPE: cls
     for cls in (
         Welcome, Queued, Started, Audio, Marks, Finished, Skipped, Cancelled, Cleared, Paused,
-        Resumed, VoiceList, CastReport, StatusReport, AudioFile, Prepared, Pong, Error,
+        Resumed, VoiceList, CastReport, Pronunciation, StatusReport, AudioFile, Prepared, Pong,
+        Error,
     )
 }  # fmt: skip
 
 
-def _check_timings(message: Hello | Say) -> None:
+def _check_timings(message: Hello | Say | Prepare) -> None:
     timings = message.timings
     if timings is not None and not all(isinstance(t, str) and t in TIMINGS for t in timings):
         raise InvalidMessage(

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import numpy as np
 
+from .app import build_engine, engine_options, load_cast_option, play_file, run_async
 from .errors import RemoteProtocolError
 from .messages import MAX_SCENE_PAUSE, InvalidMessage, SceneLine, Synthesize
 from .progress import ProgressBar
@@ -142,7 +143,6 @@ class Scene:
 
 def add_parser(commands: Any) -> None:
     """Register ``preview`` on the CLI's subcommands."""
-    from .cli import engine_options
 
     command = commands.add_parser(
         "preview",
@@ -278,7 +278,6 @@ def _pause_seconds(seconds: float, where: str) -> float:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from .cli import run_async
 
     try:
         lines = read_script(args.script)
@@ -293,8 +292,6 @@ def _main(args: argparse.Namespace) -> int:
         print(f"dialogue-tts preview: {exc}", file=sys.stderr)
         return 2
     if status == 0 and args.play:
-        from .cli import play_file
-
         return play_file(output / f"scene.{args.format}")
     return status
 
@@ -303,12 +300,11 @@ async def _preview(
     args: argparse.Namespace, lines: list[ScriptLine], output: Path, progress: TextIO | None
 ) -> int:
     from .audio import encode_file
-    from .cli import build_engine, load_cast_option
 
     engine = build_engine(args)
     failures: list[tuple[int, str]] = []
     try:
-        cast = load_cast_option(args, set(engine.catalog.names()))
+        cast = load_cast_option(args, engine.catalog)
         sample_rate = (
             args.sample_rate or engine.catalog.info(engine.catalog.default_voice).sample_rate
         )
@@ -398,7 +394,7 @@ async def render_scene(
     ``on_line(index)`` is called as each line is done. Raises SceneRenderError naming every
     line that failed: one bad line stops no other.
     """
-    limit = asyncio.Semaphore(engine.workers)  # every synthesis thread busy, no more
+    limit = asyncio.Semaphore(engine.parallel_lines)  # every core busy, no more
 
     async def render(index: int, job: SynthesisRequest) -> np.ndarray | str:
         async with limit:

@@ -29,12 +29,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from .app import (
+    disk_cache_option,
+    engine_options,
+    run_async,
+)
 from .progress import ProgressBar
 
 __all__ = ["DialogueLine", "ExportError", "add_parser", "read_dialogue_tab", "render_lines"]
 
 HEADER: Final = ("Identifier", "Character", "Dialogue", "Filename", "Line Number", "Ren'Py Script")
 MANIFEST_NAME: Final = ".dialogue-tts-render.json"
+JOURNAL_NAME: Final = ".dialogue-tts-render.journal"
+"""Lines finished since the manifest was last written, one JSON object each, appended as each
+file is written: an interrupted render of thousands of lines resumes where it stopped, at the
+cost of one short append per line (rewriting the whole manifest each time would grow with
+the square of the game's size)."""
 NARRATOR_KEY: Final = "narrator"
 """The mapping key for narration (rows whose Character is empty)."""
 DEFAULT_KEY: Final = "default"
@@ -89,23 +99,12 @@ def add_parser(commands: Any) -> None:
         f'Character column (the variable name; "{NARRATOR_KEY}" for narration, "{DEFAULT_KEY}" '
         "for the rest); null leaves them silent. Unlisted: as the cast says.",
     )  # fmt: skip
-    command.add_argument(
-        "--cast", type=Path, metavar="FILE", default=_env_path("DIALOGUE_TTS_CAST"),
-        help="cast file (TOML) keyed by the Character column, as the live binding's speakers "
-        "(the same voices and styles as live voicing); env DIALOGUE_TTS_CAST",
-    )  # fmt: skip
-    command.add_argument(
-        "--voices", type=Path, metavar="DIR", default=_env_path("DIALOGUE_TTS_VOICES"),
-        help="folder of extra Piper voices (*.onnx + *.onnx.json); env DIALOGUE_TTS_VOICES",
-    )  # fmt: skip
+    # --cast is keyed by the Character column, as the live binding's speakers are, so that
+    # files sound like live voicing; the disk cache reuses lines already heard live.
+    engine_options(command)
     command.add_argument("--force", action="store_true", help="render every line again")
     command.add_argument("--quiet", action="store_true", help="no progress bar")
     command.set_defaults(command=_main)
-
-
-def _env_path(name: str) -> Path | None:
-    value = os.environ.get(name)
-    return Path(value) if value else None
 
 
 # --- reading the export and the mapping ------------------------------------------------------
@@ -224,6 +223,7 @@ def _main(args: argparse.Namespace) -> int:
     return render_lines(
         lines, mapping, output, voices_dir=args.voices, force=args.force,
         progress=None if args.quiet else sys.stderr, cast=cast,
+        disk_cache=disk_cache_option(args),
     )  # fmt: skip
 
 
@@ -246,16 +246,17 @@ def render_lines(
     force: bool = False,
     progress: TextIO | None = None,
     cast: Any = None,
+    disk_cache: Any = None,
 ) -> int:
-    """Render every line that is not up to date; returns the exit status."""
+    """Render every line that is not up to date; returns the exit status. ``disk_cache``
+    (a ``cache.DiskCache``) keeps rendered lines and the voices' calibration."""
     from .cast import DEFAULT_CAST, CastError
-    from .cli import run_async
     from .engine import VoiceCatalog
 
     catalog = VoiceCatalog(voices_dir)
     cast = cast or DEFAULT_CAST
     try:
-        cast.check_voices(set(catalog.names()))
+        cast.check(catalog)
     except CastError as exc:
         raise ExportError(str(exc)) from None
     jobs, unchanged, silent = _plan(lines, mapping, output, catalog, force, cast)
@@ -277,7 +278,7 @@ def render_lines(
     manifest = _read_manifest(output)
     bar = ProgressBar(len(jobs), progress)
     try:
-        failures = run_async(_render_all(catalog, jobs, output, manifest, bar))
+        failures = run_async(_render_all(catalog, jobs, output, manifest, bar, disk_cache))
     finally:
         bar.close()
     for failure in failures:
@@ -287,13 +288,20 @@ def render_lines(
 
 
 async def _render_all(
-    catalog: Any, jobs: list[_Job], output: Path, manifest: dict[str, str], bar: ProgressBar
+    catalog: Any,
+    jobs: list[_Job],
+    output: Path,
+    manifest: dict[str, str],
+    bar: ProgressBar,
+    disk_cache: Any,
 ) -> list[str]:
     from .engine import Engine
 
-    engine = Engine(catalog)
-    limit = asyncio.Semaphore(engine.workers)  # keeps every synthesis thread busy, no more
+    engine = Engine(catalog, disk_cache=disk_cache)
+    limit = asyncio.Semaphore(engine.parallel_lines)  # keeps every core busy, no more
     failures: list[str] = []
+
+    journal = (output / JOURNAL_NAME).open("a", encoding="utf-8")
 
     async def render(job: _Job) -> None:
         async with limit:
@@ -303,16 +311,19 @@ async def _render_all(
                 failures.append(f"{job.line.where} {job.line.identifier}: {exc}")
             else:
                 await asyncio.to_thread(_write_atomic, job.path, data)
-                # The manifest is rewritten after each file: an interrupted run keeps its work.
                 manifest[job.line.identifier] = job.digest
-                manifest_data = _manifest_bytes(manifest)
-                await asyncio.to_thread(_write_atomic, output / MANIFEST_NAME, manifest_data)
+                entry = {"id": job.line.identifier, "digest": job.digest}
+                journal.write(json.dumps(entry) + "\n")
+                journal.flush()  # an interrupted run keeps every file it finished
             bar.advance(job.line.identifier)
 
     try:
         await asyncio.gather(*(render(job) for job in jobs))
+        await engine.finish_cache_writes()
     finally:
         engine.close()
+        journal.close()
+        _write_manifest(output, manifest)
     return failures
 
 
@@ -370,12 +381,27 @@ async def _render_one(engine: Any, job: _Job) -> bytes:
 
 
 def _read_manifest(output: Path) -> dict[str, str]:
-    try:
+    """What each file was made from: the manifest, and the journal of lines finished after
+    it was written (a run that was stopped leaves one; a torn last entry is ignored)."""
+    manifest: dict[str, str] = {}
+    with contextlib.suppress(OSError, ValueError):
         data = json.loads((output / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    files = data.get("files") if isinstance(data, dict) else None
-    return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
+        files = data.get("files") if isinstance(data, dict) else None
+        if isinstance(files, dict):
+            manifest = {str(k): str(v) for k, v in files.items()}
+    with contextlib.suppress(OSError):
+        for row in (output / JOURNAL_NAME).read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                entry = json.loads(row)
+                manifest[str(entry["id"])] = str(entry["digest"])
+    return manifest
+
+
+def _write_manifest(output: Path, manifest: dict[str, str]) -> None:
+    """Fold the journal into the manifest (the journal goes once the manifest holds it)."""
+    _write_atomic(output / MANIFEST_NAME, _manifest_bytes(manifest))
+    with contextlib.suppress(FileNotFoundError):
+        (output / JOURNAL_NAME).unlink()
 
 
 def _manifest_bytes(manifest: dict[str, str]) -> bytes:

@@ -22,7 +22,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Final, Literal, Protocol
 
 import numpy as np
@@ -77,6 +77,9 @@ MAX_PREFETCHING: Final = 8
 """Queued lines of one connection being synthesized ahead at once (bounds memory)."""
 URGENT_MARGIN: Final = 0.5
 """Seconds of audio left at the client below which a current line's next piece is urgent."""
+UNDERRUN_TOLERANCE: Final = 0.02
+"""A piece that reaches the client this late after the audio before it ran out is counted
+as an underrun (a gap the player hears)."""
 
 
 class Outbox(Protocol):
@@ -393,6 +396,7 @@ class SpeakerQueue:
         assert line.audio is not None, "the runner starts a line's synthesis with the line"
         try:
             while (piece := await line.audio.next_piece()) is not None:
+                self._count_gap(line)
                 self._send_marks(line, piece)
                 for chunk in split_samples(piece.audio, self._owner.chunk_samples):
                     await self._unpaused.wait()
@@ -435,6 +439,17 @@ class SpeakerQueue:
                 format=line.say.format,
             )
         )
+
+    def _count_gap(self, line: Line) -> None:
+        """Count an underrun if the client's audio of this line ran out before this piece,
+        and move the line's clock on by the gap: the client's playback stalled that long."""
+        clock = line.clock
+        if clock is None:
+            return  # nothing played yet: the player waits for first audio, not a gap
+        gap = clock.elapsed() - line.samples_sent / line.sample_rate
+        if gap > UNDERRUN_TOLERANCE:
+            self._owner.underruns.add(gap)
+            clock.started += gap
 
     def _send_marks(self, line: Line, piece: Piece) -> None:
         """The piece's timings the client asked for, placed in the line, before its audio."""
@@ -479,6 +494,22 @@ class SpeakerQueue:
             await asyncio.sleep(remaining)
 
 
+@dataclass
+class Underruns:
+    """Gaps in a connection's playback: pieces that came after the audio before them had
+    played out (synthesis fell behind)."""
+
+    count: int = 0
+    seconds: float = 0.0
+
+    def add(self, gap: float) -> None:
+        self.count += 1
+        self.seconds += gap
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "seconds": round(self.seconds, 3)}
+
+
 class ConnectionQueues:
     """All speaker queues of one connection, and the line ids they use."""
 
@@ -505,6 +536,7 @@ class ConnectionQueues:
         self._lines: dict[LineId, Line] = {}
         self._line_ids: Callable[[], int] = itertools.count(1).__next__
         self._all_paused = False
+        self.underruns = Underruns()
 
     def say(self, say: Say) -> Queued:
         """Queue a line (interrupting first if asked); raises RemoteProtocolError."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import ipaddress
 import logging
@@ -23,9 +24,16 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from . import __version__, errors
 from .audio import encode_file
 from .cast import DEFAULT_CAST, Cast, CastError
-from .engine import Engine, SynthesisError, SynthesisRequest
+from .engine import Engine, SynthesisError, SynthesisRequest, VoiceCatalog
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
-from .jobs import DEFAULT_LIMITS, Limits, RenderedFile, render_file, synthesis_request
+from .jobs import (
+    DEFAULT_LIMITS,
+    Limits,
+    RenderedFile,
+    pronunciation,
+    render_file,
+    synthesis_request,
+)
 from .messages import (
     PROTOCOL_VERSION,
     AudioFile,
@@ -43,6 +51,7 @@ from .messages import (
     Pong,
     Prepare,
     Prepared,
+    Pronounce,
     Resume,
     Resumed,
     Say,
@@ -250,7 +259,8 @@ class ConnectionHandler:
             Clear: self._clear, Pause: self._pause, Resume: self._resume,
             VoicesRequest: self._voices, CastRequest: self._cast, StatusRequest: self._status,
             Synthesize: self._synthesize, SynthesizeScene: self._synthesize_scene,
-            Prepare: self._prepare, Ping: self._ping, Bye: self._bye,
+            Prepare: self._prepare, Pronounce: self._pronounce, Ping: self._ping,
+            Bye: self._bye,
         }  # fmt: skip
 
     # --- Outbox -------------------------------------------------------------------------
@@ -365,7 +375,7 @@ class ConnectionHandler:
         cast = self.config.cast
         if hello.cast is not None:
             try:
-                cast = _client_cast(hello.cast, set(engine.catalog.names()))
+                cast = _client_cast(hello.cast, engine.catalog)
             except CastError as exc:
                 self.send_error(RemoteProtocolError(errors.INVALID_CAST, str(exc), hello.id))
                 return False
@@ -428,7 +438,8 @@ class ConnectionHandler:
 
     async def _status(self, request: StatusRequest) -> bool:
         cache = self.server.engine.cache_counters()
-        self.send(StatusReport(id=request.id, speakers=self._queues.status(), cache=cache))
+        speakers, underruns = self._queues.status(), self._queues.underruns.to_dict()
+        self.send(StatusReport(id=request.id, speakers=speakers, cache=cache, underruns=underruns))
         return True
 
     async def _synthesize(self, request: Synthesize) -> bool:
@@ -436,7 +447,11 @@ class ConnectionHandler:
         return True
 
     async def _prepare(self, request: Prepare) -> bool:
-        self._background(self._prepare_line(request, self._background_request(request)))
+        synthesis = self._background_request(request)
+        timings = self._queues.timings if request.timings is None else request.timings
+        if "word" in timings:  # as a say asking for words will want them from the cache
+            synthesis = dataclasses.replace(synthesis, words=True)
+        self._background(self._prepare_line(request, synthesis))
         return True
 
     async def _synthesize_scene(self, request: SynthesizeScene) -> bool:
@@ -466,6 +481,13 @@ class ConnectionHandler:
                 f"{self.config.max_file_requests} synthesize/prepare requests are already running",
                 request.id,
             )
+
+    async def _pronounce(self, request: Pronounce) -> bool:
+        reply = pronunciation(
+            request, self._queues.cast, self.server.engine.catalog, self.config.limits
+        )
+        self.send(reply)
+        return True
 
     def _background_request(self, request: Synthesize | Prepare) -> SynthesisRequest:
         """Check a synthesize or prepare request; raises RemoteProtocolError."""
@@ -553,9 +575,9 @@ def token_matches(expected: str | None, given: str | None) -> bool:
     return hmac.compare_digest(expected.encode(), given.encode())
 
 
-def _client_cast(data: dict[str, Any] | str, voices: set[str]) -> Cast:
+def _client_cast(data: dict[str, Any] | str, catalog: VoiceCatalog) -> Cast:
     cast = Cast.from_toml(data, "hello") if isinstance(data, str) else Cast.from_dict(data, "hello")
-    cast.check_voices(voices)
+    cast.check(catalog)
     return cast
 
 

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from .lexicon import WordBook
 from .reading import read_english
 from .tracked import Spoken, Tracked
 
@@ -42,13 +43,17 @@ _SPACES = re.compile(r"\s+")
 _SPEAKABLE = re.compile(r"\w")
 
 
-def prepare(text: str, markup: str = "plain", language: str = "") -> list[Part]:
+def prepare(
+    text: str, markup: str = "plain", language: str = "", words: WordBook | None = None
+) -> list[Part]:
     """Strip ``markup`` ("plain", "renpy" or "bbcode") and split the line at pauses.
 
     Text parts have their whitespace collapsed and, for English voices (``language``
-    starting with "en"), the reading rules applied. Parts with nothing speakable are
-    dropped, so a line of nothing but markup or punctuation yields ``[]`` (the caller
-    reports it as empty).
+    starting with "en"), the reading rules applied; then the lexicon's ``words`` become
+    their phonemes (after the reading rules, so that an entry also covers what a rule
+    wrote, such as "Doctor" for "Dr."). Parts with nothing speakable are dropped, so a
+    line of nothing but markup or punctuation yields ``[]`` (the caller reports it as
+    empty).
     """
     original = Tracked.of(text)
     if markup == "renpy":
@@ -60,7 +65,10 @@ def prepare(text: str, markup: str = "plain", language: str = "") -> list[Part]:
     else:
         raise ValueError(f"unknown markup {markup!r}")
     english = language.lower().startswith("en")
-    return _tidy([read_english(p) if english and isinstance(p, Tracked) else p for p in parts])
+    read = [read_english(p) if english and isinstance(p, Tracked) else p for p in parts]
+    if words:
+        read = [words.apply(p) if isinstance(p, Tracked) else p for p in read]
+    return _tidy(read)
 
 
 def _renpy_parts(text: Tracked) -> list[Tracked | Pause]:

@@ -1,16 +1,34 @@
-"""A pool of inference threads that always takes the most urgent job first.
+"""A pool of inference threads that runs the most urgent job first and sizes each call to the
+work waiting.
 
 ``session.run`` blocks a thread for its whole call, so the order in which queued calls start is
-the order in which players hear things. Each job has a priority class, read when a worker
-becomes free (a prefetched line that becomes current moves up while it waits):
+the order in which players hear things. Each job has a priority class and a need-by time, read
+when a decision is made (a prefetched line that becomes current moves up while it waits):
 
-- ``URGENT``: the next piece of a current line whose client has no audio left to play;
+- ``URGENT``: the next piece of a current line whose client has (almost) no audio left to play,
+  above all a line's first piece, which the player is waiting for;
 - ``CURRENT``: later pieces of current lines, earliest playback deadline first;
 - ``PREFETCH``: lines queued behind the current one;
-- ``BACKGROUND``: ``prepare`` requests and whole-file renders.
+- ``BACKGROUND``: ``prepare`` requests and whole-file renders (scenes, ``renpy-render``).
 
-Within a class, jobs start in the order they were submitted. A line has at most one job
-queued at a time, so that order is a round robin over speakers and connections.
+Within a class, jobs start in order of need-by time, then of submission. A line has at most
+one job queued at a time, so that order is a round robin over speakers and connections.
+
+**How many calls at once, and with how many threads.** One call with every core answers a
+lone line soonest; many one-thread calls side by side get the most audio out of the machine
+(onnxruntime's intra-op threads scale poorly past a few cores on these small models). So the
+pool decides per call, from what is waiting: a job that starts with nothing else running or
+queued is *wide* (every core); otherwise jobs run *narrow* (one thread each), as many at once
+as there are cores. An urgent wide call (a line the player waits for) has the machine to
+itself; a wide call in no hurry lets work that comes meanwhile start narrow beside it.
+
+**Preemption.** An ``URGENT`` job that cannot start because less urgent calls hold the cores
+aborts those calls (the engine's ``RunOptions.terminate``, about 2 ms) and takes the cores;
+they go back to the queue, first in their class, and start again from the beginning of their
+piece. So background work, prefetch and comfortable current lines delay a line the player is
+waiting for by milliseconds, not by the piece that happens to be running. A job is aborted
+at most ``MAX_PREEMPTIONS`` times, so that under a stream of urgent work every job still
+finishes.
 """
 
 from __future__ import annotations
@@ -18,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import itertools
 import os
 import sys
@@ -26,12 +45,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-__all__ = ["InferencePool", "Priority", "run_niced"]
+__all__ = [
+    "MAX_PREEMPTIONS",
+    "InferencePool",
+    "Lease",
+    "Preempted",
+    "Priority",
+    "available_cores",
+    "run_niced",
+]
 
 _T = TypeVar("_T")
 
 WORKER_NICENESS: Final = 10
 """Added to inference threads' niceness where the OS allows it per thread (Linux)."""
+MAX_PREEMPTIONS: Final = 3
+"""Times one job may be aborted for a more urgent one before it is left to finish."""
+PRIORITY_RECHECK_SECONDS: Final = 0.05
+"""How often idle workers re-read priorities while jobs wait (they change with playback)."""
 
 
 class Priority(enum.IntEnum):
@@ -42,43 +73,132 @@ class Priority(enum.IntEnum):
 
 
 PriorityKey = Callable[[], tuple[Priority, float]]
-"""Returns (class, deadline): smaller runs first; deadline in time.monotonic() seconds."""
+"""Returns (class, need-by time): smaller runs first; time in time.monotonic() seconds."""
+
+
+class Preempted(Exception):
+    """Raised by a job whose call was aborted through its lease; the pool runs it again."""
+
+
+class Lease:
+    """What a running job is given: how many threads its call may use, and a way to be
+    aborted for more urgent work.
+
+    The job registers what aborts its running call (``on_preempt``), and raises
+    ``Preempted`` when the call fails after ``preempted`` was set.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._lock = threading.Lock()
+        self._preempted = False
+        self._abort: Callable[[], None] | None = None
+
+    @property
+    def preempted(self) -> bool:
+        return self._preempted
+
+    def on_preempt(self, abort: Callable[[], None] | None) -> None:
+        """Set (or clear, with None) what aborts the job's running call."""
+        with self._lock:
+            self._abort = abort
+            if abort is not None and self._preempted:
+                abort()
+
+    def preempt(self) -> None:
+        with self._lock:
+            self._preempted = True
+            if self._abort is not None:
+                self._abort()
 
 
 @dataclass(eq=False)
 class _Job:
-    function: Callable[[], Any]
+    function: Callable[[Lease], Any]
     priority: PriorityKey
     order: int
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any] = field(repr=False)
+    preemptions: int = 0
+
+
+@dataclass(eq=False)
+class _Running:
+    job: _Job
+    lease: Lease
+    cost: int
+    """Slots it holds: all of them for a wide call, one for a narrow call."""
+    urgent: bool
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask, e.g. under ``taskset``)."""
+    process_cpu_count = getattr(os, "process_cpu_count", None)  # Python 3.13+
+    if process_cpu_count is not None:
+        return max(1, process_cpu_count() or 1)
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 class InferencePool:
-    """``workers`` threads running blocking calls, most urgent first."""
+    """Threads running blocking calls, most urgent first, each sized to the work waiting.
 
-    def __init__(self, workers: int, name: str = "dialogue-tts-synth") -> None:
-        self.workers = workers
+    ``cores``: the cores to fill (default: those this process may use). ``workers`` (calls
+    at once) and ``threads`` (onnxruntime threads per call) are fixed overrides; without
+    them the pool adapts, as the module docstring says.
+    """
+
+    def __init__(
+        self,
+        cores: int | None = None,
+        *,
+        workers: int | None = None,
+        threads: int | None = None,
+        name: str = "dialogue-tts-synth",
+    ) -> None:
+        self.cores = cores or available_cores()
+        self.adaptive = workers is None and threads is None
+        self.slots = (workers or self.cores) if not self.adaptive else self.cores
+        """Calls that may run at once (each narrow call holds one slot, a wide one all)."""
+        self.wide_threads = threads or self.cores
+        # One thread per narrow call, except on two cores or fewer, where two calls on one
+        # two-thread session made as much audio as on one-thread sessions (0.99x, measured
+        # interleaved), so a voice needs no second session (about 60 MiB) there.
+        self.narrow_threads = threads or (1 if self.cores > 2 else self.cores)
         self._jobs: list[_Job] = []
+        self._running: list[_Running] = []
         self._lock = threading.Condition()
         self._order = itertools.count()
         self._closed = False
+        self.preemptions = 0
+        """Calls aborted for more urgent work so far."""
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{index}", daemon=True)
-            for index in range(workers)
+            for index in range(self.slots)
         ]
+        self._threads.append(
+            threading.Thread(target=self._watch, name=f"{name}-watch", daemon=True)
+        )
         for thread in self._threads:
             thread.start()
 
-    async def run(self, function: Callable[[], _T], priority: PriorityKey) -> _T:
-        """Run ``function`` on a worker thread; cancelling the await drops a queued job."""
+    @property
+    def thread_counts(self) -> set[int]:
+        """The thread counts calls may be given (a voice keeps one session for each)."""
+        return {self.wide_threads, self.narrow_threads}
+
+    async def run(self, function: Callable[[Lease], _T], priority: PriorityKey) -> _T:
+        """Run ``function(lease)`` on a worker thread; cancelling the await drops a queued
+        job (a running call is aborted by the caller's own cancel token)."""
         loop = asyncio.get_running_loop()
         job = _Job(function, priority, next(self._order), loop, loop.create_future())
         with self._lock:
             if self._closed:
                 raise RuntimeError("the inference pool is closed")
             self._jobs.append(job)
-            self._lock.notify()
+            self._preempt_for_urgent()
+            self._lock.notify_all()
         try:
             return await job.future
         except asyncio.CancelledError:
@@ -92,6 +212,11 @@ class InferencePool:
         with self._lock:
             return len(self._jobs)
 
+    @property
+    def running(self) -> int:
+        with self._lock:
+            return len(self._running)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -100,24 +225,99 @@ class InferencePool:
             self._jobs.clear()
             self._lock.notify_all()
 
+    # --- scheduling (all under self._lock) ------------------------------------------------
+
+    def _free_slots(self) -> int:
+        return self.slots - sum(running.cost for running in self._running)
+
+    def _take(self) -> _Running | None:
+        """The next job to start and how, or None if nothing may start now.
+
+        While aborted calls are still giving their cores back, nothing starts: the urgent
+        job they make way for then starts on a free machine, wide, rather than squeezed.
+        """
+        if not self._jobs or self._free_slots() <= 0:
+            return None
+        if any(running.lease.preempted for running in self._running):
+            return None
+        keys = {id(job): _sort_key(job) for job in self._jobs}
+        job = min(self._jobs, key=lambda j: keys[id(j)])
+        priority = keys[id(job)][0]
+        self._jobs.remove(job)
+        urgent = priority == Priority.URGENT
+        if self.adaptive and not self._running:
+            if urgent and not any(keys[id(j)][0] == Priority.URGENT for j in self._jobs):
+                # A line the player waits for, alone: the whole machine, nothing beside it
+                # (less urgent work waits for this one piece).
+                return _Running(job, Lease(self.wide_threads), self.slots, urgent)
+            if not self._jobs:
+                # Alone but in no hurry: every core, yet work that comes meanwhile starts
+                # beside it rather than waiting behind it.
+                return _Running(job, Lease(self.wide_threads), 1, urgent)
+        return _Running(job, Lease(self.narrow_threads), 1, urgent)
+
+    def _preempt_for_urgent(self) -> None:
+        """Abort less urgent running calls while urgent jobs wait for cores."""
+        waiting = sum(_sort_key(job)[0] == Priority.URGENT for job in self._jobs)
+        if not waiting:
+            return
+        victims = [
+            running
+            for running in self._running
+            if not running.urgent
+            and not running.lease.preempted
+            and running.job.preemptions < MAX_PREEMPTIONS
+        ]
+        kept = sum(running.cost for running in self._running if running not in victims)
+        # One urgent job with the machine to itself takes every core, as on an idle machine.
+        wanted = self.slots if (waiting == 1 and kept == 0 and self.adaptive) else waiting
+        free = self._free_slots()
+        for running in sorted(victims, key=lambda r: _sort_key(r.job), reverse=True):
+            if free >= wanted:
+                break
+            running.lease.preempt()  # the least urgent first
+            free += running.cost
+
+    def _watch(self) -> None:
+        """Priorities move with time (a current line about to run dry becomes urgent), so
+        while jobs wait, look again now and then for one that should abort a running call."""
+        with self._lock:
+            while not self._closed:
+                self._lock.wait(PRIORITY_RECHECK_SECONDS if self._jobs else None)
+                if self._jobs and self._running:
+                    self._preempt_for_urgent()
+
     def _work(self) -> None:
         _lower_thread_priority()
         while True:
             with self._lock:
-                while not self._jobs and not self._closed:
+                while not self._closed and (taken := self._take()) is None:
                     self._lock.wait()
                 if self._closed:
                     return
-                job = min(self._jobs, key=_sort_key)
-                self._jobs.remove(job)
-            if job.future.cancelled():
-                continue
+                assert taken is not None
+                self._running.append(taken)
+            job = taken.job
+            outcome: Callable[[], None] | None = None
             try:
-                result = job.function()
+                if not job.future.cancelled():
+                    result = job.function(taken.lease)
+                    outcome = functools.partial(_set_result, job.future, result)
+            except Preempted:
+                with self._lock:
+                    job.preemptions += 1
+                    self.preemptions += 1
+                    if not self._closed and not job.future.cancelled():
+                        self._jobs.append(job)  # keeps its order: first in its class again
             except BaseException as exc:  # handed to the awaiting coroutine
-                job.loop.call_soon_threadsafe(_set_exception, job.future, exc)
-            else:
-                job.loop.call_soon_threadsafe(_set_result, job.future, result)
+                outcome = functools.partial(_set_exception, job.future, exc)
+            finally:
+                with self._lock:
+                    self._running.remove(taken)
+                    self._lock.notify_all()
+            # Only now: what the caller submits next must find this call gone.
+            if outcome is not None:
+                job.loop.call_soon_threadsafe(outcome)
 
 
 def run_niced(function: Callable[[], _T]) -> _T:

@@ -50,6 +50,19 @@ REQUESTS: list[tuple[str, m.Request]] = [
         m.Synthesize(id=22, text="Papers, please.", speaker="guard", format="flac"),
     ),
     ("cast", m.CastRequest(id=23)),
+    (
+        "hello_cast_lexicon",
+        m.Hello(
+            protocol=1,
+            client="renpy-demo",
+            id=4,
+            cast={"lexicon": {"Aelindra": "ay-LIN-dra", "Xal'thar": "/zˈælθɑːɹ/"}},
+        ),
+    ),
+    (
+        "pronounce",
+        m.Pronounce(id=25, speaker="guard", text="Nggh! Aelindra?", lexicon={"Nggh": "ung"}),
+    ),
     ("say_timings", m.Say(id=24, speaker="guard", text="Halt!", timings=["word", "viseme"])),
     ("hello_timings", m.Hello(protocol=1, client="lipsync", id=3, timings=["viseme"])),
     (
@@ -173,6 +186,14 @@ EVENTS: list[tuple[str, m.Event]] = [
                 "styles": {},
                 "speakers": {"guard": {"pitch": 0.8, "styles": {"angry": {"rate": 1.2}}}},
             },
+        ),
+    ),
+    (
+        "pronunciation",
+        m.Pronunciation(
+            id=25,
+            voice="en_US-joe-medium",
+            words=[[0, 4, "ˈʌŋ", "ung"], [6, 14, "eɪlˈɪndɹɑː", "ay-LIN-dra"]],
         ),
     ),
     (

@@ -24,6 +24,7 @@ from dialogue_tts.engine import (
     VoiceCatalog,
 )
 from dialogue_tts.text import Pause
+from dialogue_tts.workers import Priority
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +221,45 @@ async def test_files_round_trip_at_any_sample_rate(engine: Engine, file_format: 
         assert len(audio) / rate == pytest.approx(rendered.duration, abs=0.01)
         assert 0.05 < float(np.sqrt(np.mean(audio**2))) < 0.5  # speech, not silence or noise
     assert resampled.duration == pytest.approx(native.duration, abs=0.01)
+
+
+LONG_LINE = (
+    "The road north is long, and the night is cold; the bridge at the ford is gone, "
+    "so we walked the long way round the hills, and the rain never stopped."
+)
+
+
+async def test_a_render_aborted_for_an_urgent_line_sounds_the_same() -> None:
+    """An urgent line aborts a background render's running call (preemption); the render's
+    piece runs again from its start, so the render's audio is what it is without the
+    interruption, and the urgent line's too. No random variation: noise off."""
+    engine = Engine(VoiceCatalog(), cores=2)
+    steady = Delivery(noise_scale=0.0, noise_w=0.0)
+    render = SynthesisRequest(parts=[LONG_LINE], voice=DEFAULT_VOICE_NAME, delivery=steady)
+    urgent = SynthesisRequest(parts=["Halt! Who goes there?"], voice=DEFAULT_VOICE_NAME,
+                              delivery=steady)  # fmt: skip
+    try:
+        await engine.voice()
+        await engine.sessions_ready()
+        render_alone, _ = await engine.render(render)
+        urgent_alone, _ = await engine.render(urgent)
+        for _attempt in range(5):  # the urgent line may fall between two of the render's calls
+            rendering = asyncio.create_task(engine.render(render))
+            while engine._pool.running == 0:  # noqa: ASYNC110 (a worker thread takes it)
+                await asyncio.sleep(0.001)
+            first_piece = lambda: (Priority.URGENT, 0.0)  # noqa: E731
+            pieces = [p.audio async for p in engine.stream(urgent, CancelToken(), first_piece)]
+            rendered, _ = await rendering
+            assert_same_audio(np.concatenate(pieces), urgent_alone)
+            assert_same_audio(rendered, render_alone)
+            if engine.preemptions:
+                break
+        assert engine.preemptions >= 1
+    finally:
+        engine.close()
+
+
+def assert_same_audio(audio: np.ndarray, expected: np.ndarray) -> None:
+    # Calls with one thread and with two may sum in another order: equal to float rounding.
+    assert len(audio) == len(expected)
+    assert np.allclose(audio, expected, atol=1e-3), float(np.abs(audio - expected).max())

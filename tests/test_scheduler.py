@@ -296,3 +296,17 @@ async def test_a_line_skipped_after_all_its_audio_was_sent_is_complete() -> None
     slow.skip("a")
     cut = await finished(outbox, partial.line)
     assert (cut.status, cut.complete) == ("skipped", False)
+
+
+async def test_a_piece_that_comes_after_the_audio_ran_out_counts_as_one_underrun() -> None:
+    # Each sentence is 100 samples (0.1 s at the fake voice's 1 kHz) and takes 0.2 s to make:
+    # each later piece reaches a client whose audio of the line ran out 0.1 s before.
+    slow, slow_outbox = make(delay=0.2)
+    line = slow.say(Say(speaker="a", text="One. Two. Three."))
+    await finished(slow_outbox, line.line)
+    assert slow.underruns.count == 2
+    assert slow.underruns.to_dict()["seconds"] >= 2 * 0.09
+    fast, fast_outbox = make(delay=0.0)
+    line = fast.say(Say(speaker="a", text="One. Two. Three."))
+    await finished(fast_outbox, line.line)
+    assert fast.underruns.count == 0

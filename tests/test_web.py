@@ -780,6 +780,68 @@ def test_preview_page_sends_the_token_from_its_address(token_server: ServerThrea
     assert np.sqrt(np.mean(line**2)) > 0.02
 
 
+LEXICON_SCENE = "GUARD: Halt, Aelindra! Nggh.\nTRAVELER: Thank you.\n"
+
+
+def test_preview_page_shows_the_lexicons_words_and_tries_a_respelling(tmp_path: Path) -> None:
+    """Under each line, the words the cast's lexicon changes; a respelling tried in the form
+    is checked by the server, heard at once in the line that has the word, and kept for
+    every line until cleared; a bad one is refused with the server's reason."""
+    cast = Cast.from_dict({"lexicon": {"Aelindra": "ay-LIN-dra", "Nggh": "ung"}}, "names.toml")
+    server = ServerThread(ServerConfig(port=0, web_port=0, cast=cast)).start()
+    sent: list[dict[str, Any]] = []
+    chips = "#lines li[data-index='0'] .words button"
+    try:
+        with chromium_page() as page:
+            page.on(
+                "websocket",
+                lambda ws: ws.on("framesent", lambda data: sent.append(msgpack.unpackb(data))),
+            )
+            page.goto(f"http://127.0.0.1:{web_port(server)}/")
+            wait_for(page, "() => window.dialoguePreview?.ready === true")
+            page.fill("#scene", LEXICON_SCENE)
+            page.wait_for_function(
+                "(n) => document.querySelectorAll(n).length === 2", arg=chips, timeout=GUARD_MS
+            )
+            assert page.locator(chips).all_inner_texts() == [
+                "Aelindra → /eɪlˈɪndɹɑː/", "Nggh → /ˈʌŋ/"
+            ]  # fmt: skip
+            assert page.locator("#lines li[data-index='1'] .words button").count() == 0
+
+            page.click(f"{chips} >> nth=0")  # a changed word fills the form
+            assert page.input_value("#try-word") == "Aelindra"
+            assert page.input_value("#try-value") == "ay-LIN-dra"
+            page.fill("#try-value", "EL-in-dra")
+            page.click("#try-hear")
+            wait_for(page, "() => dialoguePreview.results().join() === 'done'")
+            assert page.inner_text("#try-result") == 'Aelindra = "EL-in-dra" # said /ˈɛlɪndɹɑː/'
+            page.wait_for_function(
+                "(n) => document.querySelector(n)?.textContent === 'Aelindra → /ˈɛlɪndɹɑː/'",
+                arg=chips, timeout=GUARD_MS,
+            )  # fmt: skip
+
+            page.fill("#try-word", "Nggh")
+            page.fill("#try-value", "/ŋ☃/")
+            page.click("#try-hear")
+            wait_for(page, "() => document.querySelector('#message').textContent !== ''")
+            assert page.inner_text("#message").startswith(
+                "invalid_field: pronounce.lexicon: Nggh: voice 'en_US-joe-medium' has no phoneme"
+            )
+            assert page.evaluate("dialoguePreview.tries()") == {"Aelindra": "EL-in-dra"}
+            page.click("#try-clear")
+            page.wait_for_function(
+                "(n) => document.querySelector(n)?.textContent === 'Aelindra → /eɪlˈɪndɹɑː/'",
+                arg=chips, timeout=GUARD_MS,
+            )  # fmt: skip
+            assert page.is_disabled("#try-clear")
+    finally:
+        server.stop()
+    says = [message for message in sent if message["type"] == "say"]
+    assert [(m["text"], m.get("lexicon")) for m in says] == [
+        ("Halt, Aelindra! Nggh.", {"Aelindra": "EL-in-dra"})
+    ]  # fmt: skip
+
+
 def wait_for(page: Any, predicate: str, argument: Any = None) -> None:
     """Wait until the JS function ``predicate`` is true (a function: the page's CSP forbids
     Playwright evaluating a bare expression string)."""

@@ -34,6 +34,12 @@ const ui = {
   castSource: $("cast-source"),
   lines: $("lines"),
   message: $("message"),
+  tryForm: $("try"),
+  tryWord: $("try-word"),
+  tryValue: $("try-value"),
+  tryHear: $("try-hear"),
+  tryClear: $("try-clear"),
+  tryResult: $("try-result"),
 };
 
 /** What reached the Web Audio graph, for the curious and for tests. */
@@ -49,6 +55,9 @@ let playback = null; // the scene being played, see startPlayback()
 let runCount = 0;
 let rendering = false;
 let audio = null; // {context, tap} once the first play created it
+const tries = {}; // word -> respelling or /phonemes/ tried here: every line's own lexicon
+let pronounceRun = 0; // drops the replies of an older refresh
+let pronounceTimer = null;
 
 // --- the protocol ---------------------------------------------------------------------
 
@@ -149,6 +158,7 @@ function connect() {
       `Connected to ${reply.server}: ${reply.voices.length} voice(s).`;
     renderCast();
     updateButtons();
+    refreshPronunciations();
   }, (error) => {
     if (error.code === "unauthorized") tokenRefused = true; // then onClose reports it
   });
@@ -420,7 +430,10 @@ async function downloadScene(format) {
   try {
     const reply = await client.request({
       type: "synthesize_scene", format,
-      lines: sceneLines.map((line) => ({ ...lineRequest(line), pause: line.pause || undefined })),
+      // A scene's lines take the cast's lexicon only: tries are for lines and their files.
+      lines: sceneLines.map((line) => ({
+        ...lineRequest(line), lexicon: undefined, pause: line.pause || undefined,
+      })),
     });
     saveFile(reply.data, `scene.${format}`, MIME_TYPES[format]);
     showMessage(`Scene saved as ${format.toUpperCase()}: ${reply.duration.toFixed(1)} s.`);
@@ -510,6 +523,7 @@ function lineRequest(line) {
     voice: settings.voice || undefined,
     rate: settings.rate,
     pitch: settings.pitch,
+    lexicon: Object.keys(tries).length > 0 ? { ...tries } : undefined,
   };
 }
 
@@ -519,6 +533,90 @@ function sceneChanged() {
   renderCast();
   updateButtons();
   save();
+  clearTimeout(pronounceTimer); // typing: ask once it pauses
+  pronounceTimer = setTimeout(refreshPronunciations, 300);
+}
+
+// --- pronunciations -------------------------------------------------------------------
+
+/** Ask the server which words of each line the lexicon (and this page's tries) change. */
+async function refreshPronunciations() {
+  if (!welcome) return;
+  const run = ++pronounceRun;
+  const rows = [...ui.lines.children];
+  await Promise.all(sceneLines.map(async (line, index) => {
+    const { rate, pitch, ...fields } = lineRequest(line);
+    const reply = await client.request({ type: "pronounce", ...fields }).catch(() => null);
+    if (run !== pronounceRun || !reply) return; // an older refresh, or a line in error
+    const words = rows[index]?.querySelector(".words");
+    words?.replaceChildren(...reply.words.map(([start, end, phonemes, entry]) => {
+      const word = line.text.slice(start, end);
+      const button = element("button", {
+        type: "button", title: `lexicon: ${entry}; click to try another way`,
+      }, `${word} → /${phonemes}/`);
+      button.addEventListener("click", () => {
+        ui.tryWord.value = word;
+        ui.tryValue.value = entry;
+        ui.tryValue.focus();
+      });
+      return button;
+    }));
+  }));
+  window.dialoguePreview.pronounced = run;
+}
+
+/** Say a word as the form asks, in the first line that has it (else on its own). */
+async function tryPronunciation() {
+  const word = ui.tryWord.value.trim();
+  const value = ui.tryValue.value.trim();
+  if (!word || !value) return;
+  const trial = { [word]: value };
+  const pattern = new RegExp(
+    `(?<![\\p{L}\\p{N}'’])${escapeRegExp(word)}(?![\\p{L}\\p{N}])`, "iu",
+  );
+  const index = sceneLines.findIndex((line) => pattern.test(line.text));
+  const line = index >= 0 ? sceneLines[index] : { speaker: NARRATOR, text: `${word}.` };
+  try { // the server checks the entry before it is kept
+    const reply = await client.request({
+      type: "pronounce", ...lineRequest(line), lexicon: { ...tries, ...trial },
+    });
+    const said = reply.words.find(([start, end]) =>
+      line.text.slice(start, end).toLowerCase() === word.toLowerCase());
+    ui.tryResult.textContent = `${tomlKey(word)} = ${JSON.stringify(value)}` +
+      (said ? ` # said /${said[2]}/` : "");
+  } catch (error) {
+    showError(error);
+    return;
+  }
+  Object.assign(tries, trial);
+  updateButtons();
+  refreshPronunciations();
+  if (index >= 0) await startPlayback([index]);
+  else await playFile({ type: "synthesize", ...lineRequest(line), format: "wav" });
+}
+
+async function playFile(request) {
+  const reply = await client.request(request);
+  const url = URL.createObjectURL(new Blob([reply.data], { type: "audio/wav" }));
+  const player = new Audio(url);
+  player.addEventListener("ended", () => URL.revokeObjectURL(url));
+  await player.play();
+}
+
+function clearTries() {
+  for (const word of Object.keys(tries)) delete tries[word];
+  ui.tryResult.textContent = "";
+  updateButtons();
+  refreshPronunciations();
+}
+
+function escapeRegExp(text) {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
+/** A word as a TOML key: bare when it can be, else quoted. */
+function tomlKey(word) {
+  return /^[A-Za-z0-9_-]+$/.test(word) ? word : JSON.stringify(word);
 }
 
 function renderLines() {
@@ -543,7 +641,8 @@ function renderLines() {
       button.addEventListener("click", () => downloadLine(index, format));
       actions.append(button);
     }
-    row.append(actions);
+    const words = element("span", { class: "words", "aria-label": "Words the lexicon changes" });
+    row.append(actions, words);
     return row;
   });
   ui.lines.replaceChildren(...rows);
@@ -618,6 +717,8 @@ function updateButtons() {
   ui.play.disabled = !connected || sceneLines.length === 0;
   ui.skip.disabled = !active;
   ui.stop.disabled = !active;
+  ui.tryHear.disabled = !connected;
+  ui.tryClear.disabled = Object.keys(tries).length === 0;
   for (const button of Object.values(ui.downloadScene)) {
     button.disabled = !connected || sceneLines.length === 0 || rendering;
   }
@@ -675,6 +776,8 @@ function restore() {
 
 window.dialoguePreview = {
   ready: false,
+  pronounced: 0, // the last refresh of the lines' pronunciations that finished
+  tries: () => ({ ...tries }),
   stats,
   statuses: () => [...ui.lines.children].map((row) => row.dataset.status),
   results: () => playback?.lines.map((line) => line.result) ?? [],
@@ -688,6 +791,11 @@ ui.play.addEventListener("click", () => {
   startPlayback(sceneLines.map((_, index) => index)).catch(showError);
 });
 ui.skip.addEventListener("click", skipLine);
+ui.tryForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  tryPronunciation().catch(showError);
+});
+ui.tryClear.addEventListener("click", clearTries);
 ui.stop.addEventListener("click", stopPlayback);
 for (const [format, button] of Object.entries(ui.downloadScene)) {
   button.addEventListener("click", () => downloadScene(format));

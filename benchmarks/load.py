@@ -1,0 +1,343 @@
+"""A crowd and a render at once: latency under load, underruns, and how much of the machine
+dialogue-tts uses, measured in one run against raw Piper on the same cores.
+
+    .venv/bin/python benchmarks/load.py [--cores 1,2]
+
+For each core count (the server and the baselines are pinned with ``taskset``):
+
+- **Latency under load.** A probe connection says a new medium line, times its first audio,
+  skips it, and waits a moment; 12 times per condition. Conditions: idle; 4, 8 and 16
+  speakers talking, paced like a game (each keeps one line queued behind the one playing);
+  a render running (4 ``synthesize`` requests in flight); idle again. Underruns of the
+  talking speakers come from the server's ``status`` (pieces that reached the connection
+  after its audio had played out).
+- **Throughput** with as many speakers as cores, pace off, against raw Piper in N processes
+  with cores/N threads each (the practical ceiling), on the same texts.
+- **Batch commands**: ``renpy-render`` and ``preview`` of the same lines, start to finish,
+  against the same N raw processes started, loaded and run to the end.
+- **Idle first audio** of long lines with the default settings against the best fixed
+  single-line setting (``--workers 1 --threads CORES``), interleaved.
+
+Writes its section of benchmarks/RESULTS.md. Not a test: the figures are what one run saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from results import write_section
+from run import CORPUS, SAMPLE_RATE, first_audio_ours, median, ms, our_server, p95, ratio, rss_mib
+
+from dialogue_tts.client import Client
+
+HERE = Path(__file__).resolve().parent
+OPTIONS = argparse.Namespace(probes=12, crowds=[4, 8, 16])
+"""New lines timed per load condition, and the crowd sizes (set from the command line)."""
+TEXTS = [line["text"] for line in CORPUS if line["kind"] in ("medium", "long")]
+BATCH = [f"{name}, {text}" for name in ("Anna", "Bert", "Cora") for text in TEXTS]
+"""The lines of the throughput and batch sections (about 4 minutes of speech), each one
+different, so that no cache can help."""
+MEDIUM = [line["text"] for line in CORPUS if line["kind"] == "medium"]
+LONG = [line["text"] for line in CORPUS if line["kind"] == "long"]
+
+
+def pinned(cores: int) -> list[str]:
+    """``taskset`` to the first ``cores`` cores, where it exists."""
+    return ["taskset", "-c", f"0-{cores - 1}"] if shutil.which("taskset") else []
+
+
+@contextlib.contextmanager
+def server(cores: int, *args: str) -> Iterator[tuple[int, int]]:
+    """Our server pinned to ``cores``; yields (port, pid)."""
+    with our_server(*args, prefix=tuple(pinned(cores))) as (port, process, _):
+        yield port, process.pid
+
+
+# --- latency under load --------------------------------------------------------------------
+
+
+async def probe(port: int, label: str) -> list[float]:
+    firsts = []
+    async with await Client.connect(port=port, pace=False, client_name="probe") as client:
+        for index in range(OPTIONS.probes):
+            text = MEDIUM[index % len(MEDIUM)]
+            firsts.append(await first_audio_ours(client, text, f"probe-{label}-{index}"))
+            await asyncio.sleep(0.3)
+    return firsts
+
+
+async def talkers(port: int, speakers: int, stop: asyncio.Event) -> dict[str, float]:
+    """``speakers`` characters talking, paced, each with one line queued behind the one
+    playing; returns the connection's underruns and the audio it played."""
+    async with await Client.connect(port=port, client_name="crowd") as client:
+
+        async def talk(index: int) -> float:
+            played = 0.0
+            queue = [await client.say(f"c{index}", TEXTS[(index + k) % len(TEXTS)]) for k in (0, 1)]
+            turn = 2
+            while not stop.is_set():
+                result = await queue.pop(0).wait()
+                played += result.finished.samples / SAMPLE_RATE
+                queue.append(await client.say(f"c{index}", TEXTS[(index + turn) % len(TEXTS)]))
+                turn += 1
+            await client.clear(f"c{index}")
+            return played
+
+        played = await asyncio.gather(*(talk(index) for index in range(speakers)))
+        status = await client.status_report()
+    underruns = status.underruns or {"count": 0, "seconds": 0.0}
+    return {"count": underruns["count"], "seconds": underruns["seconds"], "played": sum(played)}
+
+
+async def renderer(port: int, stop: asyncio.Event) -> None:
+    """A batch render: 4 whole-line ``synthesize`` requests in flight (background work)."""
+    async with await Client.connect(port=port, client_name="render") as client:
+
+        async def render(index: int) -> None:
+            turn = index
+            while not stop.is_set():
+                await client.synthesize(TEXTS[turn % len(TEXTS)])
+                turn += 4
+
+        await asyncio.gather(*(render(index) for index in range(4)))
+
+
+async def latency_under_load(port: int, rows: list[str], values: dict[str, float]) -> None:
+    results: dict[str, list[float]] = {"idle": await probe(port, "idle")}
+    for speakers in OPTIONS.crowds:
+        stop = asyncio.Event()
+        crowd = asyncio.create_task(talkers(port, speakers, stop))
+        await asyncio.sleep(3.0)  # everyone mid-line before the first probe
+        results[f"{speakers} talking"] = await probe(port, f"crowd{speakers}")
+        stop.set()
+        gaps = await crowd
+        label = f"{speakers} talking"
+        values[f"underruns {speakers}"] = gaps["count"]
+        rows.append(
+            f"| underruns, {label} | {gaps['count']:.0f} gaps, {gaps['seconds']:.2f} s in "
+            f"{gaps['played']:.0f} s of speech | | |"
+        )
+    stop = asyncio.Event()
+    render = asyncio.create_task(renderer(port, stop))
+    await asyncio.sleep(1.0)
+    results["render running"] = await probe(port, "render")
+    stop.set()
+    await render
+    results["idle again"] = await probe(port, "idle2")
+    idle = median(results["idle"] + results["idle again"])
+    for label, firsts in results.items():
+        values[f"first {label}"] = median(firsts) / idle
+        rows.append(
+            f"| new line's first audio, {label} ({len(firsts)}), median (p95) | "
+            f"{ms(median(firsts))} ({ms(p95(firsts))}) | idle {ms(idle)} | "
+            f"{ratio(median(firsts), idle)} |"
+        )
+
+
+# --- throughput and batch commands -----------------------------------------------------------
+
+
+def raw_processes(cores: int, texts: list[str], include_start: bool) -> tuple[float, int]:
+    """N raw Piper processes, cores/N threads each, the texts dealt round robin; returns
+    (seconds, samples). Without ``include_start``, timed from a go signal after all loaded."""
+    processes_count, threads = cores, 1  # N = cores: one thread each
+    folder = Path(tempfile.mkdtemp())
+    started = time.perf_counter()
+    processes = []
+    for index in range(processes_count):
+        share = folder / f"texts{index}.json"
+        share.write_text(json.dumps(texts[index::processes_count]))
+        processes.append(
+            subprocess.Popen(
+                [
+                    *pinned(cores),
+                    sys.executable,
+                    str(HERE / "raw_piper_batch.py"),
+                    str(threads),
+                    str(share),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for process in processes:
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    if not include_start:
+        started = time.perf_counter()
+    samples = 0
+    for process in processes:
+        assert process.stdin is not None
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    for process in processes:
+        output, _ = process.communicate()
+        samples += int(output.strip())
+    shutil.rmtree(folder)
+    return time.perf_counter() - started, samples
+
+
+async def throughput(port: int, cores: int) -> float:
+    """Audio seconds per second with ``cores`` speakers at once, pace off."""
+    async with await Client.connect(port=port, pace=False) as client:
+        started = time.perf_counter()
+        lines = [await client.say(f"t{i % cores}", text) for i, text in enumerate(BATCH)]
+        results = await asyncio.gather(*(line.wait() for line in lines))
+        wall = time.perf_counter() - started
+    return sum(r.finished.samples for r in results) / SAMPLE_RATE / wall
+
+
+def batch_command(cores: int, command: str) -> float:
+    """Seconds for ``renpy-render`` or ``preview`` of BATCH, start to finish, as a second run
+    of a build step: the voice's calibration is in the disk cache, no line is."""
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        cache = ["--cache-dir", str(work / "cache")]
+        header = "Identifier\tCharacter\tDialogue\tFilename\tLine Number\tRen'Py Script"
+        for name, texts in (("warm-up", ["Warm up."]), ("dialogue", BATCH)):
+            rows = [f"l{i}\te\t{text}\tgame/script.rpy\t{i}\te \"[what]\""
+                    for i, text in enumerate(texts)]  # fmt: skip
+            (work / f"{name}.tab").write_text("\n".join([header, *rows]) + "\n")
+        warm_up = ["renpy-render", str(work / "warm-up.tab"), "--quiet", "-o", str(work / "w")]
+        subprocess.run([sys.executable, "-m", "dialogue_tts", *warm_up, *cache], check=True,
+                       capture_output=True)  # fmt: skip
+        if command == "renpy-render":
+            args = ["renpy-render", str(work / "dialogue.tab"), "--quiet", *cache]
+        else:
+            script = "\n".join(f"{'AB'[i % 2]}: {text}" for i, text in enumerate(BATCH))
+            (work / "scene.txt").write_text(script + "\n")
+            args = ["preview", str(work / "scene.txt"), "--quiet", *cache,
+                    "--output", str(work / "out")]  # fmt: skip
+        started = time.perf_counter()
+        subprocess.run([*pinned(cores), sys.executable, "-m", "dialogue_tts", *args], check=True,
+                       capture_output=True)  # fmt: skip
+        return time.perf_counter() - started
+
+
+async def idle_first_audio(cores: int) -> tuple[float, float]:
+    """Median first audio of long lines: default settings, and --workers 1 --threads CORES."""
+    with server(cores) as (default, _), \
+            server(cores, "--workers", "1", "--threads", str(cores)) as (fixed, _):  # fmt: skip
+        ours: list[float] = []
+        best: list[float] = []
+        async with await Client.connect(port=default, pace=False) as a, \
+                await Client.connect(port=fixed, pace=False) as b:  # fmt: skip
+            for repeat in range(3):
+                for index, text in enumerate(LONG):
+                    ours.append(await first_audio_ours(a, text, f"d{repeat}-{index}"))
+                    best.append(await first_audio_ours(b, text, f"f{repeat}-{index}"))
+    return median(ours), median(best)
+
+
+async def measure(cores: int, rows: list[str], values: dict[str, float]) -> None:
+    rows.append(f"| **{cores} core(s)** | | | |")
+    with server(cores) as (port, pid):
+        await latency_under_load(port, rows, values)
+        rate = await throughput(port, cores)
+        rss = rss_mib(pid)
+    seconds, samples = raw_processes(cores, BATCH, include_start=False)
+    ceiling = samples / SAMPLE_RATE / seconds
+    values[f"throughput {cores}"] = rate / ceiling
+    rows.append(
+        f"| throughput, {cores} speakers at once, pace off | {rate:.1f} audio s/s | "
+        f"raw Piper {cores} process(es) x 1 thread: {ceiling:.1f} | "
+        f"{ratio(rate, ceiling)} |"
+    )
+    rows.append(f"| server RSS after these sections | {rss:.0f} MiB | | |")
+    raw_seconds, _ = raw_processes(cores, BATCH, include_start=True)
+    raw_rate = len(BATCH) / raw_seconds
+    for command in ("renpy-render", "preview"):
+        seconds = batch_command(cores, command)
+        lines_per_second = len(BATCH) / seconds
+        values[f"{command} {cores}"] = lines_per_second / raw_rate
+        rows.append(
+            f"| {command} of {len(BATCH)} lines, start to finish | {lines_per_second:.2f} lines/s"
+            f" | raw Piper {cores} processes, start to finish: {raw_rate:.2f} | "
+            f"{ratio(lines_per_second, raw_rate)} |"
+        )
+    ours, best = await idle_first_audio(cores)
+    values[f"idle first {cores}"] = ours / best
+    rows.append(
+        f"| idle first audio, long lines, default vs --workers 1 --threads {cores} | "
+        f"{ms(ours)} | {ms(best)} | {ratio(ours, best)} |"
+    )
+
+
+def targets(values: dict[str, float], core_counts: list[int]) -> list[str]:
+    def check(label: str, key: str, limit: float, most: bool) -> str:
+        if key not in values:
+            return f"- {label}: not measured"
+        value = values[key]
+        met = value <= limit if most else value >= limit
+        return f"- {label}: {value:.2f} (target {'≤' if most else '≥'} {limit}): " + (
+            "met" if met else "NOT met"
+        )
+
+    checks = [
+        ("first audio, 4 talking / idle", "first 4 talking", 1.5, True),
+        ("first audio, 8 talking / idle", "first 8 talking", 1.5, True),
+        ("first audio, render running / idle", "first render running", 1.5, True),
+        ("first audio, 16 talking / idle", "first 16 talking", 3.0, True),
+        ("throughput / raw N-process", "throughput", 0.9, False),
+        ("renpy-render / raw N-process", "renpy-render", 0.9, False),
+        ("preview / raw N-process", "preview", 0.9, False),
+        ("idle first audio / best fixed setting", "idle first", 1.05, True),
+    ]
+    lines = []
+    for cores in core_counts:
+        for label, key, limit, most in checks:
+            key = key if key.startswith("first ") else f"{key} {cores}"
+            lines.append(check(f"{cores} core(s): {label}", key, limit, most))
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cores", default=f"1,{os.cpu_count()}",
+                        help="core counts to measure on, comma-separated")  # fmt: skip
+    parser.add_argument("--probes", type=int, default=12, help="new lines timed per condition")
+    parser.add_argument("--crowds", default="4,8,16", help="numbers of speakers talking")
+    parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    args = parser.parse_args()
+    OPTIONS.probes = args.probes
+    OPTIONS.crowds = [int(n) for n in args.crowds.split(",")]
+    core_counts = sorted({int(c) for c in args.cores.split(",")})
+    rows = ["| measure | dialogue-tts | baseline | ratio |", "|---|---|---|---|"]
+    started = time.perf_counter()
+    per_cores: dict[int, dict[str, float]] = {}
+    for cores in core_counts:
+        values: dict[str, float] = {}
+        asyncio.run(measure(cores, rows, values))
+        per_cores[cores] = values
+        print("\n".join(rows), flush=True)
+    lines = [
+        "## A crowd and a render at once (`benchmarks/load.py`)",
+        "",
+        f"One run ({(time.perf_counter() - started) / 60:.0f} min) on {time.strftime('%Y-%m-%d')},"
+        f" {os.cpu_count()} cores on the machine, each core count pinned with taskset. "
+        "Ratios are against a baseline measured in the same run.",
+        "",
+        *rows,
+        "",
+        "### Targets (issue 16)",
+        "",
+    ]
+    for cores in core_counts:
+        lines += targets({k: v for k, v in per_cores[cores].items()}, [cores])
+    write_section(Path(args.out), "load.py", lines)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
