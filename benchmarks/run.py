@@ -415,15 +415,13 @@ def write_results(report: Report, args: argparse.Namespace, seconds: float) -> N
         "|---|---|---|---|",
         *(f"| {m} | {o} | {b} | {r} |" for m, o, b, r in report.rows),
         "",
-        TARGETS_HEADING,
+        "## Targets (issue 3), from the figures above",
         "",
         *report.targets(),
         "",
         *report.notes,
     ]
-    out = Path(args.out)
-    kept = _other_sections(out.read_text(encoding="utf-8")) if out.exists() else ""
-    out.write_text("\n".join(lines) + "\n" + (f"\n{kept}" if kept else ""), encoding="utf-8")
+    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 async def threading_section(report: Report, default_port: int) -> None:
@@ -538,17 +536,6 @@ async def run_async(report: Report, args: argparse.Namespace) -> None:
         await threading_section(report, port)
         await timings_section(report, port)
     await cache_section(report)
-
-
-TARGETS_HEADING = "## Targets (issue 3), from the figures above"
-
-
-def _other_sections(old: str) -> str:
-    """The sections of RESULTS.md after this script's targets (other scripts measured them:
-    benchmarks/renpy_latency.py, benchmarks/bundle.py), kept as they are."""
-    targets = old.find(TARGETS_HEADING)
-    start = old.find("\n## ", targets + 1) if targets >= 0 else -1
-    return old[start + 1 :] if start >= 0 else ""
 
 
 def main() -> None:

@@ -28,12 +28,10 @@ from typing import Any
 
 import msgpack
 import pytest
-from helpers import REPO, VECTORS, from_json
+from helpers import REPO, VECTORS, from_json, needs_engine
 from test_lifetime import GONE_WITHIN, check_server_ends_with_game, process_gone
 
 from dialogue_tts.bundle import CAST_NAME, VOICES_NAME, build_bundle, executable_name
-
-pytest.importorskip("PyInstaller", reason="the bundle extra: pip install -e '.[test]'")
 
 EXAMPLE = REPO / "examples" / "renpy"
 RENPY = Path("/usr/games/renpy")
@@ -228,9 +226,8 @@ def test_bundle_ends_with_its_parent(bundle: Path, how: str) -> None:
 
 # --- Ren'Py starts and stops it ------------------------------------------------------------------
 
-needs_renpy = pytest.mark.skipif(
-    not RENPY.exists(),
-    reason="Ren'Py is not installed (CI runs `apt-get install renpy`: /usr/games/renpy)",
+needs_renpy = needs_engine(
+    RENPY.exists(), "Ren'Py is not installed (CI runs `apt-get install renpy`: /usr/games/renpy)"
 )
 EXAMPLE_LINES = 7
 

@@ -34,7 +34,7 @@ import msgpack
 import numpy as np
 import pytest
 import soundfile
-from helpers import REPO, VECTORS, ServerThread, from_json, server_process
+from helpers import REPO, VECTORS, ServerThread, from_json, needs_engine, server_process
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -1066,9 +1066,8 @@ def test_renpy_render_bad_mapping(tmp_path: Path) -> None:
 
 # --- (d) the example game in real Ren'Py ----------------------------------------------------
 
-needs_renpy = pytest.mark.skipif(
-    not RENPY.exists(),
-    reason="Ren'Py is not installed (CI runs `apt-get install renpy`: /usr/games/renpy)",
+needs_renpy = needs_engine(
+    RENPY.exists(), "Ren'Py is not installed (CI runs `apt-get install renpy`: /usr/games/renpy)"
 )
 
 
