@@ -36,6 +36,16 @@
 #
 #     e "Get out!" (cb_tts_style="angry")
 #
+# To ship the voice with the game, build the server into a folder that needs no
+# Python (`dialogue-tts bundle dialogue-tts-server`), put it beside game/, and
+# name it: the game then starts it on the first line and stops it when it quits.
+#
+#     define dialogue_tts.server_path = "dialogue-tts-server/dialogue-tts-server"
+#
+# The voice takes a few seconds to load: call dialogue_tts.start_server() early
+# (in label splashscreen, say) so that it is ready for the first line, and wait
+# while dialogue_tts.server_starting() if the first line must be voiced.
+#
 # A server started with a token (DIALOGUE_TTS_TOKEN or --token-file) needs it:
 # the binding reads the DIALOGUE_TTS_TOKEN environment variable by itself, or
 # define dialogue_tts.token.
@@ -64,6 +74,13 @@ init -100 python in dialogue_tts:
     # be able to speak for your game).
     host = "127.0.0.1"
     port = 5757
+
+    # The bundled server to start (`dialogue-tts bundle`), relative to the game's
+    # base folder (config.basedir, which holds game/), e.g.
+    # "dialogue-tts-server/dialogue-tts-server" (".exe" is added on Windows). The
+    # game starts it on the first line, with a fresh token, and host, port and
+    # token are not used. None: connect to a server already running.
+    server_path = None
 
     # The server's shared secret, if it was started with one. None reads the
     # DIALOGUE_TTS_TOKEN environment variable when the game connects.
@@ -118,6 +135,7 @@ init -100 python in dialogue_tts:
         """Holds the connection: created at init, never saved, never rolled back."""
 
         speech = None
+        server = None  # the bundled server (server_path), once started
         volume = 1.0
         # (text, characters shown) of the last reveal_say text drawn; characters
         # shown is None when nothing is held back. For tests and debugging.
@@ -132,12 +150,56 @@ init -100 python in dialogue_tts:
             def connect():
                 secret = token if token is not None else os.environ.get("DIALOGUE_TTS_TOKEN")
                 connection = client.Connection(
-                    host, port, client_name="renpy", token=secret, cast=_cast())
+                    host, port, client_name="renpy", token=secret, cast=_cast(),
+                    server=_server())
                 return connection.start(renpy.invoke_in_thread)
 
             _state.speech = client.Speech(
                 connect, log=_log, lookahead=lookahead, hold_seconds=voice_wait)
         return _state.speech
+
+    # --- the bundled server (server_path) ---
+
+    def _server():
+        # The bundled server, started on the first call (the first line); None without one.
+        if server_path is None:
+            return None
+        if _state.server is None:
+            path = os.path.join(renpy.config.basedir, server_path)
+            if renpy.windows and not path.lower().endswith(".exe"):
+                path += ".exe"
+            _state.server = client.ServerProcess(path, log=_log).start()
+        return _state.server
+
+    def start_server():
+        """
+        Starts the bundled server (server_path) now rather than on the first line,
+        e.g. in label splashscreen: the voice loads in a few seconds, and a first
+        line that comes before it is ready is not voiced. Does nothing without
+        server_path, or once the server was started.
+        """
+
+        _server()
+
+    def server_starting():
+        """
+        True while the bundled server is starting: it has been started and is
+        neither listening nor failed yet. A splash screen can wait for it:
+
+            $ dialogue_tts.start_server()
+            while dialogue_tts.server_starting():
+                $ renpy.pause(0.1, hard=True)
+        """
+
+        return _state.server is not None and _state.server.starting
+
+    def _stop_server():
+        # In config.quit_callbacks: the game quits, its server goes with it. (A crash or a
+        # kill leaves no server either: the server watches the game's process id.)
+        if _state.server is not None:
+            _state.server.stop()
+
+    renpy.config.quit_callbacks.append(_stop_server)
 
     def _cast():
         # Read when the game connects, on its first line: never at init.

@@ -6,6 +6,9 @@
     for event in connection.poll():        # never blocks
         ...
 
+``ServerProcess`` starts a bundled server (``dialogue-tts bundle``) as the game's child, with a
+fresh token, and ``Connection(server=...)`` waits for it to listen before connecting.
+
 ``Speech`` builds Ren'Py's voice behaviour on top: one line plays at a time, a new line stops
 the previous one, audio comes back as small .au files for the "voice" channel, and the last
 lines are cached so that rollback replays them at once; a server that refuses the game (a
@@ -25,10 +28,13 @@ import array
 import collections
 import contextlib
 import ipaddress
+import os
 import re
+import secrets
 import select
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -41,6 +47,7 @@ __all__ = [
     "Connection",
     "FrameReader",
     "ProtocolError",
+    "ServerProcess",
     "Speech",
     "au_bytes",
     "chunk_filename",
@@ -366,13 +373,19 @@ class Connection:
         allow_remote: bool = False,
         token: str | None = None,
         cast: dict | str | None = None,
+        server: ServerProcess | None = None,
     ) -> None:
         """``token``: the server's shared secret, if it was started with one. ``cast``: the
-        game's cast (a dict shaped like a cast file, or its TOML text) for this connection."""
+        game's cast (a dict shaped like a cast file, or its TOML text) for this connection.
+        ``server``: a started ``ServerProcess`` to connect to, on the port it reports and with
+        its token, once it listens (``host`` and ``port`` are then not used)."""
         if not allow_remote and not _is_loopback(host):
             raise ValueError(f"{host!r} is not a loopback address (pass allow_remote=True)")
         self.host = host
         self.port = port
+        self.server = server
+        if server is not None:
+            self.host, self.port, token = DEFAULT_HOST, 0, server.token
         self.timeout = timeout
         self.welcome: dict | None = None
         self.closed = False
@@ -473,6 +486,8 @@ class Connection:
         why = "connection closed"
         sock = None
         try:
+            if self.server is not None:
+                self.port = self.server.wait_port()  # the first line waits for the voice to load
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
             sock.settimeout(self.timeout)  # bounds a blocked sendall; reads wait in select
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -1053,6 +1068,95 @@ class Speech:
         self._cache.move_to_end(key)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+
+
+# --- a server the game starts ---------------------------------------------------------------
+
+TOKEN_ENV = "DIALOGUE_TTS_TOKEN"
+CREATE_NO_WINDOW = 0x08000000
+"""Windows' CREATE_NO_WINDOW process creation flag (``subprocess.CREATE_NO_WINDOW``): the
+server, a console program, runs without opening a console window."""
+_LISTENING = re.compile(r"listening on [^\s:]+:(\d+)")
+
+
+class ServerProcess:
+    """A bundled dialogue-tts server (``dialogue-tts bundle``) that the game starts and stops.
+
+    ``start()`` runs ``path --port 0 --parent-pid <this process>``: the server picks a free
+    port, and ends by itself when the game is gone, even after a crash. A fresh random token
+    goes to it in its environment (never on its command line, which other users can read),
+    so no other local process can use it. A thread reads the port from the server's output
+    and passes the rest of it to ``log``; ``wait_port()`` waits for it, ``stop()`` ends it.
+    """
+
+    def __init__(self, path: str, log: object = None, start_timeout: float = 120.0) -> None:
+        self.path = path
+        self.token = secrets.token_urlsafe(32)
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen | None = None
+        self.port: int | None = None
+        self._log = log or (lambda message: print(message, file=sys.stderr))
+        self._listening = threading.Event()
+        self._failure = "the server has not been started"
+
+    def start(self, start_thread: object = None) -> ServerProcess:
+        """Launch the server, once; ``start_thread`` as in ``Connection.start``."""
+        if self.process is not None:
+            return self
+        command = [self.path, "--port", "0", "--parent-pid", str(os.getpid())]
+        flags = CREATE_NO_WINDOW if sys.platform == "win32" else 0
+        try:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, env={**os.environ, TOKEN_ENV: self.token},
+                cwd=os.path.dirname(self.path) or None, creationflags=flags,
+            )  # fmt: skip
+        except OSError as exc:
+            self._failure = f"cannot start {self.path}: {exc}"
+            self._listening.set()
+            return self
+        (start_thread or _daemon_thread)(self._read_output)  # type: ignore[operator]
+        return self
+
+    @property
+    def starting(self) -> bool:
+        """True from ``start()`` until the server listens, or has failed to."""
+        return self.process is not None and not self._listening.is_set()
+
+    def wait_port(self) -> int:
+        """The port, once the server listens; raises OSError if it failed or took too long."""
+        if not self._listening.wait(self.start_timeout):
+            raise OSError(f"{self.path} did not start in {self.start_timeout:.0f} s")
+        if self.port is None:
+            raise OSError(self._failure)
+        return self.port
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """End the server (it closes its connections) and wait for it, at most ``timeout``."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def _read_output(self) -> None:
+        process = self.process
+        assert process is not None and process.stdout is not None
+        for raw in process.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            found = _LISTENING.search(line) if self.port is None else None
+            if found:
+                self.port = int(found.group(1))
+                self._listening.set()
+            elif line:
+                self._log(f"dialogue-tts server: {line}")
+        status = process.wait()
+        self._failure = f"{self.path} exited (status {status}) before it listened"
+        self._listening.set()
 
 
 # --- looking ahead in the script ------------------------------------------------------------
