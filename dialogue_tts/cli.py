@@ -1,4 +1,5 @@
-"""Command line: ``dialogue-tts serve | say | voices | cast | preview | renpy-render | words``."""
+"""Command line: ``dialogue-tts serve | say | voices | cast | preview | renpy-render | words |
+bundle``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -105,6 +106,14 @@ def _parser() -> argparse.ArgumentParser:
         help="a web page origin allowed to use the WebSocket, e.g. http://localhost:8060 "
         f"(repeatable; also env {WEB_ORIGINS_ENV}, space-separated)",
     )  # fmt: skip
+    serve.add_argument(
+        "--parent-pid", type=int, metavar="PID",
+        help="exit when process PID ends (the game that started this server), a crash included",
+    )  # fmt: skip
+    serve.add_argument(
+        "--exit-with-stdin", action="store_true",
+        help="exit when standard input ends (the process that started this server is gone)",
+    )  # fmt: skip
     serve.set_defaults(command=_serve)
 
     say = commands.add_parser(
@@ -135,12 +144,14 @@ def _parser() -> argparse.ArgumentParser:
     engine_options(cast)
     cast.set_defaults(command=_show_cast)
 
+    from .bundle import add_parser as add_bundle
     from .preview import add_parser as add_preview
     from .renpy_render import add_parser as add_renpy_render
     from .words import add_parser as add_words
 
     add_preview(commands)
     add_renpy_render(commands)
+    add_bundle(commands)
     add_words(commands)
     return parser
 
@@ -156,6 +167,9 @@ def _serve(args: argparse.Namespace) -> int:
 async def _serve_async(args: argparse.Namespace) -> None:
     from .server import Server, ServerConfig
 
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    _watch_lifetime(args, lambda: loop.call_soon_threadsafe(stop.set))
     web_origins = (*os.environ.get(WEB_ORIGINS_ENV, "").split(), *args.web_origin)
     if args.web:
         _check_web(web_origins)
@@ -168,8 +182,6 @@ async def _serve_async(args: argparse.Namespace) -> None:
     )  # fmt: skip
     server = Server(engine, config)
     await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):  # Windows
             loop.add_signal_handler(signum, stop.set)
@@ -187,11 +199,24 @@ async def _serve_async(args: argparse.Namespace) -> None:
         engine.close()
 
 
+def _watch_lifetime(args: argparse.Namespace, stop: Callable[[], None]) -> None:
+    """--parent-pid and --exit-with-stdin: call ``stop`` when the game is gone. Watched from
+    the start, so a game that dies while the voice loads leaves no server behind."""
+    from .lifetime import watch_parent, watch_stdin
+
+    if args.parent_pid is not None:
+        watch_parent(args.parent_pid, stop)
+    if args.exit_with_stdin:
+        watch_stdin(stop)
+
+
 def _check_web(origins: Sequence[str]) -> None:
     """Fail before loading the voice if --web cannot work; raises ValueError."""
     try:
         from .websocket import parse_origin
     except ImportError:
+        if getattr(sys, "frozen", False):  # a bundle (dialogue-tts bundle)
+            raise ValueError("--web: this bundle was built without --web") from None
         raise ValueError(
             "--web needs the websockets package: pip install 'dialogue-tts[web]'"
         ) from None

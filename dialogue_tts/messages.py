@@ -324,6 +324,13 @@ class Prepare(TextRequest):
     Its volume is accepted but does not matter: gain is applied after the cache."""
 
     TYPE: ClassVar[str] = "prepare"
+    timings: list[str] | None = None
+    """With "word", the line is prepared with its word marks, so that a say that asks for
+    them hits it; None: the hello's. Phonemes and visemes always come with a line."""
+
+    def check(self) -> None:
+        super().check()
+        _check_timings(self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -615,7 +622,7 @@ EVENT_TYPES: typing.Final[dict[str, type[Event]]] = {
 }  # fmt: skip
 
 
-def _check_timings(message: Hello | Say) -> None:
+def _check_timings(message: Hello | Say | Prepare) -> None:
     timings = message.timings
     if timings is not None and not all(isinstance(t, str) and t in TIMINGS for t in timings):
         raise InvalidMessage(

@@ -178,7 +178,7 @@ class Line:
             return Priority.PREFETCH, self.queued_at
         clock = self.clock
         if clock is None:
-            return Priority.URGENT, self.queued_at  # the player is waiting for its first audio
+            return Priority.FIRST, self.queued_at  # the player is waiting for its first audio
         runs_dry = clock.started + self.samples_ready / self.sample_rate
         if runs_dry - time.monotonic() < URGENT_MARGIN:
             return Priority.URGENT, runs_dry

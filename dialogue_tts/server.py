@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import ipaddress
 import logging
@@ -446,7 +447,11 @@ class ConnectionHandler:
         return True
 
     async def _prepare(self, request: Prepare) -> bool:
-        self._background(self._prepare_line(request, self._background_request(request)))
+        synthesis = self._background_request(request)
+        timings = self._queues.timings if request.timings is None else request.timings
+        if "word" in timings:  # as a say asking for words will want them from the cache
+            synthesis = dataclasses.replace(synthesis, words=True)
+        self._background(self._prepare_line(request, synthesis))
         return True
 
     async def _synthesize_scene(self, request: SynthesizeScene) -> bool:

@@ -5,8 +5,8 @@ work waiting.
 the order in which players hear things. Each job has a priority class and a need-by time, read
 when a decision is made (a prefetched line that becomes current moves up while it waits):
 
-- ``URGENT``: the next piece of a current line whose client has (almost) no audio left to play,
-  above all a line's first piece, which the player is waiting for;
+- ``FIRST``: the first piece of a line just said, which the player is waiting for;
+- ``URGENT``: the next piece of a current line whose client has (almost) no audio left to play;
 - ``CURRENT``: later pieces of current lines, earliest playback deadline first;
 - ``PREFETCH``: lines queued behind the current one;
 - ``BACKGROUND``: ``prepare`` requests and whole-file renders (scenes, ``renpy-render``).
@@ -19,15 +19,20 @@ lone line soonest; many one-thread calls side by side get the most audio out of 
 (onnxruntime's intra-op threads scale poorly past a few cores on these small models). So the
 pool decides per call, from what is waiting: a job that starts with nothing else running or
 queued is *wide* (every core); otherwise jobs run *narrow* (one thread each), as many at once
-as there are cores. A wide call fills the machine, so nothing else starts beside it.
+as there are cores. An urgent wide call (a line the player waits for) has the machine to
+itself; a wide call in no hurry lets work that comes meanwhile start narrow beside it.
 
-**Preemption.** An ``URGENT`` job that cannot start because less urgent calls hold the cores
-aborts those calls (the engine's ``RunOptions.terminate``, about 2 ms) and takes the cores;
-they go back to the queue, first in their class, and start again from the beginning of their
-piece. So background work, prefetch and comfortable current lines delay a line the player is
-waiting for by milliseconds, not by the piece that happens to be running. A job is aborted
-at most ``MAX_PREEMPTIONS`` times, so that under a stream of urgent work every job still
-finishes.
+Under overload (more speakers than the cores can voice in real time), lines run dry, and a new
+line still starts first: its silence is the whole line, theirs a gap. ``status`` counts the
+gaps (``underruns``).
+
+**Preemption.** An urgent job (``FIRST`` or ``URGENT``) that cannot start because less
+urgent calls hold the cores aborts those calls (the engine's ``RunOptions.terminate``, about
+2 ms) and takes the cores; they go back to the queue, first in their class, and start again
+from the beginning of their piece. So background work, prefetch and comfortable current
+lines delay a line the player is waiting for by milliseconds, not by the piece that happens
+to be running. A job is aborted at most ``MAX_PREEMPTIONS`` times, so that under a stream of
+urgent work every job still finishes.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import itertools
 import os
 import sys
@@ -64,10 +70,16 @@ PRIORITY_RECHECK_SECONDS: Final = 0.05
 
 
 class Priority(enum.IntEnum):
-    URGENT = 0
-    CURRENT = 1
-    PREFETCH = 2
-    BACKGROUND = 3
+    FIRST = 0
+    URGENT = 1
+    CURRENT = 2
+    PREFETCH = 3
+    BACKGROUND = 4
+
+    @property
+    def urgent(self) -> bool:
+        """Someone is listening to silence until this runs: it may abort other work."""
+        return self <= Priority.URGENT
 
 
 PriorityKey = Callable[[], tuple[Priority, float]]
@@ -242,17 +254,21 @@ class InferencePool:
         job = min(self._jobs, key=lambda j: keys[id(j)])
         priority = keys[id(job)][0]
         self._jobs.remove(job)
-        urgent = priority == Priority.URGENT
-        # Wide: nothing runs and nothing else of its class waits (less urgent work can wait
-        # for one piece, or is aborted if it is in the way of an urgent one).
-        alone = not self._running and not any(keys[id(j)][0] == priority for j in self._jobs)
-        if self.adaptive and alone:
-            return _Running(job, Lease(self.wide_threads), self.slots, urgent)
+        urgent = priority.urgent
+        if self.adaptive and not self._running:
+            if urgent and not any(keys[id(j)][0].urgent for j in self._jobs):
+                # A line the player waits for, alone: the whole machine, nothing beside it
+                # (less urgent work waits for this one piece).
+                return _Running(job, Lease(self.wide_threads), self.slots, urgent)
+            if not self._jobs:
+                # Alone but in no hurry: every core, yet work that comes meanwhile starts
+                # beside it rather than waiting behind it.
+                return _Running(job, Lease(self.wide_threads), 1, urgent)
         return _Running(job, Lease(self.narrow_threads), 1, urgent)
 
     def _preempt_for_urgent(self) -> None:
         """Abort less urgent running calls while urgent jobs wait for cores."""
-        waiting = sum(_sort_key(job)[0] == Priority.URGENT for job in self._jobs)
+        waiting = sum(_sort_key(job)[0].urgent for job in self._jobs)
         if not waiting:
             return
         victims = [
@@ -292,10 +308,11 @@ class InferencePool:
                 assert taken is not None
                 self._running.append(taken)
             job = taken.job
+            outcome: Callable[[], None] | None = None
             try:
                 if not job.future.cancelled():
                     result = job.function(taken.lease)
-                    job.loop.call_soon_threadsafe(_set_result, job.future, result)
+                    outcome = functools.partial(_set_result, job.future, result)
             except Preempted:
                 with self._lock:
                     job.preemptions += 1
@@ -303,11 +320,14 @@ class InferencePool:
                     if not self._closed and not job.future.cancelled():
                         self._jobs.append(job)  # keeps its order: first in its class again
             except BaseException as exc:  # handed to the awaiting coroutine
-                job.loop.call_soon_threadsafe(_set_exception, job.future, exc)
+                outcome = functools.partial(_set_exception, job.future, exc)
             finally:
                 with self._lock:
                     self._running.remove(taken)
                     self._lock.notify_all()
+            # Only now: what the caller submits next must find this call gone.
+            if outcome is not None:
+                job.loop.call_soon_threadsafe(outcome)
 
 
 def run_niced(function: Callable[[], _T]) -> _T:
@@ -344,7 +364,7 @@ def _lower_thread_priority() -> None:
 
 def _sort_key(job: _Job) -> tuple[Priority, float, int]:
     priority, deadline = job.priority()
-    return priority, deadline, job.order
+    return Priority(priority), deadline, job.order
 
 
 def _set_result(future: asyncio.Future[Any], result: Any) -> None:

@@ -4,7 +4,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from helpers import ServerThread
+from helpers import ServerThread, engine_missing
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,3 +22,9 @@ def live_server() -> Iterator[ServerThread]:
     server = ServerThread().start()
     yield server
     server.stop()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("engine"):
+        if not mark.kwargs["available"]:
+            engine_missing(mark.kwargs["reason"])

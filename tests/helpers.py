@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from dialogue_tts.engine import CancelToken, Engine, SynthesisRequest, VoiceCatalog, VoiceInfo
 from dialogue_tts.messages import Event
@@ -25,6 +26,31 @@ from dialogue_tts.server import Server, ServerConfig
 from dialogue_tts.timings import Piece
 
 REPO = Path(__file__).resolve().parent.parent
+REQUIRE_ENGINES_ENV = "DIALOGUE_TTS_REQUIRE_ENGINES"
+"""Set (or CI set): a test whose engine (Godot, Ren'Py, Chromium) is missing fails instead of
+skipping, so that a CI machine without them cannot pass with no binding tested."""
+
+
+def engines_required() -> bool:
+    return any(
+        os.environ.get(name, "").lower() not in ("", "0", "false")
+        for name in (REQUIRE_ENGINES_ENV, "CI")
+    )
+
+
+def engine_missing(reason: str) -> None:
+    """Skips the test, or fails it where engines are required."""
+    if engines_required():
+        pytest.fail(f"{reason} ({REQUIRE_ENGINES_ENV} or CI is set, so this fails)")
+    pytest.skip(reason)
+
+
+def needs_engine(available: bool, reason: str) -> pytest.MarkDecorator:
+    """Marks a test that needs an engine: conftest.py skips it, or fails it where engines
+    are required, when ``available`` is false."""
+    return pytest.mark.engine(available=available, reason=reason)
+
+
 CORPUS = REPO / "tests" / "data"
 VECTORS: dict[str, Any] = json.loads((REPO / "protocol" / "vectors.json").read_text("utf-8"))
 

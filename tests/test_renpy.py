@@ -5,13 +5,17 @@
 refused once and never retried without it) with a cast, styles and pitch; (c) ``dialogue-tts
 renpy-render`` on a dialogue export written like the launcher's; (d) with Ren'Py installed
 (/usr/games/renpy, Debian's 8.0.3), the example game played headless against a real server
-with a token through a recording proxy, refused with a wrong token, and lint.
+with a token through a recording proxy, refused with a wrong token, and lint; (e) the
+lookahead: its script walk on stand-in nodes, its prepares against a fake connection, and in
+Ren'Py the example played with it, and a scene with a menu and a rollback at the fastest
+auto-forward (tests/data/renpy_harness).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -30,7 +34,7 @@ import msgpack
 import numpy as np
 import pytest
 import soundfile
-from helpers import REPO, VECTORS, ServerThread, from_json, server_process
+from helpers import REPO, VECTORS, ServerThread, from_json, needs_engine, server_process
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -495,6 +499,184 @@ def test_speech_reveal_shows_all_when_it_cannot_follow_the_voice() -> None:
     assert speech.reveal("Hello?") == 0
 
 
+# --- looking ahead: the script walk and the prepared lines ----------------------------------
+
+
+def _node(kind: str, **fields: Any) -> Any:
+    """A stand-in for a renpy.ast node: the walk reads class names and attributes only."""
+    node = type(kind, (), {})()
+    node.next = None
+    node.__dict__.update(fields)
+    return node
+
+
+def _chain(*nodes: Any) -> Any:
+    for node, after in itertools.pairwise(nodes):
+        node.next = after
+    return nodes[0]
+
+
+def _says(found: list[Any]) -> list[str]:
+    return [node.what for node, _identifier in found]
+
+
+def test_walk_ahead_follows_the_path_and_stops_where_it_cannot_see() -> None:
+    label = _chain(_node("Label"), _node("Say", what="In the cellar."), _node("Return"))
+    labels = {"cellar": label}
+    play = _node("UserStatement", get_name=lambda: "play music")
+    start = _chain(
+        _node("Translate", identifier="start_1", language=None),
+        _node("Say", what="One."), _node("Show"), play,
+        _node("Translate", identifier="start_2", language=None), _node("Say", what="Two."),
+        _node("Call", label="cellar", expression=False, arguments=None),
+        _node("Say", what="Back up."), _node("Python"), _node("Say", what="Never reached."),
+    )  # fmt: skip
+    found = client.walk_ahead(start, labels.__getitem__, count=10)
+    assert _says(found) == ["One.", "Two.", "In the cellar.", "Back up."]
+    assert [identifier for _node_, identifier in found][:2] == ["start_1", "start_2"]
+    assert _says(client.walk_ahead(start, labels.__getitem__, count=2)) == ["One.", "Two."]
+    # Jumps to a label are followed; to an expression, or to a missing label, they end it.
+    assert _says(client.walk_ahead(
+        _node("Jump", target="cellar", expression=False), labels.__getitem__)) == [
+        "In the cellar."]  # fmt: skip
+    for stop in (_node("Jump", target="x", expression=True),
+                 _node("Jump", target="nowhere", expression=False),
+                 _node("Call", label="cellar", expression=False, arguments=object()),
+                 _node("UserStatement", get_name=lambda: "voice"),
+                 _node("UserStatement", get_name=lambda: "call screen"),
+                 _node("While"), _node("Return")):  # fmt: skip
+        stop.next = _node("Say", what="Hidden.")
+        assert client.walk_ahead(stop, labels.__getitem__) == [], stop
+    # A loop without lines ends.
+    loop = _node("Label")
+    loop.next = _node("Jump", target="loop", expression=False)
+    assert client.walk_ahead(loop, {"loop": loop}.__getitem__) == []
+
+
+def test_walk_ahead_takes_the_first_line_of_each_branch() -> None:
+    after = _node("Say", what="After.")
+    choices = [_chain(_node("Say", what=f"Choice {n}."), after) for n in range(5)]
+    menu = _node("Menu", items=[("caption", "True", None)]
+                 + [(f"c{n}", "True", [c]) for n, c in enumerate(choices)])  # fmt: skip
+    start = _chain(_node("Say", what="Before."), menu)
+    found = client.walk_ahead(start, {}.__getitem__, count=2, branches=3)
+    assert _says(found) == ["Before.", "Choice 0.", "Choice 1.", "Choice 2."]
+    # An if without else may also fall through; with an else, it may not.
+    then, other = _node("Say", what="Then."), _node("Say", what="Else.")
+    no_else = _chain(_node("If", entries=[("x", [then])]), _node("Say", what="Through."))
+    assert _says(client.walk_ahead(no_else, {}.__getitem__)) == ["Then.", "Through."]
+    with_else = _node("If", entries=[("x", [then]), ("True", [other])])
+    assert _says(client.walk_ahead(with_else, {}.__getitem__)) == ["Then.", "Else."]
+
+
+def _wav(pcm: bytes, rate: int) -> bytes:
+    from dialogue_tts.audio import wav_bytes
+
+    samples = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768
+    return wav_bytes(samples, rate)
+
+
+def test_wav_samples_reads_the_servers_wav() -> None:
+    pcm = np.arange(-500, 500, dtype="<i2").tobytes()
+    assert client.wav_samples(_wav(pcm, 16000)) == (pcm, 16000)
+    assert client.wav_samples(b"RIFF....WAVEjunk") is None
+    assert client.wav_samples(b"not a wav") is None
+
+
+def test_speech_prepares_ahead_and_plays_prepared_lines_from_memory() -> None:
+    fake = FakeConnection()
+    clock = [0.0]
+    speech = client.Speech(lambda: fake, log=lambda message: None, lookahead=2,
+                           clock=lambda: clock[0])  # fmt: skip
+    assert speech.look_ahead([{"speaker": "lucy", "text": "One."}]) == 0  # not connected yet
+    speech.say("eileen", "Hello.", rate=1.1)  # connects, and sends what it was asked to
+    assert [m["type"] for m in fake.sent] == ["say", "prepare"]
+    fake.sent.pop()
+    speech._preparing.clear()  # as if never sent: the test below counts from here
+    ahead = [
+        {"speaker": "lucy", "text": "One.", "rate": 1.2, "pitch": 0.95, "volume": 0.9},
+        {"speaker": "eileen", "text": "Two.", "style": "warm", "reveal": True},
+        {"speaker": "lucy", "text": "Three."},
+    ]
+    assert speech.look_ahead(ahead) == 2  # two in flight at most
+    prepares = [m for m in fake.sent if m["type"] == "prepare"]
+    assert prepares == [
+        {"type": "prepare", "speaker": "lucy", "text": "One.", "markup": "renpy", "rate": 1.2,
+         "pitch": 0.95, "volume": 0.9, "id": prepares[0]["id"]},
+        {"type": "prepare", "speaker": "eileen", "text": "Two.", "markup": "renpy",
+         "timings": ["word"], "style": "warm", "id": prepares[1]["id"]},
+    ]  # fmt: skip
+    # The same fields as the say the line will get (the server matches on them).
+    say = client.line_request("say", **ahead[0])
+    assert {k: v for k, v in prepares[0].items() if k != "id" and k != "type"} == {
+        k: v for k, v in say.items() if k != "type"}  # fmt: skip
+    # One prepared: its audio is fetched (a line that reveals its text is not: it needs the
+    # marks that only a say brings), and the next line goes out.
+    fake.events = [{"type": "prepared", "id": prepares[0]["id"], "duration": 0.5}]
+    speech.poll()
+    fetch = fake.sent[-1]
+    assert fetch["type"] == "synthesize" and fetch["format"] == "wav" and fetch["text"] == "One."
+    fake.events = [{"type": "prepared", "id": prepares[1]["id"], "duration": 0.5}]
+    speech.poll()
+    assert fake.sent[-1]["type"] == "prepare" and fake.sent[-1]["text"] == "Three."
+    assert speech.look_ahead(ahead) == 0  # nothing new: in flight or prepared
+    pcm = _pcm(4000)
+    fake.events = [{"type": "audio_file", "id": fetch["id"], "format": "wav",
+                    "data": _wav(pcm, 22050), "duration": 0.2, "sample_rate": 22050}]  # fmt: skip
+    speech.poll()
+    # The player reaches it: it plays from memory, and the server is not asked.
+    sent = len(fake.sent)
+    assert speech.say("lucy", "One.", rate=1.2, pitch=0.95, volume=0.9) == "cached"
+    assert fake.sent[sent:] == [{"type": "skip", "speaker": "eileen"}]  # stops Hello.
+    [chunk] = speech.poll()
+    assert chunk.first and chunk.audio == client.au_bytes(pcm, 22050)
+    # A jump elsewhere: the old lines are dropped; new ones wait for a free slot.
+    speech.look_ahead([{"speaker": "lucy", "text": "Elsewhere."},
+                       {"speaker": "lucy", "text": "Later."}])  # fmt: skip
+    assert fake.sent[-1]["text"] == "Elsewhere."  # one free slot: "Three." is in flight
+    speech.drop_lookahead()  # skipping
+    [three] = [m for m in fake.sent if m.get("text") == "Three."]
+    fake.events = [{"type": "prepared", "id": three["id"], "duration": 0.5}]
+    speech.poll()
+    assert fake.sent[-1]["type"] == "synthesize" and fake.sent[-1]["text"] == "Three."
+    assert all(m.get("text") != "Later." for m in fake.sent)
+    # However many lines ahead a game asks for, no more than the server's 4 run at once.
+    speech.lookahead = 10
+    speech.look_ahead([{"speaker": "lucy", "text": f"Line {n}."} for n in range(10)])
+    assert len(speech._preparing) == 4
+
+
+def test_speech_holds_auto_forward_until_the_voice_is_handed_out() -> None:
+    fake = FakeConnection()
+    clock = [0.0]
+    speech = client.Speech(lambda: fake, log=lambda message: None, hold_seconds=5.0,
+                           clock=lambda: clock[0])  # fmt: skip
+    assert not speech.holds_voice
+    speech.say("lucy", "Wait for me.")
+    line = fake.sent[-1]["line"]
+    assert speech.holds_voice  # sent, nothing came
+    clock[0] = 4.0
+    fake.events = [
+        {"type": "started", "line": line, "speaker": "lucy", "sample_rate": 22050},
+        {"type": "audio", "line": line, "speaker": "lucy", "seq": 0, "data": _pcm(800)},
+    ]
+    assert speech.poll() and speech.holds_voice  # playing, more to come
+    clock[0] = 9.0
+    assert speech.holds_voice  # its audio came: the wait bound no longer applies
+    fake.events = [{"type": "finished", "line": line, "speaker": "lucy", "status": "done",
+                    "samples": 800, "complete": True}]  # fmt: skip
+    assert speech.poll() == [] and not speech.holds_voice  # the voice channel has the rest
+    speech.say("lucy", "Nobody answers.")
+    clock[0] = 14.1
+    assert not speech.holds_voice  # 5 s without audio: auto-forward goes on
+    assert speech.say("lucy", "Wait for me.") == "cached"
+    assert speech.holds_voice  # handed out at the next poll
+    speech.poll()
+    assert not speech.holds_voice
+    speech.skip()
+    assert not speech.holds_voice
+
+
 # --- (b) the client against a real server -------------------------------------------------
 
 
@@ -884,9 +1066,8 @@ def test_renpy_render_bad_mapping(tmp_path: Path) -> None:
 
 # --- (d) the example game in real Ren'Py ----------------------------------------------------
 
-needs_renpy = pytest.mark.skipif(
-    not RENPY.exists(),
-    reason="Ren'Py is not installed (CI runs `apt-get install renpy`: /usr/games/renpy)",
+needs_renpy = needs_engine(
+    RENPY.exists(), "Ren'Py is not installed (CI runs `apt-get install renpy`: /usr/games/renpy)"
 )
 
 
@@ -1007,7 +1188,10 @@ def test_example_game_plays_against_server(tmp_path: Path) -> None:
     game = _game_copy(tmp_path)
     # The server wants a token; the binding reads it from the environment by itself.
     with server_process(env={"DIALOGUE_TTS_TOKEN": TOKEN}) as (port, _server):
-        result, report, proxy = _play_example(game, port, {"DIALOGUE_TTS_TOKEN": TOKEN})
+        # Without lookahead: every line is said live (test_example_game_prepares_ahead has it).
+        result, report, proxy = _play_example(
+            game, port, {"DIALOGUE_TTS_TOKEN": TOKEN, "DIALOGUE_TTS_LOOKAHEAD": "0"}
+        )
     output = result.stdout + result.stderr
     assert TOKEN not in output + (game / "log.txt").read_text(encoding="utf-8", errors="replace")
 
@@ -1052,6 +1236,62 @@ def test_example_game_plays_against_server(tmp_path: Path) -> None:
     audio_lines = {m["line"] for m in from_server if m["type"] == "audio"}
     assert {m["line"] for m in says} <= audio_lines
     _check_reveals(report, says, from_server, finished)
+
+
+def _memory_hits(port: int) -> int:
+    """The server's prepared-lines cache hits so far (its status reply)."""
+
+    async def ask() -> int:
+        from dialogue_tts.client import Client
+
+        async with await Client.connect(port=port) as status_client:
+            cache = (await status_client.status_report()).cache
+        assert cache is not None
+        return int(cache["memory"]["hits"])
+
+    import asyncio
+
+    return asyncio.run(ask())
+
+
+@needs_renpy
+def test_example_game_prepares_ahead(tmp_path: Path) -> None:
+    """With lookahead (on by default), each line after the first is prepared while the one
+    before it plays, and played from what was prepared: the lines without revealed text
+    from memory, fetched from the server's cache (no say is sent), Eileen's revealed lines
+    by a say that the server's cache serves."""
+    game = _game_copy(tmp_path)
+    with server_process() as (port, _server):
+        _result, report, proxy = _play_example(game, port, {})
+        hits = _memory_hits(port)
+    from_game = [m for who, m in proxy.records if who == "game"]
+    prepares = [m for m in from_game if m["type"] == "prepare"]
+    fetches = [m for m in from_game if m["type"] == "synthesize"]
+    says = [m for m in from_game if m["type"] == "say"]
+    prepared_texts = [m["text"] for m in prepares]
+    # Every line but the first, in order, with the settings its say would have.
+    assert prepared_texts == [text for _speaker, text in EXPECTED_LINES[1:]], prepared_texts
+    for prepare in prepares:
+        index = [text for _speaker, text in EXPECTED_LINES].index(prepare["text"])
+        assert prepare["speaker"] == EXPECTED_LINES[index][0]
+        assert ("timings" in prepare) == (index in EILEEN_LINES)
+        if index == 4:
+            assert prepare["rate"] == 1.2 and prepare["pitch"] == 0.95
+        if index == 6:
+            assert prepare["style"] == "warm"
+    # Lines without revealed text: fetched once prepared, played from memory, never said.
+    plain = [i for i in range(1, 7) if i not in EILEEN_LINES]
+    assert sorted(m["text"] for m in fetches) == sorted(EXPECTED_LINES[i][1] for i in plain)
+    assert [m["text"] for m in says] == [EXPECTED_LINES[i][1] for i in (0, *EILEEN_LINES)]
+    played = report["played"]
+    for index in plain:
+        files = [p["file"] for p in played if p["line"] == index]
+        assert files and all(f.startswith("dialogue_tts/line-cache-") for f in files), played
+    # Eileen's lines: said, and served by the server's cache of prepared lines; each fetch
+    # hit it too.
+    assert hits >= len(fetches) + 1, hits
+    for index in EILEEN_LINES:
+        assert any(p["line"] == index for p in played), played
 
 
 EILEEN_LINES = (1, 3, 6)
@@ -1166,3 +1406,99 @@ def test_example_game_without_server(tmp_path: Path) -> None:
     log = (game / "log.txt").read_text(encoding="utf-8", errors="replace")
     assert log.count("dialogue-tts: no voice server at") == 1, log
     assert f"127.0.0.1:{port}" in log
+
+
+# --- lookahead through a menu, rollback and auto-forward at its fastest -----------------------
+
+HARNESS = REPO / "tests" / "data" / "renpy_harness"
+MENU_LINES = [
+    "Good evening. Come in from the rain.",
+    "Thank you. A cup of tea, if you would.",  # [drink], filled in ahead of time
+    "Will you have the stew or the bread with it?",
+    "The bread it is, baked this morning.",  # the second choice, then a rollback
+    "The stew it is, hot from the pot.",  # the first choice, after the rollback
+    "Thank you. That will do nicely.",
+]
+
+
+def _harness_game(tmp_path: Path) -> Path:
+    """A game of the binding, the harness (tests/data/renpy_harness) and its menu scene."""
+    game = tmp_path / "menu_game"
+    shutil.copytree(BINDING, game / "game" / "dialogue_tts",
+                    ignore=shutil.ignore_patterns("*.rpyc", "__pycache__"))  # fmt: skip
+    for source in (*HARNESS.glob("*.rpy"), EXAMPLE / "game" / "00python311_fix.rpy"):
+        shutil.copy(source, game / "game" / source.name)
+    return game
+
+
+def _play_harness(game: Path, port: int, env: dict[str, str]) -> tuple[dict[str, Any], Any]:
+    report_path = game.parent / f"report-{len(list(game.parent.glob('report-*')))}.json"
+    proxy = RecordingProxy(port)
+    try:
+        result = _run_renpy(
+            game,
+            env={
+                "DIALOGUE_TTS_PORT": str(proxy.port),
+                "DIALOGUE_TTS_HARNESS_REPORT": str(report_path),
+                **env,
+            },
+        )
+    finally:
+        proxy.close()
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    report = json.loads(report_path.read_text())
+    assert report["finished"] and "error" not in report, report
+    return report, proxy
+
+
+def _check_every_line_heard_and_no_other(report: dict[str, Any], lines: list[str]) -> None:
+    """Each line's voice played while it was shown (auto-forward dropped none), and nothing
+    else: every file the voice channel started was of the line on screen."""
+    assert [line["what"] for line in report["lines"]] == lines
+    for index, line in enumerate(report["lines"]):
+        heard = [p for p in report["played"] if p["line"] == index]
+        assert heard, f"line {index} ({line['what']!r}) was never voiced: {report['played']}"
+        for played in heard:
+            assert played["text"] == line["what"], (index, played)
+    assert all(p["line"] >= 0 for p in report["played"]), report["played"]
+
+
+@needs_renpy
+def test_lookahead_through_a_menu_and_a_rollback_plays_no_wrong_line(tmp_path: Path) -> None:
+    """Fastest auto-forward. The menu's two choices are both prepared; the game takes the
+    second, rolls back to the menu and takes the first: each line plays its own voice, from
+    what was prepared, and none is dropped."""
+    game = _harness_game(tmp_path)
+    with server_process() as (port, _server):
+        report, proxy = _play_harness(
+            game,
+            port,
+            {"DIALOGUE_TTS_CHOICES": "1,0", "DIALOGUE_TTS_ROLLBACK_AFTER": MENU_LINES[3]},
+        )
+    assert report["rolled_back"]
+    _check_every_line_heard_and_no_other(report, MENU_LINES)
+    from_game = [m for who, m in proxy.records if who == "game"]
+    prepared = [m["text"] for m in from_game if m["type"] == "prepare"]
+    assert set(prepared) == set(MENU_LINES[1:]), prepared  # both choices, [drink] filled in
+    assert prepared.index(MENU_LINES[3]) < prepared.index(MENU_LINES[5])
+    # Every line after the first played from memory, without a say.
+    assert [m["text"] for m in from_game if m["type"] == "say"] == MENU_LINES[:1]
+    for index in range(1, len(MENU_LINES)):
+        files = [p["file"] for p in report["played"] if p["line"] == index]
+        assert all(f.startswith("dialogue_tts/line-cache-") for f in files), report["played"]
+
+
+@needs_renpy
+def test_fastest_auto_forward_waits_for_live_voices(tmp_path: Path) -> None:
+    """Without lookahead every line is synthesized as it begins; auto-forward at its fastest
+    waits for each voice to arrive and play: no line is dropped, none plays another's."""
+    game = _harness_game(tmp_path)
+    with server_process("--no-cache") as (port, _server):
+        report, proxy = _play_harness(
+            game, port, {"DIALOGUE_TTS_CHOICES": "0", "DIALOGUE_TTS_LOOKAHEAD": "0"}
+        )
+    lines = [*MENU_LINES[:3], MENU_LINES[4], MENU_LINES[5]]
+    _check_every_line_heard_and_no_other(report, lines)
+    from_game = [m for who, m in proxy.records if who == "game"]
+    assert not any(m["type"] == "prepare" for m in from_game)
+    assert [m["text"] for m in from_game if m["type"] == "say"] == lines

@@ -490,6 +490,20 @@ async def test_prepare_then_say_streams_from_the_cache(client: Client) -> None:
     assert caught.value.code == errors.UNKNOWN_VOICE
 
 
+async def test_prepare_with_word_timings_serves_a_say_that_wants_them(client: Client) -> None:
+    """A say that asks for words hits only a line prepared with them (a revealed text)."""
+    text = "The lantern swung twice, and the ferryman counted the coins in silence."
+    await client.prepare(text, timings=["word"])
+    before = (await client.status_report()).cache
+    handle = await client.say("sage", text, timings=["word"])
+    words = [unit async for event in handle.events() if event.TYPE == "marks"
+             for unit in (event.words or [])]  # fmt: skip
+    after = (await client.status_report()).cache
+    assert before is not None and after is not None
+    assert after["memory"]["hits"] == before["memory"]["hits"] + 1
+    assert [text[start:end] for _s, _n, start, end in words][:3] == ["The", "lantern", "swung"]
+
+
 async def test_a_token_is_required_when_the_server_has_one() -> None:
     server = ServerThread(ServerConfig(port=0, token="correct horse")).start()
     try:

@@ -28,7 +28,7 @@ import msgpack
 import numpy as np
 import pytest
 import soundfile
-from helpers import REPO, ServerThread
+from helpers import REPO, ServerThread, engine_missing
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.protocol import State
@@ -553,7 +553,7 @@ GUARD_MS = GUARD * 1000
 @contextlib.contextmanager
 def chromium_page() -> Iterator[Any]:
     if not CHROMIUM.exists():
-        pytest.skip(
+        engine_missing(
             "needs Debian's chromium package at /usr/bin/chromium (apt-get install chromium)"
         )
     from playwright.sync_api import sync_playwright

@@ -31,6 +31,15 @@ async def until(condition: Callable[[], bool]) -> None:
         await asyncio.sleep(0.001)
 
 
+async def hold(pool: InferencePool) -> tuple[threading.Event, asyncio.Future[object]]:
+    """Occupy the pool with an urgent call (not preemptible) until the returned gate is
+    set, so that the jobs queued meanwhile start together, in the pool's order."""
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(pool.run(lambda _: gate.wait(), constant(Priority.URGENT)))
+    await started(pool)
+    return gate, blocker
+
+
 class AbortableCall:
     """A job that blocks like a long ONNX call until it is released, or aborted through its
     lease (then it raises Preempted, and runs again later)."""
@@ -63,11 +72,9 @@ class AbortableCall:
 
 async def test_most_urgent_job_runs_first_and_priority_is_read_late() -> None:
     pool = InferencePool(1)
-    gate = threading.Event()
     ran: list[str] = []
     try:
-        blocker = asyncio.ensure_future(pool.run(lambda _: gate.wait(), constant(Priority.URGENT)))
-        await started(pool)
+        gate, blocker = await hold(pool)
         promoted = {"class": Priority.PREFETCH}
 
         def job(name: str) -> Callable[[Lease], None]:
@@ -114,6 +121,16 @@ async def test_a_lone_call_gets_every_core_and_many_calls_get_one_each() -> None
     try:
         lone = await pool.run(lambda lease: lease.threads, constant(Priority.URGENT))
         assert lone == 4
+        # A lone call in no hurry gets every core too, but does not hold back what comes
+        # next: a second call starts beside it (narrow) while it runs.
+        gate = threading.Event()
+        relaxed = asyncio.ensure_future(
+            pool.run(lambda lease: (gate.wait(), lease.threads)[1], constant(Priority.CURRENT))
+        )
+        await started(pool)
+        beside = await pool.run(lambda lease: lease.threads, constant(Priority.PREFETCH))
+        gate.set()
+        assert (await relaxed, beside) == (4, 1)
         # Four calls of one class at once: each narrow, all running side by side (the barrier
         # only opens with all four inside). A wide call started first holds every core, so
         # they wait for it rather than squeeze beside it.
@@ -176,11 +193,8 @@ async def test_an_urgent_line_aborts_background_work_and_takes_every_core() -> N
     pool = InferencePool(4)
     log: list[str] = []
     renders = [AbortableCall(f"render{i}", log) for i in range(2)]
-    gate = threading.Event()
     try:
-        # Held back until both are queued, so that they start together (narrow).
-        blocker = asyncio.ensure_future(pool.run(lambda _: gate.wait(), constant(Priority.URGENT)))
-        await started(pool)
+        gate, blocker = await hold(pool)  # until both are queued: they start together, narrow
         background = [
             asyncio.ensure_future(pool.run(call, constant(Priority.BACKGROUND))) for call in renders
         ]
@@ -277,11 +291,9 @@ async def test_a_line_that_becomes_urgent_while_it_waits_aborts_prefetch() -> No
 async def test_jobs_of_one_class_start_in_order_of_need_then_of_arrival() -> None:
     """No line of a class is starved: equal need-by times start in the order they came."""
     pool = InferencePool(1)
-    gate = threading.Event()
     ran: list[str] = []
     try:
-        blocker = asyncio.ensure_future(pool.run(lambda _: gate.wait(), constant(Priority.URGENT)))
-        await started(pool)
+        gate, blocker = await hold(pool)
         names = ["a", "b", "c", "d"]
         tasks = [
             asyncio.ensure_future(
@@ -298,5 +310,30 @@ async def test_jobs_of_one_class_start_in_order_of_need_then_of_arrival() -> Non
         gate.set()
         await asyncio.gather(blocker, *tasks)
         assert ran == ["needed first", *names]
+    finally:
+        pool.close()
+
+
+async def test_under_overload_a_new_line_starts_before_lines_that_ran_dry() -> None:
+    """Its silence is the whole line; theirs is a gap. Running-dry pieces come next, earliest
+    need first, then the rest."""
+    pool = InferencePool(1)
+    ran: list[str] = []
+    try:
+        gate, blocker = await hold(pool)
+        jobs = [
+            ("current", constant(Priority.CURRENT, 0.0)),
+            ("dry-late", constant(Priority.URGENT, 2.0)),
+            ("dry-early", constant(Priority.URGENT, 1.0)),
+            ("new line", constant(Priority.FIRST, 5.0)),
+        ]
+        tasks = [
+            asyncio.ensure_future(pool.run(lambda _, n=name: ran.append(n), key))
+            for name, key in jobs
+        ]
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(blocker, *tasks)
+        assert ran == ["new line", "dry-early", "dry-late", "current"]
     finally:
         pool.close()

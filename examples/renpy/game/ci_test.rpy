@@ -6,8 +6,8 @@
 # and a JSON report of what the voice channel played and of what Eileen's
 # reveal_say text showed is written to that file when the game ends. An
 # exception prints its traceback and quits with status 1. DIALOGUE_TTS_PORT, if
-# set, is the server's port; DIALOGUE_TTS_AUTO_VOICE, if set, becomes
-# config.auto_voice.
+# set, is the server's port; DIALOGUE_TTS_LOOKAHEAD, if set, the binding's
+# lookahead; DIALOGUE_TTS_AUTO_VOICE, if set, becomes config.auto_voice.
 
 init 100 python in dialogue_tts_test:
 
@@ -99,6 +99,8 @@ init 100 python in dialogue_tts_test:
             renpy.config.auto_voice = os.environ["DIALOGUE_TTS_AUTO_VOICE"]
         if os.environ.get("DIALOGUE_TTS_PORT"):
             store.dialogue_tts.port = int(os.environ["DIALOGUE_TTS_PORT"])
+        if os.environ.get("DIALOGUE_TTS_LOOKAHEAD"):
+            store.dialogue_tts.lookahead = int(os.environ["DIALOGUE_TTS_LOOKAHEAD"])
         renpy.config.exception_handler = exception_handler
         renpy.config.all_character_callbacks.append(character_callback)
         renpy.config.periodic_callbacks.append(periodic)

@@ -5,6 +5,8 @@ extends Node
 ## The plugin adds this script as the autoload [code]DialogueTTS[/code]. It connects to
 ## [member host]:[member port] by itself, polls the socket every frame (never blocking), and
 ## reconnects with a growing delay when the server is not running.
+## A web export, which has no TCP sockets, uses the server's WebSocket port instead:
+## [code]dialogue-tts serve --web --web-origin <the game's origin>[/code]. Nothing else changes.
 ## [codeblock]
 ## DialogueTTS.line_finished.connect(_on_line_finished)
 ## var line: int = DialogueTTS.speak("guard", "Halt! Who goes there?")
@@ -53,12 +55,16 @@ enum State { DISCONNECTED, CONNECTING, HANDSHAKING, READY }
 
 const MsgPack := preload("msgpack.gd")
 const FrameReader := preload("frame_reader.gd")
+const Transport := preload("transport.gd")
+const TcpTransport := preload("tcp_transport.gd")
+const WebSocketTransport := preload("web_socket_transport.gd")
 
 const PROTOCOL_VERSION: int = 1
 const DEFAULT_HOST: String = "127.0.0.1"
 const DEFAULT_PORT: int = 5757
-## Sample format requested: raw float32, which [method PackedByteArray.to_float32_array]
-## decodes in one call.
+## The port of the server's WebSocket ([code]serve --web[/code]), which web exports use.
+const DEFAULT_WEB_PORT: int = 5758
+## Sample format requested: raw float32, which [method _decode_samples] decodes in one call.
 const AUDIO_FORMAT: String = "f32le"
 ## Keys of [method speak]'s options that go into the say request as they are.
 const SAY_OPTIONS: Array[String] = [
@@ -75,6 +81,7 @@ const BUFFER_SECONDS: float = 0.5
 const PUSH_FRAMES: int = 2048
 const CONNECT_TIMEOUT_MSEC: int = 3000
 ## Optional project settings that override [member host] and [member port].
+## A web export reads [code]dialogue_tts/port.web[/code] first, as Godot does for any setting.
 const HOST_SETTING: String = "dialogue_tts/host"
 const PORT_SETTING: String = "dialogue_tts/port"
 const MIN_RETRY_SECONDS: float = 0.5
@@ -91,7 +98,9 @@ const REFUSALS: Dictionary = {
 
 ## Server address; change it before the first frame, or call [method connect_to_server].
 var host: String = DEFAULT_HOST
-var port: int = DEFAULT_PORT
+## The server's TCP port.
+## In a web export: its WebSocket port.
+var port: int = _default_port()
 ## Sent in the hello, for the server's logs.
 var client_name: String = "godot"
 ## Timings every line asks the server for, unless speak()'s "timings" option says otherwise:
@@ -114,7 +123,7 @@ var cast: Dictionary = {}
 var cast_file: String = ""
 
 var _state: State = State.DISCONNECTED
-var _tcp := StreamPeerTCP.new()
+var _transport: Transport = _new_transport()
 var _reader := FrameReader.new()
 var _codec := MsgPack.new()
 var _outbox := PackedByteArray()
@@ -134,8 +143,8 @@ var _output_latency: float = 0.0  # AudioServer's, read per new player: costly t
 
 
 func _ready() -> void:
-	host = ProjectSettings.get_setting(HOST_SETTING, host)
-	port = ProjectSettings.get_setting(PORT_SETTING, port)
+	host = _setting(HOST_SETTING, host)
+	port = _setting(PORT_SETTING, port)
 	if auto_connect:
 		connect_to_server(host, port)
 
@@ -148,25 +157,26 @@ func _process(delta: float) -> void:
 				if _retry_in <= 0.0:
 					_start_connecting()
 		State.CONNECTING:
-			_tcp.poll()
-			var status: StreamPeerTCP.Status = _tcp.get_status()
-			if status == StreamPeerTCP.STATUS_CONNECTED:
+			var status: Transport.Status = _transport.poll()
+			if status == Transport.Status.OPEN:
 				_state = State.HANDSHAKING
 				# The hello goes first, built now so that it has the latest token and cast.
 				var hello: PackedByteArray = _codec.encode_frame(_hello())
 				hello.append_array(_outbox)
 				_outbox = hello
-			elif status != StreamPeerTCP.STATUS_CONNECTING:
+			elif status == Transport.Status.CLOSED:
 				_drop("no dialogue-tts server at %s:%d" % [host, port])
 			elif Time.get_ticks_msec() - _connect_started_msec > CONNECT_TIMEOUT_MSEC:
 				_drop("timed out connecting to %s:%d" % [host, port])
 		_:
-			_tcp.poll()
-			if _tcp.get_status() != StreamPeerTCP.STATUS_CONNECTED:
+			var status: Transport.Status = _transport.poll()
+			_receive()  # first: what came before a close counts, such as a refusal's error
+			if _state == State.DISCONNECTED:
+				pass  # _receive() dropped the connection
+			elif status != Transport.Status.OPEN:
 				_drop("connection to the dialogue-tts server lost")
 			else:
 				_send_outbox()
-				_receive()
 	for speaker: Speaker in _speakers.values():
 		if speaker.paused and speaker.player != null and not speaker.player.get("stream_paused"):
 			# A 2D/3D player's new playback joins the mix a physics frame after play(), and a
@@ -178,14 +188,16 @@ func _process(delta: float) -> void:
 
 
 func _exit_tree() -> void:
-	_tcp.disconnect_from_host()
+	_transport.close()
 
 
 ## (Re)connects to a server; lines spoken from now until the handshake wait for it. Also how
 ## to try again after the server refused the game (a wrong [member token], say).
-func connect_to_server(new_host: String = DEFAULT_HOST, new_port: int = DEFAULT_PORT) -> void:
+## [param new_port] 0: [constant DEFAULT_PORT].
+## On the web, 0 is [constant DEFAULT_WEB_PORT].
+func connect_to_server(new_host: String = DEFAULT_HOST, new_port: int = 0) -> void:
 	host = new_host
-	port = new_port
+	port = new_port if new_port > 0 else _default_port()
 	_refused = false
 	if _state != State.DISCONNECTED:
 		_drop("reconnecting")
@@ -293,14 +305,13 @@ func set_speaker_player(speaker: String, player: Node) -> void:
 
 
 func _start_connecting() -> void:
-	_tcp = StreamPeerTCP.new()
+	_transport = _new_transport()
 	_reader = FrameReader.new()
 	_welcome = {}
 	_outbox = PackedByteArray()
-	if _tcp.connect_to_host(host, port) != OK:
+	if _transport.open(host, port) != OK:
 		_drop("cannot connect to %s:%d" % [host, port])
 		return
-	_tcp.set_no_delay(true)
 	_state = State.CONNECTING
 	_connect_started_msec = Time.get_ticks_msec()
 	if _all_paused:
@@ -317,12 +328,9 @@ func _hello() -> Dictionary:
 	if not secret.is_empty():
 		hello["token"] = secret
 	if not cast_file.is_empty():
-		var file: FileAccess = FileAccess.open(cast_file, FileAccess.READ)
-		if file == null:
-			var why: String = error_string(FileAccess.get_open_error())
-			push_error("dialogue-tts: cannot read cast_file %s: %s" % [cast_file, why])
-		else:
-			hello["cast"] = file.get_as_text()  # TOML text: the server parses it
+		var text: String = _read_cast_file()
+		if not text.is_empty():
+			hello["cast"] = text  # TOML text: the server parses it
 	elif not cast.is_empty():
 		hello["cast"] = cast
 	return hello
@@ -340,21 +348,14 @@ func _send(request: Dictionary) -> int:
 func _send_outbox() -> void:
 	if _outbox.is_empty():
 		return
-	var result: Array = _tcp.put_partial_data(_outbox)
-	if result[0] != OK:
+	if _transport.send(_outbox) != OK:
 		_drop("cannot send to the dialogue-tts server")
 		return
-	_outbox = _outbox.slice(result[1])
+	_outbox = PackedByteArray()
 
 
 func _receive() -> void:
-	var available: int = _tcp.get_available_bytes()
-	if available > 0:
-		var result: Array = _tcp.get_partial_data(available)
-		if result[0] != OK:
-			_drop("cannot read from the dialogue-tts server")
-			return
-		_reader.feed(result[1])
+	_reader.feed(_transport.receive())
 	while _state != State.DISCONNECTED:
 		var message: Dictionary = _reader.next_message()
 		if not _reader.error_code.is_empty():
@@ -419,16 +420,16 @@ func _on_marks(message: Dictionary) -> void:
 		marks.line = message["line"]
 		speaker.marks.append(marks)
 	if message.get("words") is Array:
-		marks.words.append_array(message["words"])
+		marks.words += message["words"]
 	if message.get("visemes") is Array:
-		marks.visemes.append_array(message["visemes"])
+		marks.visemes += message["visemes"]
 
 
 func _on_audio(message: Dictionary) -> void:
 	var speaker: Speaker = _get_speaker(message["speaker"])
 	if speaker.current != message["line"]:
 		return  # audio of a line skipped here, still in flight from the server
-	var samples: PackedFloat32Array = (message["data"] as PackedByteArray).to_float32_array()
+	var samples: PackedFloat32Array = _decode_samples(message["data"])
 	if not speaker.marks.is_empty():
 		var marks: LineMarks = speaker.marks.back()
 		if marks.line == message["line"] and not marks.has_audio:
@@ -493,7 +494,7 @@ func _finish_line(line: int, status: String) -> void:
 ## Closes the connection; every unfinished line ends with status "error".
 func _drop(reason: String) -> void:
 	var was_connected: bool = _state == State.HANDSHAKING or _state == State.READY
-	_tcp.disconnect_from_host()
+	_transport.close()
 	_state = State.DISCONNECTED
 	_retry_in = _retry_delay
 	_retry_delay = minf(_retry_delay * 2.0, MAX_RETRY_SECONDS)
@@ -510,9 +511,63 @@ func _drop(reason: String) -> void:
 		else:
 			var retrying: String = ", retrying" if auto_connect else ""
 			push_warning(
-				"dialogue-tts: %s%s (start it with `dialogue-tts serve`)" % [reason, retrying]
+				"dialogue-tts: %s%s (start it with `%s`)" % [reason, retrying, _serve_command()]
 			)
 		disconnected.emit(reason)
+
+
+#region Differs in Godot 3: the transport, settings, files, audio
+
+
+## A web export has no TCP sockets: it speaks to the server's WebSocket port.
+static func _new_transport() -> Transport:
+	return WebSocketTransport.new() if OS.has_feature("web") else TcpTransport.new()
+
+
+static func _default_port() -> int:
+	return DEFAULT_WEB_PORT if OS.has_feature("web") else DEFAULT_PORT
+
+
+## The command that starts a server this game can use: a web page needs the WebSocket, and
+## its origin allowed.
+static func _serve_command() -> String:
+	if OS.has_feature("web"):
+		return "dialogue-tts serve --web --web-origin %s" % JavaScriptBridge.eval("location.origin")
+	return "dialogue-tts serve"
+
+
+## Returns the project setting [param setting], or [param default] when it is not set.
+static func _setting(setting: String, default: Variant) -> Variant:
+	return ProjectSettings.get_setting(setting, default)
+
+
+## Returns the text of [member cast_file], or "" (with an error logged) when it is unreadable.
+func _read_cast_file() -> String:
+	var file: FileAccess = FileAccess.open(cast_file, FileAccess.READ)
+	if file == null:
+		var why: String = error_string(FileAccess.get_open_error())
+		push_error("dialogue-tts: cannot read cast_file %s: %s" % [cast_file, why])
+		return ""
+	return file.get_as_text()
+
+
+## Decodes f32le audio bytes in one call.
+static func _decode_samples(data: PackedByteArray) -> PackedFloat32Array:
+	return data.to_float32_array()
+
+
+## Web exports play "samples" by default, which an AudioStreamGenerator cannot feed.
+static func _use_stream_playback(player: Node) -> void:
+	player.set("playback_type", AudioServer.PLAYBACK_TYPE_STREAM)
+
+
+## Stops [param player] and plays it again: play() makes a new, empty playback.
+static func _replay(player: Node) -> void:
+	player.call("stop")
+	player.call("play")
+
+
+#endregion
 
 
 func _get_speaker(speaker_name: String) -> Speaker:
@@ -546,15 +601,15 @@ func _start_player(speaker: Speaker) -> void:
 	generator.mix_rate = speaker.sample_rate
 	generator.buffer_length = BUFFER_SECONDS
 	_output_latency = AudioServer.get_output_latency()
+	_use_stream_playback(speaker.player)
 	speaker.player.set("stream", generator)
 	_restart_player(speaker)
 
 
-## Stops the player and plays it again: play() makes a new, empty playback, which is how a
-## generator's buffer is emptied at once (clear_buffer() refuses while it plays).
+## Gives the speaker's player a new, empty playback, which is how a generator's buffer is
+## emptied at once (clear_buffer() refuses while it plays).
 func _restart_player(speaker: Speaker) -> void:
-	speaker.player.call("stop")
-	speaker.player.call("play")
+	_replay(speaker.player)
 	speaker.playback = speaker.player.call("get_stream_playback")
 	speaker.player.set("stream_paused", speaker.paused)
 	# Frames are counted from this new, empty playback: what the old one held is gone.

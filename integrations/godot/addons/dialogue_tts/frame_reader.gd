@@ -29,7 +29,7 @@ var _codec := MsgPack.new()
 ## Appends received bytes.
 func feed(bytes: PackedByteArray) -> void:
 	if _start > 0 and _start * 2 >= _buffer.size():
-		_buffer = _buffer.slice(_start)  # drop consumed bytes once they are half the buffer
+		_buffer = sliced(_buffer, _start, _buffer.size())  # drop them once they are half of it
 		_start = 0
 	_buffer.append_array(bytes)
 
@@ -54,12 +54,7 @@ func next_message() -> Dictionary:
 func _next_payload() -> PackedByteArray:
 	if fatal or _buffer.size() - _start < MsgPack.HEADER_SIZE:
 		return PackedByteArray()
-	var length: int = (
-		(_buffer[_start] << 24)
-		| (_buffer[_start + 1] << 16)
-		| (_buffer[_start + 2] << 8)
-		| _buffer[_start + 3]
-	)
+	var length: int = frame_length(_buffer, _start)
 	if length > max_frame:
 		fatal = true
 		_fail("frame_too_large", "frame length %d is over %d" % [length, max_frame])
@@ -71,12 +66,29 @@ func _next_payload() -> PackedByteArray:
 	var end: int = _start + MsgPack.HEADER_SIZE + length
 	if _buffer.size() < end:
 		return PackedByteArray()
-	var payload: PackedByteArray = _buffer.slice(_start + MsgPack.HEADER_SIZE, end)
+	var payload: PackedByteArray = sliced(_buffer, _start + MsgPack.HEADER_SIZE, end)
 	_start = end
 	return payload
+
+
+## Returns the length prefix (4 bytes, big-endian) of the frame at [param start].
+static func frame_length(bytes: PackedByteArray, start: int) -> int:
+	return (
+		(bytes[start] << 24) | (bytes[start + 1] << 16) | (bytes[start + 2] << 8) | bytes[start + 3]
+	)
 
 
 func _fail(code: String, message: String) -> Dictionary:
 	error_code = code
 	error_message = message
 	return {}
+
+
+#region Differs in Godot 3: slicing
+
+
+## Returns the bytes of [param bytes] from [param from] up to [param to] (excluded).
+static func sliced(bytes: PackedByteArray, from: int, to: int) -> PackedByteArray:
+	return bytes.slice(from, to)
+
+#endregion

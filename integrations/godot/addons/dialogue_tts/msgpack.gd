@@ -61,7 +61,7 @@ func _write(stream: StreamPeerBuffer, value: Variant) -> void:
 			stream.put_u8(0xcb)
 			stream.put_double(value)
 		TYPE_STRING, TYPE_STRING_NAME:
-			var utf8: PackedByteArray = String(value).to_utf8_buffer()
+			var utf8: PackedByteArray = _utf8(value)
 			_write_head(stream, utf8.size(), 0xa0, 31, 0xd9, 0xda, 0xdb)
 			stream.put_data(utf8)
 		TYPE_PACKED_BYTE_ARRAY:
@@ -77,7 +77,7 @@ func _write(stream: StreamPeerBuffer, value: Variant) -> void:
 				_write(stream, key)
 				_write(stream, value[key])
 		_:
-			push_error("msgpack: cannot encode a value of type %s" % type_string(typeof(value)))
+			push_error("msgpack: cannot encode a value of type %s" % _type_name(value))
 			stream.put_u8(0xc0)
 
 
@@ -244,3 +244,16 @@ func _has(stream: StreamPeerBuffer, count: int) -> bool:
 func _fail(message: String) -> void:
 	if error.is_empty():
 		error = message
+
+
+#region Differs in Godot 3: strings and type names
+
+
+static func _utf8(value: Variant) -> PackedByteArray:
+	return String(value).to_utf8_buffer()
+
+
+static func _type_name(value: Variant) -> String:
+	return type_string(typeof(value))
+
+#endregion

@@ -32,8 +32,7 @@ signal disconnected(reason)
 signal line_queued(line, speaker, position)
 ## Emitted when [param line] becomes its speaker's current line, before its first audio.
 signal line_started(line, speaker)
-## Emitted for each chunk of a line's audio (a PoolRealArray of mono samples, -1..1), e.g.
-## for lip-sync.
+## Emitted for each chunk of a line's audio (mono samples, -1..1), e.g. for lip-sync.
 signal audio_received(line, speaker, samples)
 ## Emitted when the playback of [param line] reaches one of its words (with the "word"
 ## timing): the word is [code]text.substr(start_char, end_char - start_char)[/code] of the text
@@ -54,13 +53,14 @@ enum State { DISCONNECTED, CONNECTING, HANDSHAKING, READY }
 
 const MsgPack := preload("msgpack.gd")
 const FrameReader := preload("frame_reader.gd")
+const Transport := preload("transport.gd")
+const TcpTransport := preload("tcp_transport.gd")
 
 const PROTOCOL_VERSION: int = 1
 const DEFAULT_HOST: String = "127.0.0.1"
 const DEFAULT_PORT: int = 5757
-## Sample format requested: raw float32. Godot 3 has no PoolByteArray.to_float32_array(), but
-## bytes2var() decodes a PoolRealArray in one call when the bytes get Godot's own 8-byte
-## header (type id, count) in front: see _decode_samples().
+const DEFAULT_WEB_PORT: int = 5758
+## Sample format requested: raw float32, which [method _decode_samples] decodes in one call.
 const AUDIO_FORMAT: String = "f32le"
 ## Keys of [method speak]'s options that go into the say request as they are.
 const SAY_OPTIONS: Array = [
@@ -93,7 +93,8 @@ const REFUSALS: Dictionary = {
 
 ## Server address; change it before the first frame, or call [method connect_to_server].
 var host: String = DEFAULT_HOST
-var port: int = DEFAULT_PORT
+## The server's TCP port.
+var port: int = _default_port()
 ## Sent in the hello, for the server's logs.
 var client_name: String = "godot"
 ## Timings every line asks the server for, unless speak()'s "timings" option says otherwise:
@@ -116,7 +117,7 @@ var cast: Dictionary = {}
 var cast_file: String = ""
 
 var _state: int = State.DISCONNECTED
-var _tcp := StreamPeerTCP.new()
+var _transport: Transport = _new_transport()
 var _reader := FrameReader.new()
 var _codec := MsgPack.new()
 var _outbox := PoolByteArray()
@@ -136,10 +137,8 @@ var _output_latency: float = 0.0  # AudioServer's, read per new player: costly t
 
 
 func _ready() -> void:
-	if ProjectSettings.has_setting(HOST_SETTING):
-		host = ProjectSettings.get_setting(HOST_SETTING)
-	if ProjectSettings.has_setting(PORT_SETTING):
-		port = ProjectSettings.get_setting(PORT_SETTING)
+	host = _setting(HOST_SETTING, host)
+	port = _setting(PORT_SETTING, port)
 	if auto_connect:
 		connect_to_server(host, port)
 
@@ -152,23 +151,26 @@ func _process(delta: float) -> void:
 				if _retry_in <= 0.0:
 					_start_connecting()
 		State.CONNECTING:
-			var status: int = _tcp.get_status()  # in Godot 3 this also polls the socket
-			if status == StreamPeerTCP.STATUS_CONNECTED:
+			var status: int = _transport.poll()
+			if status == Transport.Status.OPEN:
 				_state = State.HANDSHAKING
 				# The hello goes first, built now so that it has the latest token and cast.
 				var hello: PoolByteArray = _codec.encode_frame(_hello())
 				hello.append_array(_outbox)
 				_outbox = hello
-			elif status != StreamPeerTCP.STATUS_CONNECTING:
+			elif status == Transport.Status.CLOSED:
 				_drop("no dialogue-tts server at %s:%d" % [host, port])
 			elif OS.get_ticks_msec() - _connect_started_msec > CONNECT_TIMEOUT_MSEC:
 				_drop("timed out connecting to %s:%d" % [host, port])
 		_:
-			if _tcp.get_status() != StreamPeerTCP.STATUS_CONNECTED:
+			var status: int = _transport.poll()
+			_receive()  # first: what came before a close counts, such as a refusal's error
+			if _state == State.DISCONNECTED:
+				pass  # _receive() dropped the connection
+			elif status != Transport.Status.OPEN:
 				_drop("connection to the dialogue-tts server lost")
 			else:
 				_send_outbox()
-				_receive()
 	for speaker in _speakers.values():
 		if speaker.paused and speaker.player != null and not speaker.player.get("stream_paused"):
 			# A 2D/3D player's new playback joins the mix a physics frame after play(), and a
@@ -180,14 +182,15 @@ func _process(delta: float) -> void:
 
 
 func _exit_tree() -> void:
-	_tcp.disconnect_from_host()
+	_transport.close()
 
 
 ## (Re)connects to a server; lines spoken from now until the handshake wait for it. Also how
 ## to try again after the server refused the game (a wrong [member token], say).
-func connect_to_server(new_host: String = DEFAULT_HOST, new_port: int = DEFAULT_PORT) -> void:
+## [param new_port] 0: [constant DEFAULT_PORT].
+func connect_to_server(new_host: String = DEFAULT_HOST, new_port: int = 0) -> void:
 	host = new_host
-	port = new_port
+	port = new_port if new_port > 0 else _default_port()
 	_refused = false
 	if _state != State.DISCONNECTED:
 		_drop("reconnecting")
@@ -295,14 +298,13 @@ func set_speaker_player(speaker: String, player: Node) -> void:
 
 
 func _start_connecting() -> void:
-	_tcp = StreamPeerTCP.new()
+	_transport = _new_transport()
 	_reader = FrameReader.new()
 	_welcome = {}
 	_outbox = PoolByteArray()
-	if _tcp.connect_to_host(host, port) != OK:
+	if _transport.open(host, port) != OK:
 		_drop("cannot connect to %s:%d" % [host, port])
 		return
-	_tcp.set_no_delay(true)
 	_state = State.CONNECTING
 	_connect_started_msec = OS.get_ticks_msec()
 	if _all_paused:
@@ -319,13 +321,9 @@ func _hello() -> Dictionary:
 	if not secret.empty():
 		hello["token"] = secret
 	if not cast_file.empty():
-		var file := File.new()
-		var opened: int = file.open(cast_file, File.READ)
-		if opened != OK:
-			push_error("dialogue-tts: cannot read cast_file %s: error %d" % [cast_file, opened])
-		else:
-			hello["cast"] = file.get_as_text()  # TOML text: the server parses it
-			file.close()
+		var text: String = _read_cast_file()
+		if not text.empty():
+			hello["cast"] = text  # TOML text: the server parses it
 	elif not cast.empty():
 		hello["cast"] = cast
 	return hello
@@ -343,21 +341,14 @@ func _send(request: Dictionary) -> int:
 func _send_outbox() -> void:
 	if _outbox.empty():
 		return
-	var result: Array = _tcp.put_partial_data(_outbox)
-	if result[0] != OK:
+	if _transport.send(_outbox) != OK:
 		_drop("cannot send to the dialogue-tts server")
 		return
-	_outbox = FrameReader._tail(_outbox, result[1])
+	_outbox = PoolByteArray()
 
 
 func _receive() -> void:
-	var available: int = _tcp.get_available_bytes()
-	if available > 0:
-		var result: Array = _tcp.get_partial_data(available)
-		if result[0] != OK:
-			_drop("cannot read from the dialogue-tts server")
-			return
-		_reader.feed(result[1])
+	_reader.feed(_transport.receive())
 	while _state != State.DISCONNECTED:
 		var message: Dictionary = _reader.next_message()
 		if not _reader.error_code.empty():
@@ -496,7 +487,7 @@ func _finish_line(line: int, status: String) -> void:
 ## Closes the connection; every unfinished line ends with status "error".
 func _drop(reason: String) -> void:
 	var was_connected: bool = _state == State.HANDSHAKING or _state == State.READY
-	_tcp.disconnect_from_host()
+	_transport.close()
 	_state = State.DISCONNECTED
 	_retry_in = _retry_delay
 	_retry_delay = min(_retry_delay * 2.0, MAX_RETRY_SECONDS)
@@ -513,9 +504,70 @@ func _drop(reason: String) -> void:
 		else:
 			var retrying: String = ", retrying" if auto_connect else ""
 			push_warning(
-				"dialogue-tts: %s%s (start it with `dialogue-tts serve`)" % [reason, retrying]
+				"dialogue-tts: %s%s (start it with `%s`)" % [reason, retrying, _serve_command()]
 			)
 		emit_signal("disconnected", reason)
+
+
+#region Differs in Godot 3: the transport, settings, files, audio
+
+
+## Godot 3 games connect over TCP: the web transport is Godot 4 only.
+static func _new_transport() -> Transport:
+	return TcpTransport.new()
+
+
+static func _default_port() -> int:
+	return DEFAULT_PORT
+
+
+static func _serve_command() -> String:
+	return "dialogue-tts serve"
+
+
+## Returns the project setting [param setting], or [param default] when it is not set.
+static func _setting(setting: String, default):
+	return ProjectSettings.get_setting(setting) if ProjectSettings.has_setting(setting) else default
+
+
+## Returns the text of [member cast_file], or "" (with an error logged) when it is unreadable.
+func _read_cast_file() -> String:
+	var file := File.new()
+	var opened: int = file.open(cast_file, File.READ)
+	if opened != OK:
+		push_error("dialogue-tts: cannot read cast_file %s: error %d" % [cast_file, opened])
+		return ""
+	var text: String = file.get_as_text()
+	file.close()
+	return text
+
+
+## Decodes f32le bytes without a per-sample loop: Godot 3 has no to_float32_array(), but
+## prefixed with the header of Godot's binary serialization (type TYPE_REAL_ARRAY, then the
+## sample count, little-endian), they are a serialized PoolRealArray that bytes2var() decodes
+## in C++.
+static func _decode_samples(data: PoolByteArray) -> PoolRealArray:
+	var count: int = data.size() / 4
+	var bytes := PoolByteArray([TYPE_REAL_ARRAY, 0, 0, 0])
+	bytes.append_array(
+		PoolByteArray([count & 0xff, (count >> 8) & 0xff, (count >> 16) & 0xff, count >> 24])
+	)
+	bytes.append_array(data)
+	return bytes2var(bytes)
+
+
+## Godot 3 always streams: there is no sample playback to turn off.
+static func _use_stream_playback(_player: Node) -> void:
+	pass
+
+
+## Sets the stream again and plays it: in Godot 3 that makes a new, empty playback.
+static func _replay(player: Node) -> void:
+	player.set("stream", player.get("stream"))
+	player.call("play")
+
+
+#endregion
 
 
 func _get_speaker(speaker_name: String) -> Speaker:
@@ -549,15 +601,15 @@ func _start_player(speaker: Speaker) -> void:
 	generator.mix_rate = speaker.sample_rate
 	generator.buffer_length = BUFFER_SECONDS
 	_output_latency = AudioServer.get_output_latency()
+	_use_stream_playback(speaker.player)
 	speaker.player.set("stream", generator)
 	_restart_player(speaker)
 
 
-## Sets the stream again and plays it: in Godot 3 that makes a new, empty playback, which is
-## how a generator's buffer is emptied at once (clear_buffer() refuses while it plays).
+## Gives the speaker's player a new, empty playback, which is how a generator's buffer is
+## emptied at once (clear_buffer() refuses while it plays).
 func _restart_player(speaker: Speaker) -> void:
-	speaker.player.set("stream", speaker.player.get("stream"))
-	speaker.player.call("play")
+	_replay(speaker.player)
 	speaker.playback = speaker.player.call("get_stream_playback")
 	speaker.player.set("stream_paused", speaker.paused)
 	# Frames are counted from this new, empty playback: what the old one held is gone.
@@ -674,19 +726,6 @@ func _finish_marks(speaker: Speaker, line: int) -> void:
 			break
 	if speaker.marks.empty():
 		_close_mouth(speaker)
-
-
-## Decodes f32le bytes without a per-sample loop: prefixed with the header of Godot's binary
-## serialization (type TYPE_REAL_ARRAY, then the sample count, little-endian), they are a
-## serialized PoolRealArray that bytes2var() decodes in C++.
-static func _decode_samples(data: PoolByteArray) -> PoolRealArray:
-	var count: int = data.size() / 4
-	var bytes := PoolByteArray([TYPE_REAL_ARRAY, 0, 0, 0])
-	bytes.append_array(
-		PoolByteArray([count & 0xff, (count >> 8) & 0xff, (count >> 16) & 0xff, count >> 24])
-	)
-	bytes.append_array(data)
-	return bytes2var(bytes)
 
 
 ## One character's playback: a player fed through an AudioStreamGenerator.

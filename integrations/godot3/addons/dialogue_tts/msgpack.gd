@@ -61,7 +61,7 @@ func _write(stream: StreamPeerBuffer, value) -> void:
 			stream.put_u8(0xcb)
 			stream.put_double(value)
 		TYPE_STRING:
-			var utf8: PoolByteArray = value.to_utf8()
+			var utf8: PoolByteArray = _utf8(value)
 			_write_head(stream, utf8.size(), 0xa0, 31, 0xd9, 0xda, 0xdb)
 			stream.put_data(utf8)
 		TYPE_RAW_ARRAY:
@@ -77,7 +77,7 @@ func _write(stream: StreamPeerBuffer, value) -> void:
 				_write(stream, key)
 				_write(stream, value[key])
 		_:
-			push_error("msgpack: cannot encode a value of type %d" % typeof(value))
+			push_error("msgpack: cannot encode a value of type %s" % _type_name(value))
 			stream.put_u8(0xc0)
 
 
@@ -212,7 +212,7 @@ func _read_bin(stream: StreamPeerBuffer, size: int):
 
 func _read_array(stream: StreamPeerBuffer, size: int):
 	var result: Array = []
-	for _i in max(size, 0):
+	for _i in int(max(size, 0)):
 		var item = _read(stream)
 		if not error.empty():
 			return null
@@ -222,7 +222,7 @@ func _read_array(stream: StreamPeerBuffer, size: int):
 
 func _read_map(stream: StreamPeerBuffer, size: int):
 	var result: Dictionary = {}
-	for _i in max(size, 0):
+	for _i in int(max(size, 0)):
 		var key = _read(stream)
 		if error.empty() and typeof(key) != TYPE_STRING:
 			_fail("map key is not a string")
@@ -244,3 +244,16 @@ func _has(stream: StreamPeerBuffer, count: int) -> bool:
 func _fail(message: String) -> void:
 	if error.empty():
 		error = message
+
+
+#region Differs in Godot 3: strings and type names
+
+
+static func _utf8(value) -> PoolByteArray:
+	return value.to_utf8()
+
+
+static func _type_name(value) -> String:
+	return "type %d" % typeof(value)
+
+#endregion

@@ -13,6 +13,11 @@
 # voice file (the voice statement, or config.auto_voice) play the file instead.
 # Without a server the game runs silently and says so once in log.txt.
 #
+# While a line is shown, the next lines on the script's path (2; set
+# dialogue_tts.lookahead) are prepared by the server and fetched, so that each
+# starts with its interaction as a voice file does; auto-forward waits for a
+# voice that is on its way.
+#
 # Give characters their own voices with dialogue_tts.voices, keyed by the
 # character's voice_tag or variable name (settings are listed below):
 #
@@ -30,6 +35,16 @@
 # cb_tts_style in Character() gives a character a style for all its lines:
 #
 #     e "Get out!" (cb_tts_style="angry")
+#
+# To ship the voice with the game, build the server into a folder that needs no
+# Python (`dialogue-tts bundle dialogue-tts-server`), put it beside game/, and
+# name it: the game then starts it on the first line and stops it when it quits.
+#
+#     define dialogue_tts.server_path = "dialogue-tts-server/dialogue-tts-server"
+#
+# The voice takes a few seconds to load: call dialogue_tts.start_server() early
+# (in label splashscreen, say) so that it is ready for the first line, and wait
+# while dialogue_tts.server_starting() if the first line must be voiced.
 #
 # A server started with a token (DIALOGUE_TTS_TOKEN or --token-file) needs it:
 # the binding reads the DIALOGUE_TTS_TOKEN environment variable by itself, or
@@ -60,6 +75,13 @@ init -100 python in dialogue_tts:
     host = "127.0.0.1"
     port = 5757
 
+    # The bundled server to start (`dialogue-tts bundle`), relative to the game's
+    # base folder (config.basedir, which holds game/), e.g.
+    # "dialogue-tts-server/dialogue-tts-server" (".exe" is added on Windows). The
+    # game starts it on the first line, with a fresh token, and host, port and
+    # token are not used. None: connect to a server already running.
+    server_path = None
+
     # The server's shared secret, if it was started with one. None reads the
     # DIALOGUE_TTS_TOKEN environment variable when the game connects.
     token = None
@@ -88,6 +110,19 @@ init -100 python in dialogue_tts:
     # narration silent.
     narrator = None
 
+    # Lookahead: while a line is shown, the server prepares the next ones on the
+    # path ahead, so that they start as soon as the player reaches them. How many
+    # lines ahead (0 turns it off), and how many choices of a menu (or branches
+    # of an if) to prepare the first line of.
+    lookahead = 2
+    lookahead_choices = 3
+
+    # Auto-forward waits for a line's voice while it is on its way (sent, its
+    # audio not yet playing), as it waits for a voice file that plays, when the
+    # "wait for voice" preference is on; at most this many seconds.
+    voice_wait = 5.0
+
+    import ast
     import os
 
     import renpy.store as store
@@ -100,6 +135,7 @@ init -100 python in dialogue_tts:
         """Holds the connection: created at init, never saved, never rolled back."""
 
         speech = None
+        server = None  # the bundled server (server_path), once started
         volume = 1.0
         # (text, characters shown) of the last reveal_say text drawn; characters
         # shown is None when nothing is held back. For tests and debugging.
@@ -114,11 +150,56 @@ init -100 python in dialogue_tts:
             def connect():
                 secret = token if token is not None else os.environ.get("DIALOGUE_TTS_TOKEN")
                 connection = client.Connection(
-                    host, port, client_name="renpy", token=secret, cast=_cast())
+                    host, port, client_name="renpy", token=secret, cast=_cast(),
+                    server=_server())
                 return connection.start(renpy.invoke_in_thread)
 
-            _state.speech = client.Speech(connect, log=_log)
+            _state.speech = client.Speech(
+                connect, log=_log, lookahead=lookahead, hold_seconds=voice_wait)
         return _state.speech
+
+    # --- the bundled server (server_path) ---
+
+    def _server():
+        # The bundled server, started on the first call (the first line); None without one.
+        if server_path is None:
+            return None
+        if _state.server is None:
+            path = os.path.join(renpy.config.basedir, server_path)
+            if renpy.windows and not path.lower().endswith(".exe"):
+                path += ".exe"
+            _state.server = client.ServerProcess(path, log=_log).start()
+        return _state.server
+
+    def start_server():
+        """
+        Starts the bundled server (server_path) now rather than on the first line,
+        e.g. in label splashscreen: the voice loads in a few seconds, and a first
+        line that comes before it is ready is not voiced. Does nothing without
+        server_path, or once the server was started.
+        """
+
+        _server()
+
+    def server_starting():
+        """
+        True while the bundled server is starting: it has been started and is
+        neither listening nor failed yet. A splash screen can wait for it:
+
+            $ dialogue_tts.start_server()
+            while dialogue_tts.server_starting():
+                $ renpy.pause(0.1, hard=True)
+        """
+
+        return _state.server is not None and _state.server.starting
+
+    def _stop_server():
+        # In config.quit_callbacks: the game quits, its server goes with it. (A crash or a
+        # kill leaves no server either: the server watches the game's process id.)
+        if _state.server is not None:
+            _state.server.stop()
+
+    renpy.config.quit_callbacks.append(_stop_server)
 
     def _cast():
         # Read when the game connects, on its first line: never at init.
@@ -160,14 +241,20 @@ init -100 python in dialogue_tts:
         Returns "cached", "sent" or "offline".
         """
 
-        volume_setting = store.persistent._character_volume.get(tag, 1.0)
-        if not enabled or tag in store.persistent._voice_mute or not volume_setting:
+        volume_setting = _tag_volume(tag)
+        if not enabled or not volume_setting:
             skip()
             return "offline"
         _state.volume = volume_setting
         return _speech().say(
             speaker, text, voice=voice, rate=rate, volume=volume, style=style, pitch=pitch,
             reveal=reveal)
+
+    def _tag_volume(tag):
+        # The player's volume for a voice tag (SetCharacterVolume); 0 when muted.
+        if tag in store.persistent._voice_mute:
+            return 0.0
+        return store.persistent._character_volume.get(tag, 1.0)
 
     def skip():
         """
@@ -210,17 +297,77 @@ init -100 python in dialogue_tts:
         what = store._last_raw_what
         if not what or renpy.config.skipping or store._voice.play:
             skip()  # skipping, or the line has its own voice file
+            _drop_lookahead()
             return
-        who = store._last_say_who
-        found = _settings(who)
-        if found is None or _has_auto_voice():
+        identifier = renpy.game.context().translate_identifier
+        line = _voiced_line(store._last_say_who, what, style, identifier)
+        if line is None:
             skip()
-            return
+        else:
+            say(**line)
+        _look_ahead()
+
+    def _voiced_line(who, what, style, identifier):
+        # say()'s arguments for a say statement's line (what: its text before
+        # [interpolations] are filled in), or None when it is not voiced: the live line
+        # and the lookahead both come here, so that a prepared line is the one said.
+        found = _settings(who)
+        if found is None or _has_auto_voice(identifier):
+            return None
         settings, speaker, tag = found
         if style is not None:
             settings = dict(settings, style=style)  # the line's style wins
         text = renpy.substitute(what, translate=False)  # fills in [interpolations]
-        say(speaker, text, tag=tag, reveal=_reveals(who), **settings)
+        return dict(settings, speaker=speaker, text=text, tag=tag, reveal=_reveals(who))
+
+    def _look_ahead():
+        # Runs once per line, as it begins: never per frame, and never waits.
+        speech = _state.speech
+        if speech is None or not lookahead or not enabled:
+            return
+        context = renpy.game.context()
+        try:
+            node = renpy.game.script.lookup(context.current)
+        except Exception:
+            return  # not in the script (a replay, an unusual context)
+        if type(node).__name__ != "Say":
+            return  # a line said from Python: its place in the script is unknown
+        lines = []
+        ahead = client.walk_ahead(
+            node.next, renpy.game.script.lookup, lookahead, lookahead_choices)
+        for say_node, identifier in ahead:
+            line = _line_ahead(say_node, identifier)
+            if line is not None and _tag_volume(line.pop("tag")):
+                lines.append(line)
+        speech.look_ahead(lines)
+
+    def _drop_lookahead():
+        if _state.speech is not None:
+            _state.speech.drop_lookahead()
+
+    def _line_ahead(node, identifier):
+        # The line a say statement ahead will say, as known now, or None: not voiced,
+        # or something about it cannot be known before it runs.
+        what = node.what
+        if renpy.config.say_menu_text_filter:
+            what = renpy.config.say_menu_text_filter(what)
+        try:
+            style = _style_ahead(node)
+            return _voiced_line(node.who, what, style, identifier)
+        except Exception:
+            # An undefined variable (set by the time the line runs), a character made
+            # later, a style given by an expression: the live say voices this one.
+            return None
+
+    def _style_ahead(node):
+        # The tts style of a say statement: its cb_tts_style argument (a literal: an
+        # expression could mean anything by then), else its character's.
+        for name, expression in (node.arguments.arguments if node.arguments else ()):
+            if name == "cb_tts_style":
+                return ast.literal_eval(expression)
+        who = node.who
+        character = store.narrator if who is None else renpy.ast.eval_who(who)
+        return getattr(character, "cb_args", {}).get("tts_style")
 
     def _reveals(who):
         # True when the speaking character's show_function is reveal_say.
@@ -300,9 +447,8 @@ init -100 python in dialogue_tts:
             widget.slow = False
             renpy.game.interface.timeout(0)
 
-    def _has_auto_voice():
+    def _has_auto_voice(identifier):
         auto_voice = renpy.config.auto_voice
-        identifier = renpy.game.context().translate_identifier
         if not auto_voice or identifier is None:
             return False
         if isinstance(auto_voice, str):
@@ -312,9 +458,11 @@ init -100 python in dialogue_tts:
         return bool(filename) and renpy.loadable(filename)
 
     def _periodic():
-        # Runs on the main thread about 20 times a second: plays what has arrived.
+        # Runs on the main thread about 20 times a second, and as each interaction
+        # starts: plays what has arrived.
         if _state.speech is None:
             return
+        played = False
         for chunk in _state.speech.poll():
             name = client.chunk_filename(chunk.line, chunk.seq)
             audio = renpy.audio.audio.AudioData(chunk.audio, name)
@@ -323,7 +471,32 @@ init -100 python in dialogue_tts:
                 renpy.sound.play(audio, channel="voice")
             else:
                 renpy.sound.queue(audio, channel="voice")
+            played = True
+        if played:
+            # Wake Ren'Py's audio thread now, rather than at its next tick (up to 50 ms).
+            renpy.audio.audio.periodic()
+
+    _voice_afm_callback = renpy.config.afm_callback  # Ren'Py's: waits while a voice plays
+
+    def afm_callback():
+        """
+        config.afm_callback: auto-forward waits while a line's voice is on its
+        way (sent, not yet playing), then, as Ren'Py's own callback does for
+        voice files, while it plays. With "wait for voice" off, when skipping
+        and with the voice muted, it waits for nothing, as with voice files.
+        """
+
+        speech = _state.speech
+        if (speech is not None and speech.holds_voice and store._preferences.wait_voice
+                and not renpy.config.skipping and not store._preferences.get_mute("voice")):
+            return False
+        return _voice_afm_callback() if _voice_afm_callback is not None else True
 
     renpy.config.all_character_callbacks.append(character_callback)
     renpy.config.periodic_callbacks.append(_periodic)
+    # After Ren'Py's own voice_interact, which stops the voice channel for a line
+    # without a voice file: a line prepared ahead often has its first audio here
+    # already, and starts with the interaction, as a voice file does.
+    renpy.config.start_interact_callbacks.append(_periodic)
+    renpy.config.afm_callback = afm_callback
 

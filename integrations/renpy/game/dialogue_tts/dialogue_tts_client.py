@@ -6,12 +6,17 @@
     for event in connection.poll():        # never blocks
         ...
 
+``ServerProcess`` starts a bundled server (``dialogue-tts bundle``) as the game's child, with a
+fresh token, and ``Connection(server=...)`` waits for it to listen before connecting.
+
 ``Speech`` builds Ren'Py's voice behaviour on top: one line plays at a time, a new line stops
 the previous one, audio comes back as small .au files for the "voice" channel, and the last
 lines are cached so that rollback replays them at once; a server that refuses the game (a
 wrong token) is reported once and not asked again. A line said with ``reveal=True`` also
 collects its word marks, and ``Speech.reveal`` tells how much of its text the voice has said
 (``revealed_length``), which ``hide_after`` turns into Ren'Py text that shows only that much.
+``walk_ahead`` finds the next say statements on the script's path, and ``Speech.look_ahead``
+has the server prepare them and fetches their audio, so that they play at once.
 Nothing here imports Ren'Py, so the module runs (and is tested) outside it. The wire format
 is protocol/PROTOCOL.md: frames of a 4-byte big-endian length and one msgpack map; the
 msgpack codec below is a small one of our own, so that game developers install nothing.
@@ -23,10 +28,13 @@ import array
 import collections
 import contextlib
 import ipaddress
+import os
 import re
+import secrets
 import select
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -39,14 +47,18 @@ __all__ = [
     "Connection",
     "FrameReader",
     "ProtocolError",
+    "ServerProcess",
     "Speech",
     "au_bytes",
     "chunk_filename",
     "encode_frame",
     "hide_after",
+    "line_request",
     "packb",
     "revealed_length",
     "unpackb",
+    "walk_ahead",
+    "wav_samples",
 ]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -61,6 +73,9 @@ REFUSALS = {
 }
 """Errors with which the server refuses a hello and closes, and what to fix: retrying would
 only repeat them, so ``Speech`` stops asking."""
+_DONT_WAIT = getattr(socket, "MSG_DONTWAIT", 0)
+"""A send that never waits (POSIX); elsewhere, a send waits only while the socket's buffer
+is full, which a few small frames on loopback never fill."""
 _MAX_DEPTH = 64
 _HEADER = struct.Struct(">I")
 
@@ -303,6 +318,27 @@ def au_bytes(pcm: bytes, sample_rate: int) -> bytes:
     return struct.pack(">4sIIIII", b".snd", 24, len(data), 3, sample_rate, 1) + data
 
 
+def wav_samples(data: bytes) -> tuple[bytes, int] | None:
+    """The samples (16-bit little-endian) and sample rate of a 16-bit mono PCM WAV file, as
+    the server's ``synthesize`` writes them; None for anything else."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos, sample_rate = 12, None
+    while pos + 8 <= len(data):
+        kind, size = data[pos : pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
+        body = data[pos + 8 : pos + 8 + size]
+        if kind == b"fmt " and len(body) >= 16:
+            audio_format, channels, rate = struct.unpack_from("<HHI", body)
+            bits = struct.unpack_from("<H", body, 14)[0]
+            if audio_format not in (1, 0xFFFE) or channels != 1 or bits != 16:
+                return None
+            sample_rate = rate
+        elif kind == b"data" and sample_rate is not None:
+            return bytes(body), sample_rate
+        pos += 8 + size + size % 2
+    return None
+
+
 # --- connection ---------------------------------------------------------------------------
 
 
@@ -337,13 +373,19 @@ class Connection:
         allow_remote: bool = False,
         token: str | None = None,
         cast: dict | str | None = None,
+        server: ServerProcess | None = None,
     ) -> None:
         """``token``: the server's shared secret, if it was started with one. ``cast``: the
-        game's cast (a dict shaped like a cast file, or its TOML text) for this connection."""
+        game's cast (a dict shaped like a cast file, or its TOML text) for this connection.
+        ``server``: a started ``ServerProcess`` to connect to, on the port it reports and with
+        its token, once it listens (``host`` and ``port`` are then not used)."""
         if not allow_remote and not _is_loopback(host):
             raise ValueError(f"{host!r} is not a loopback address (pass allow_remote=True)")
         self.host = host
         self.port = port
+        self.server = server
+        if server is not None:
+            self.host, self.port, token = DEFAULT_HOST, 0, server.token
         self.timeout = timeout
         self.welcome: dict | None = None
         self.closed = False
@@ -356,6 +398,10 @@ class Connection:
         self._outbox: collections.deque[bytes] = collections.deque()
         self._inbox: collections.deque[dict] = collections.deque()
         self._closing = False
+        # The game's thread sends and reads too (see ``send`` and ``poll``): one at a time.
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None  # once the hello is sent
+        self._reader = FrameReader()
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
@@ -367,15 +413,24 @@ class Connection:
         return self
 
     def send(self, message: dict) -> bool:
-        """Queue ``message`` for the server; False if the connection is closed."""
+        """Send ``message`` to the server, or queue it for the background thread; never
+        waits. False if the connection is closed.
+
+        The caller's thread sends at once when it can: a game's main thread that is busy
+        drawing a frame holds Python's GIL for long stretches (a few hundred milliseconds
+        in a software-rendered, headless Ren'Py), and the background thread could not send
+        the line until the frame is done."""
         if self.closed or self._closing:
             return False
         self._outbox.append(encode_frame(message))
-        self._wake()
+        if not self._now(self._flush):
+            self._wake()
         return True
 
     def poll(self) -> list[dict]:
-        """The messages received since the last call, oldest first."""
+        """The messages received since the last call, oldest first. Reads what the socket
+        holds now (never waits), for the same reason as ``send``."""
+        self._now(self._receive)
         messages = []
         while self._inbox:
             messages.append(self._inbox.popleft())
@@ -388,6 +443,40 @@ class Connection:
             self._closing = True
             self._wake()
 
+    def _now(self, work: object) -> bool:
+        """Run ``work(sock)`` in this thread if the socket is free; True if it ran whole."""
+        sock = self._sock
+        if sock is None or self.closed or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            work(sock)  # type: ignore[operator]
+            return True
+        except (OSError, ProtocolError):
+            return False  # the background thread meets it too, and reports it
+        finally:
+            self._lock.release()
+
+    def _flush(self, sock: socket.socket) -> None:
+        while self._outbox:
+            frame = self._outbox[0]
+            sent = sock.send(frame, _DONT_WAIT)
+            if sent < len(frame):
+                self._outbox[0] = frame[sent:]
+                raise BlockingIOError  # the rest goes when the socket can take it
+            self._outbox.popleft()
+
+    def _receive(self, sock: socket.socket) -> bool:
+        """Read what has arrived, without waiting; False once the server has closed."""
+        while select.select([sock], [], [], 0)[0]:
+            data = sock.recv(65536)
+            if not data:
+                return False
+            for message in self._reader.feed(data):
+                if message["type"] == "welcome":
+                    self.welcome = message
+                self._inbox.append(message)
+        return True
+
     def _wake(self) -> None:
         # OSError: the wake-up pipe is full (the thread wakes anyway) or already closed.
         with contextlib.suppress(OSError):
@@ -397,10 +486,13 @@ class Connection:
         why = "connection closed"
         sock = None
         try:
+            if self.server is not None:
+                self.port = self.server.wait_port()  # the first line waits for the voice to load
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
             sock.settimeout(self.timeout)  # bounds a blocked sendall; reads wait in select
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.sendall(encode_frame(self._hello))
+            self._sock = sock
             why = self._serve(sock)
         except (OSError, ProtocolError) as exc:
             why = f"{type(exc).__name__}: {exc}"
@@ -413,24 +505,18 @@ class Connection:
             self._wake_writer.close()
 
     def _serve(self, sock: socket.socket) -> str:
-        reader = FrameReader()
         while True:
             readable, _, _ = select.select([sock, self._wake_reader], [], [])
             if self._wake_reader in readable:
                 with contextlib.suppress(BlockingIOError):
                     self._wake_reader.recv(4096)
-            while self._outbox:
-                sock.sendall(self._outbox.popleft())
-            if self._closing:
-                return "closed by the game"
-            if sock in readable:
-                data = sock.recv(65536)
-                if not data:
+            with self._lock:
+                while self._outbox:
+                    sock.sendall(self._outbox.popleft())
+                if self._closing:
+                    return "closed by the game"
+                if sock in readable and not self._receive(sock):
                     return "the server closed the connection"
-                for message in reader.feed(data):
-                    if message["type"] == "welcome":
-                        self.welcome = message
-                    self._inbox.append(message)
 
 
 # --- revealing text as it is said ------------------------------------------------------------
@@ -559,6 +645,39 @@ def chunk_filename(line: object, seq: int) -> str:
     return f"dialogue_tts/line-{line}-{seq}.au"
 
 
+MAX_AHEAD_IN_FLIGHT = 4
+"""The server runs at most 4 prepare/synthesize requests of a connection at once."""
+PREPARED_KEPT = 256
+"""How many prepared lines ``Speech`` remembers, so as not to prepare them again (the server
+keeps far more: 64 MiB of audio)."""
+_LINE_FIELDS = ("voice", "style", "rate", "pitch", "volume", "markup", "text")
+
+
+def line_request(kind: str, speaker: str, text: str, voice: str | None = None,
+                 rate: float | None = None, volume: float | None = None, markup: str = "renpy",
+                 style: str | None = None, pitch: float | None = None, reveal: bool = False,
+                 ) -> dict:  # fmt: skip
+    """A ``say`` or ``prepare`` of a line: both carry the same fields, so that a say of a
+    prepared line finds it in the server's cache (same text, markup, voice, style, rate,
+    pitch; word timings when its text is revealed by the voice)."""
+    request: dict = {"type": kind, "speaker": speaker, "text": text, "markup": markup}
+    if reveal:
+        request["timings"] = ["word"]
+    for name, value in (("voice", voice), ("style", style)):
+        if value is not None:
+            request[name] = value
+    for name, number in (("rate", rate), ("pitch", pitch), ("volume", volume)):
+        if number is not None:
+            request[name] = float(number)
+    return request
+
+
+def _key(line: dict) -> tuple:
+    """What tells lines apart in the local cache and among prepared lines."""
+    fields = (line.get(name, "renpy" if name == "markup" else None) for name in _LINE_FIELDS)
+    return (line.get("speaker"), line.get("reveal", False), *fields)
+
+
 class _Line:
     def __init__(self, line: object, speaker: str, key: tuple, text: str = "",
                  reveal: bool = False) -> None:  # fmt: skip
@@ -578,6 +697,7 @@ class _Line:
         self.said = 0  # revealed_length so far: it never goes back
         self.heard = False  # the voice channel has played some of it
         self.cached = False  # replayed from the cache: no server needed
+        self.sent_at: float | None = None  # when the say went out
 
 
 class Speech:
@@ -594,7 +714,8 @@ class Speech:
     """
 
     def __init__(self, connect: object, log: object = None, cache_size: int = 32,
-                 retry_seconds: float = 10.0, clock: object = None) -> None:  # fmt: skip
+                 retry_seconds: float = 10.0, clock: object = None, lookahead: int = 2,
+                 hold_seconds: float = 5.0) -> None:  # fmt: skip
         self._connect = connect
         self._log = log or (lambda message: print(message, file=sys.stderr))
         self.cache_size = cache_size
@@ -612,6 +733,13 @@ class Speech:
         self._ready: list[Chunk] = []
         self._next_id = 0
         self._errors_logged: set[str] = set()
+        self.lookahead = lookahead
+        """How many prepare requests may be in flight at once (4 at most: the server's
+        limit)."""
+        self.hold_seconds = hold_seconds
+        self._ahead: list[dict] = []  # the lines to prepare next, in order
+        self._preparing: dict[int, tuple] = {}  # prepare/synthesize request id -> (key, line)
+        self._prepared: collections.OrderedDict[tuple, None] = collections.OrderedDict()
         self.refused: str | None = None
         """The error code with which the server refused the game, if it did."""
 
@@ -628,7 +756,9 @@ class Speech:
         Returns "cached" (the audio is ready for the next ``poll``), "sent" (asked the
         server) or "offline" (no server, silent)."""
         self.skip()
-        key = (voice, style, rate, pitch, volume, markup, text)
+        key = _key({"speaker": speaker, "text": text, "voice": voice, "rate": rate,
+                    "volume": volume, "markup": markup, "style": style, "pitch": pitch,
+                    "reveal": reveal})  # fmt: skip
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
@@ -648,23 +778,87 @@ class Speech:
             return "offline"
         self._next_id += 1
         line = _Line(self._next_id, speaker, key, text, reveal)
-        request = {
-            "type": "say", "id": self._next_id, "line": line.line, "speaker": speaker,
-            "text": text, "interrupt": True, "format": "s16le", "markup": markup,
-        }  # fmt: skip
-        if reveal:
-            request["timings"] = ["word"]
-        for name, value in (("voice", voice), ("style", style)):
-            if value is not None:
-                request[name] = value
-        for name, number in (("rate", rate), ("pitch", pitch), ("volume", volume)):
-            if number is not None:
-                request[name] = float(number)
+        line.sent_at = self._clock()
+        request = line_request("say", speaker, text, voice=voice, rate=rate, volume=volume,
+                               markup=markup, style=style, pitch=pitch, reveal=reveal)  # fmt: skip
+        request.update(id=self._next_id, line=line.line, interrupt=True, format="s16le")
         if not connection.send(request):
             return "offline"
         self._current = line
         self._requests[self._next_id] = line
+        self._send_prepares()  # the line that is said now is no longer ahead
         return "sent"
+
+    def look_ahead(self, lines: list) -> int:
+        """Have the server prepare the lines the player will hear next, in that order: each
+        a dict of ``say``'s arguments (speaker, text, voice, rate, volume, markup, style,
+        pitch, reveal), exactly as ``say`` will get them, so that ``say`` hits the prepared
+        line. Replaces the lines asked for before (a jump, a rollback or a load leaves those
+        behind). At most ``lookahead`` prepares are in flight: the rest are sent as replies
+        come in. Lines in the local cache, or prepared already, are not sent again. Needs a
+        connection: before the first ``say``, nothing is sent. Returns how many were sent."""
+        self._ahead = [dict(line) for line in lines]
+        return self._send_prepares()
+
+    def drop_lookahead(self) -> None:
+        """Forget the lines to prepare (skipping): what is in flight finishes on the server,
+        which cannot cancel a prepare, and is simply not used."""
+        self._ahead = []
+
+    def _send_prepares(self) -> int:
+        connection = self.connection
+        if connection is None or connection.closed or self.refused is not None:
+            return 0
+        sent = 0
+        in_flight = {key for key, _line in self._preparing.values()}
+        current_key = self._current.key if self._current is not None else None
+        for line in self._ahead:
+            if len(self._preparing) >= min(self.lookahead, MAX_AHEAD_IN_FLIGHT):
+                break
+            key = _key(line)
+            known = key in self._prepared or key in self._cache or key == current_key
+            if known or key in in_flight:
+                continue
+            if not self._request_ahead("prepare", key, line):
+                break
+            in_flight.add(key)
+            sent += 1
+        return sent
+
+    def _request_ahead(self, kind: str, key: tuple, line: dict) -> bool:
+        """Send a prepare, or a synthesize that fetches a prepared line's audio."""
+        assert self.connection is not None
+        self._next_id += 1
+        request = line_request(kind, **line)
+        request["id"] = self._next_id
+        if kind == "synthesize":
+            request["format"] = "wav"
+        if not self.connection.send(request):
+            return False
+        self._preparing[self._next_id] = (key, line)
+        return True
+
+    def _ahead_done(self, key: tuple) -> None:
+        self._prepared[key] = None
+        while len(self._prepared) > PREPARED_KEPT:
+            self._prepared.popitem(last=False)
+        self._send_prepares()
+
+    @property
+    def holds_voice(self) -> bool:
+        """True while the current line's voice is due but not all handed out to play: sent
+        and its audio not all come, or come and not yet taken by ``poll``. Auto-forward waits
+        for it (for the first audio at most ``hold_seconds``: a stuck server never stops
+        the game); once handed out, the voice channel tells whether it plays."""
+        line = self._current
+        if line is None or line.stopped:
+            return False
+        if self._ready or line.pending:
+            return True
+        if line.cached or line.finished or self.connection is None or self.connection.closed:
+            return False
+        waited = self._clock() - (line.sent_at or 0.0)
+        return bool(line.starts) or waited <= self.hold_seconds
 
     def skip(self) -> bool:
         """Stop the current line; tells the server when it is still running. True if a line
@@ -815,7 +1009,29 @@ class Speech:
                 if whole and line.sample_rate:
                     audio = au_bytes(bytes(line.pcm), line.sample_rate)
                     self._remember(line.key, (audio, line.sample_rate, line.words))
+        elif kind == "prepared":
+            ahead = self._preparing.pop(event.get("id"), None)  # type: ignore[arg-type]
+            if ahead is None:
+                return
+            key, line = ahead
+            # Fetch its audio from the server's cache: then the line starts from memory as
+            # the player reaches it, as a voice file does. A line that reveals its text
+            # needs its word marks, which only a say brings: the server's cache serves it.
+            if line.get("reveal") or not self._request_ahead("synthesize", key, line):
+                self._ahead_done(key)
+        elif kind == "audio_file":
+            ahead = self._preparing.pop(event.get("id"), None)  # type: ignore[arg-type]
+            if ahead is None:
+                return
+            key, _line = ahead
+            found = wav_samples(event.get("data") or b"")
+            if found is not None:
+                pcm, sample_rate = found
+                self._remember(key, (au_bytes(pcm, sample_rate), sample_rate, None))
+            self._ahead_done(key)
         elif kind == "error":
+            if self._preparing.pop(event.get("id"), None) is not None:  # type: ignore[arg-type]
+                self._send_prepares()  # and log it as any error, once
             line = self._requests.pop(event.get("id"), None)  # type: ignore[arg-type]
             if line is not None:
                 line.finished = True
@@ -835,6 +1051,8 @@ class Speech:
             self._requests.pop(event.get("id"), None)  # type: ignore[arg-type]
         elif kind == "closed":
             self._requests.clear()
+            self._preparing.clear()
+            self._prepared.clear()  # a new server has an empty cache
             if self._current is not None:
                 self._current.finished = True
             if not self._reported:
@@ -850,3 +1068,195 @@ class Speech:
         self._cache.move_to_end(key)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+
+
+# --- a server the game starts ---------------------------------------------------------------
+
+TOKEN_ENV = "DIALOGUE_TTS_TOKEN"
+CREATE_NO_WINDOW = 0x08000000
+"""Windows' CREATE_NO_WINDOW process creation flag (``subprocess.CREATE_NO_WINDOW``): the
+server, a console program, runs without opening a console window."""
+_LISTENING = re.compile(r"listening on [^\s:]+:(\d+)")
+
+
+class ServerProcess:
+    """A bundled dialogue-tts server (``dialogue-tts bundle``) that the game starts and stops.
+
+    ``start()`` runs ``path --port 0 --parent-pid <this process>``: the server picks a free
+    port, and ends by itself when the game is gone, even after a crash. A fresh random token
+    goes to it in its environment (never on its command line, which other users can read),
+    so no other local process can use it. A thread reads the port from the server's output
+    and passes the rest of it to ``log``; ``wait_port()`` waits for it, ``stop()`` ends it.
+    """
+
+    def __init__(self, path: str, log: object = None, start_timeout: float = 120.0) -> None:
+        self.path = path
+        self.token = secrets.token_urlsafe(32)
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen | None = None
+        self.port: int | None = None
+        self._log = log or (lambda message: print(message, file=sys.stderr))
+        self._listening = threading.Event()
+        self._failure = "the server has not been started"
+
+    def start(self, start_thread: object = None) -> ServerProcess:
+        """Launch the server, once; ``start_thread`` as in ``Connection.start``."""
+        if self.process is not None:
+            return self
+        command = [self.path, "--port", "0", "--parent-pid", str(os.getpid())]
+        flags = CREATE_NO_WINDOW if sys.platform == "win32" else 0
+        try:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, env={**os.environ, TOKEN_ENV: self.token},
+                cwd=os.path.dirname(self.path) or None, creationflags=flags,
+            )  # fmt: skip
+        except OSError as exc:
+            self._failure = f"cannot start {self.path}: {exc}"
+            self._listening.set()
+            return self
+        (start_thread or _daemon_thread)(self._read_output)  # type: ignore[operator]
+        return self
+
+    @property
+    def starting(self) -> bool:
+        """True from ``start()`` until the server listens, or has failed to."""
+        return self.process is not None and not self._listening.is_set()
+
+    def wait_port(self) -> int:
+        """The port, once the server listens; raises OSError if it failed or took too long."""
+        if not self._listening.wait(self.start_timeout):
+            raise OSError(f"{self.path} did not start in {self.start_timeout:.0f} s")
+        if self.port is None:
+            raise OSError(self._failure)
+        return self.port
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """End the server (it closes its connections) and wait for it, at most ``timeout``."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def _read_output(self) -> None:
+        process = self.process
+        assert process is not None and process.stdout is not None
+        for raw in process.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            found = _LISTENING.search(line) if self.port is None else None
+            if found:
+                self.port = int(found.group(1))
+                self._listening.set()
+            elif line:
+                self._log(f"dialogue-tts server: {line}")
+        status = process.wait()
+        self._failure = f"{self.path} exited (status {status}) before it listened"
+        self._listening.set()
+
+
+# --- looking ahead in the script ------------------------------------------------------------
+# Ren'Py's script is a graph of statements (renpy.ast nodes) linked by .next. The walk below
+# reads it by class name and attributes only, so it runs (and is tested) without Ren'Py.
+
+PASS_THROUGH = frozenset({
+    "Label", "Pass", "Show", "Scene", "Hide", "With", "ShowLayer", "Camera", "EndTranslate",
+    "Translate",
+})  # fmt: skip
+"""Statements that cannot change what the next line says or who says it."""
+PASS_THROUGH_STATEMENTS = frozenset({
+    "play", "queue", "stop", "pause", "window", "nvl", "show", "hide", "scene",
+})  # fmt: skip
+"""User statements (by their first word) that cannot change the next line: music, sound,
+pauses, the window, screens shown and hidden. Others (``voice``, ``call screen``, ...) end
+the walk."""
+
+
+def walk_ahead(start: object, lookup: object, count: int = 2, branches: int = 3,
+               max_steps: int = 500) -> list:  # fmt: skip
+    """The say statements the player can reach next from the statement ``start``, nearest
+    first: ``count`` of them along the path, and where the path forks (a ``menu``, an ``if``)
+    the first line of each branch, ``branches`` at most, after which the walk ends.
+
+    Returns ``(say node, translate identifier or None)`` pairs. ``lookup(label)`` gives a
+    label's statement (``renpy.game.script.lookup``), or raises. The walk follows jumps and
+    calls to a named label (and the returns of those calls), and stops where it cannot know
+    where the game goes or what a line will say: Python, ``while``, jumps and calls to an
+    expression, calls with arguments, a ``return`` it did not walk into, a ``voice`` statement
+    and any other statement it does not know. ``max_steps`` bounds the walk (a loop of
+    statements without a line).
+    """
+    found: list = []
+    steps = [max_steps]
+    node, identifier, stack = start, None, []
+    while len(found) < count:
+        node, identifier, forks = _walk_to_line(node, identifier, stack, lookup, steps)
+        if forks is not None:
+            for fork in forks[:branches]:
+                first = _walk_to_line(fork, identifier, list(stack), lookup, steps)
+                if first[0] is not None and first[2] is None:
+                    found.append((first[0], first[1]))
+            break
+        if node is None:
+            break
+        found.append((node, identifier))
+        node = node.next
+    return found
+
+
+def _walk_to_line(node: object, identifier: object, stack: list, lookup: object,
+                  steps: list) -> tuple:  # fmt: skip
+    """From ``node`` to the next say statement: ``(say, identifier, None)``; at a fork,
+    ``(None, identifier, [first statement of each branch])``; ``(None, ...)`` where the walk
+    must stop. ``stack`` holds the statements that calls walked into return to."""
+    while node is not None and steps[0] > 0:
+        steps[0] -= 1
+        kind = type(node).__name__
+        if kind == "Say":
+            return node, identifier, None
+        if kind == "Translate":
+            if getattr(node, "language", None) is not None:
+                return None, identifier, None  # a translation's own block: not in the flow
+            identifier = node.identifier
+        if kind in PASS_THROUGH:
+            node = node.next
+        elif kind == "UserStatement":
+            name = _statement_name(node)
+            if name.split(" ", 1)[0] not in PASS_THROUGH_STATEMENTS or name == "call screen":
+                return None, identifier, None
+            node = node.next
+        elif kind == "Jump" and not node.expression:
+            node = _lookup(lookup, node.target)
+        elif kind == "Call" and not node.expression and node.arguments is None:
+            stack.append(node.next)
+            node = _lookup(lookup, node.label)
+        elif kind == "Return" and stack:
+            node = stack.pop()
+        elif kind == "Menu":
+            return None, identifier, [block[0] for _label, _cond, block in node.items if block]
+        elif kind == "If":
+            forks = [block[0] for _condition, block in node.entries if block]
+            if not node.entries or node.entries[-1][0] != "True":
+                forks.append(node.next)  # no else: falls through when nothing is true
+            return None, identifier, forks
+        else:
+            return None, identifier, None
+    return None, identifier, None
+
+
+def _statement_name(node: object) -> str:
+    try:
+        return str(node.get_name())  # type: ignore[attr-defined]
+    except Exception:
+        return ""
+
+
+def _lookup(lookup: object, label: object) -> object:
+    try:
+        return lookup(label)  # type: ignore[operator]
+    except Exception:  # Ren'Py raises ScriptError for a missing label
+        return None
