@@ -155,6 +155,7 @@ def _pyinstaller_command(work: Path, languages: set[str], web: bool) -> list[str
     data += [(piper_dir / _LANGUAGE_DATA[code], f"piper/{_LANGUAGE_DATA[code]}")
              for code in sorted(languages & _LANGUAGE_DATA.keys())]  # fmt: skip
     excluded = list(_EXCLUDED_MODULES)
+    data.append((Path(__file__).parent / "voices" / "data", "dialogue_tts/voices/data"))
     if web:
         data.append((Path(__file__).parent / "web", "dialogue_tts/web"))
     else:

@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -25,7 +25,7 @@ from .audio import apply_gain, fade_edges, resample
 from .cache import DiskCache, PreparedLines, file_digest, line_key
 from .text import Part, Pause, Spoken
 from .timings import Piece, WordSpan, word_units
-from .voices import families
+from .voices import FAMILIES
 from .voices.family import (
     CancelToken,
     Delivery,
@@ -100,10 +100,10 @@ class VoiceCatalog:
     """
 
     def __init__(
-        self, voices_dir: Path | None = None, family_modules: tuple[str, ...] | None = None
+        self, voices_dir: Path | None = None, families: Sequence[VoiceFamily] = FAMILIES
     ) -> None:
-        """``family_modules`` replaces the registered families (``voices.FAMILIES``)."""
-        self.families = families(family_modules) if family_modules else families()
+        """``families`` replaces the registered ones (``voices.FAMILIES``)."""
+        self.families = {family.name: family for family in families}
         self._sources: dict[str, VoiceSource] = {}
         default = embedded_voice()
         self._sources[default.info.name] = default

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tone_family
 from helpers import ServerThread
 from tone_family import LETTER_SAMPLES, SAMPLE_RATE
 
@@ -17,7 +18,7 @@ from dialogue_tts.engine import VoiceCatalog
 from dialogue_tts.server import ServerConfig
 from dialogue_tts.voices import FAMILIES
 
-TONE_FAMILIES = (*FAMILIES, "tone_family")
+TONE_FAMILIES = (*FAMILIES, tone_family.FAMILY)
 CAST = {
     "speakers": {
         "beeper": {"voice": "tone:beep", "rate": 2.0},
