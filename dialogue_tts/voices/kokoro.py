@@ -92,10 +92,11 @@ LANGUAGES: Final[dict[str, tuple[str, str]]] = {
     "h": ("hi", "hi"),
     "i": ("it", "it"),
     "p": ("pt-BR", "pt-br"),
-    "j": ("ja", ""),
-    "z": ("zh", ""),
+    "j": ("ja", "ja"),
+    "z": ("zh", "cmn"),
 }
-"""Pack prefix -> (language, espeak-ng voice; empty: read by misaki's G2P for the language)."""
+"""Pack prefix -> (language, espeak-ng voice). Japanese and Chinese lines are read by misaki
+(``_READERS``); their espeak voice only reads lexicon respellings."""
 _GENDERS: Final = {"f": "female", "m": "male"}
 _SENTENCE: Final = re.compile("(?<=[\u3002\uff01\uff1f!?\n])")  # CJK full stop, !, ?
 
@@ -408,12 +409,13 @@ class KokoroVoice:
 
     def phonemize(self, text: str) -> list[list[str]]:
         """Kokoro symbols of each sentence of ``text``; lexicon words (``[[...]]``) as given."""
-        if self.info.espeak_voice:
+        reader = _READERS.get(self.info.language)
+        if reader is not None:
+            sentences = phonemize_blocks(text, reader.sentences)
+        else:
             sentences = phonemize_blocks(
                 text, functools.partial(espeak.sentences, self.info.espeak_voice)
             )
-        else:
-            sentences = phonemize_blocks(text, _READERS[self.info.language].sentences)
         return [mapped for sentence in sentences if (mapped := _to_vocabulary(sentence))]
 
     def pieces(self, text: str, first: bool = True) -> list[list[str]]:
