@@ -55,6 +55,7 @@ __all__ = [
     "VoiceCatalog",
     "VoiceInfo",
     "VoiceSource",
+    "source_digest",
 ]
 
 _LOGGER = logging.getLogger(__name__)
