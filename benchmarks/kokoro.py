@@ -148,7 +148,8 @@ def main() -> int:
         "",
         f"One run, {os.cpu_count()} cores shared with other work (figures are noisy; read "
         "the ratios: × Piper divides by Piper's real-time factor on the English lines, "
-        "measured in the same process right after). Each voice in its own process, "
+        "measured in the same process right after; the Piper row compares Piper with itself, "
+        "so its distance from 1 is this run's noise). Each voice in its own process, "
         f"through the engine with the pool's own thread choice; {args.lines} lines per voice "
         "(English: the corpus's short and medium lines; others: fixed game lines). First "
         "audio is the median over the same lines, once new and once after `prepare`.",
