@@ -17,6 +17,8 @@ var _prepared: Dictionary = {}  # text -> true, for the lines line_prepared has 
 var _line: int = -1  # the line being measured
 var _first_frame: int = -1  # where its first frame is among its speaker's frames received
 var _done: bool = false
+var _started_usec: int = 0  # when the scene started, for the mean frame time
+var _started_frame: int = 0
 
 
 func _ready() -> void:
@@ -33,6 +35,8 @@ func _ready() -> void:
 		await get_tree().process_frame
 	_lines = JSON.parse_string(FileAccess.get_file_as_string(LINES_PATH))
 	print("BENCH_INFO output_latency_ms=%.1f" % (AudioServer.get_output_latency() * 1000.0))
+	_started_usec = Time.get_ticks_usec()
+	_started_frame = Engine.get_process_frames()
 	for index: int in _lines.size():
 		await _measure("live", index)
 	_tts.lookahead(_ahead(0))
@@ -41,6 +45,9 @@ func _ready() -> void:
 	for index: int in _lines.size():
 		_tts.lookahead(_ahead(index + 1))
 		await _measure("lookahead", index)
+	var seconds: float = (Time.get_ticks_usec() - _started_usec) / 1e6
+	var frames: int = Engine.get_process_frames() - _started_frame
+	print("BENCH_INFO frame_ms=%.1f" % (seconds * 1000.0 / frames))
 	print("BENCH_DONE")
 	JavaScriptBridge.eval("window.done = true")
 
@@ -54,6 +61,8 @@ func _measure(mode: String, index: int) -> void:
 	_first_frame = -1
 	_done = false
 	var spoken: int = Time.get_ticks_usec()
+	var spoken_frame: int = Engine.get_process_frames()
+	var mixed_frames: int = 0
 	_line = _tts.speak(entry["speaker"], entry["text"])
 	var mixed_usec: int = 0
 	var heard_usec: int = 0
@@ -65,14 +74,21 @@ func _measure(mode: String, index: int) -> void:
 		var buffered: int = speaker.buffer_frames - speaker.playback.get_frames_available()
 		if mixed_usec == 0 and speaker.frames_pushed - buffered > _first_frame:
 			mixed_usec = Time.get_ticks_usec()
+			mixed_frames = Engine.get_process_frames() - spoken_frame
 		if _tts._played_frames(speaker) > _first_frame:
 			heard_usec = Time.get_ticks_usec()
 	while not _done:
 		await get_tree().process_frame
 	print(
 		(
-			"BENCH mode=%s prepared=%s mixed_ms=%.2f heard_ms=%.2f"
-			% [mode, was_prepared, (mixed_usec - spoken) / 1000.0, (heard_usec - spoken) / 1000.0]
+			"BENCH mode=%s prepared=%s mixed_ms=%.2f heard_ms=%.2f frames=%d"
+			% [
+				mode,
+				was_prepared,
+				(mixed_usec - spoken) / 1000.0,
+				(heard_usec - spoken) / 1000.0,
+				mixed_frames,
+			]
 		)
 	)
 
