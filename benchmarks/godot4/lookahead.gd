@@ -16,6 +16,7 @@ var _lines: Array = []
 var _prepared: Dictionary = {}  # text -> true, for the lines line_prepared has named
 var _line: int = -1  # the line being measured
 var _first_frame: int = -1  # where its first frame is among its speaker's frames received
+var _audio_at_frame: int = 0  # the game frame in which its first audio was received
 var _done: bool = false
 var _started_usec: int = 0  # when the scene started, for the mean frame time
 var _started_frame: int = 0
@@ -81,13 +82,14 @@ func _measure(mode: String, index: int) -> void:
 		await get_tree().process_frame
 	print(
 		(
-			"BENCH mode=%s prepared=%s mixed_ms=%.2f heard_ms=%.2f frames=%d"
+			"BENCH mode=%s prepared=%s mixed_ms=%.2f heard_ms=%.2f frames=%d audio_frames=%d"
 			% [
 				mode,
 				was_prepared,
 				(mixed_usec - spoken) / 1000.0,
 				(heard_usec - spoken) / 1000.0,
 				mixed_frames,
+				_audio_at_frame - spoken_frame,
 			]
 		)
 	)
@@ -104,6 +106,7 @@ func _ahead(index: int) -> Array[Dictionary]:
 func _on_audio_received(line: int, speaker: String, samples: PackedFloat32Array) -> void:
 	if line == _line and _first_frame < 0:
 		_first_frame = _tts._speakers[speaker].frames_received - samples.size()
+		_audio_at_frame = Engine.get_process_frames()
 
 
 func _on_line_finished(line: int, _speaker: String, _status: String) -> void:
