@@ -15,6 +15,17 @@ extends Node
 ## Every id [method speak] returns gets exactly one [signal line_finished], even when the
 ## server rejects the line or the connection is lost (status [code]"error"[/code] then).
 ##
+## Lookahead: a dialogue system that knows its next lines hands them to [method lookahead]
+## (or one by one to [method prepare]) while the current line plays. The server synthesizes
+## them ahead, so that their [method speak] starts playing at once instead of after synthesis.
+## [codeblock]
+## DialogueTTS.speak("guard", "Halt!")
+## DialogueTTS.lookahead([
+##     {"speaker": "traveller", "text": "Just a traveller."},
+##     {"speaker": "guard", "text": "At this hour?", "options": {"style": "stern"}},
+## ])
+## [/codeblock]
+##
 ## Lip-sync and subtitles: with [member timings] (or speak()'s "timings" option) set to
 ## [code]["word", "viseme"][/code], [signal word_reached] and [signal viseme_changed] follow
 ## what the player hears, driven by the position of each speaker's playback.
@@ -48,6 +59,10 @@ signal word_reached(line: int, start_char: int, end_char: int)
 signal viseme_changed(speaker: String, viseme: String)
 ## Emitted last for every line: [param status] is "done", "skipped", "cancelled" or "error".
 signal line_finished(line: int, speaker: String, status: String)
+## Emitted when the server has prepared a line given to [method prepare] or
+## [method lookahead]: a [method speak] of it with the same options now starts with no
+## synthesis. [param seconds]: the length of its audio.
+signal line_prepared(speaker: String, text: String, seconds: float)
 ## Emitted for every error the server reports, and for lines spoken while disconnected.
 signal error(code: String, message: String)
 
@@ -66,9 +81,17 @@ const DEFAULT_PORT: int = 5757
 const DEFAULT_WEB_PORT: int = 5758
 ## Sample format requested: raw float32, which [method _decode_samples] decodes in one call.
 const AUDIO_FORMAT: String = "f32le"
-## Keys of [method speak]'s options that go into the say request as they are.
-const SAY_OPTIONS: Array[String] = [
-	"voice", "style", "pitch", "rate", "volume", "sample_rate", "interrupt", "markup"
+## Keys of [method speak]'s and [method prepare]'s options that go into the request as they
+## are (speak() also takes [code]"interrupt"[/code]). With the speaker, the text and the
+## timings, they are what the server matches a say with a prepared line on.
+const LINE_OPTIONS: Array[String] = [
+	"voice",
+	"style",
+	"pitch",
+	"rate",
+	"volume",
+	"sample_rate",
+	"markup",
 ]
 ## The mouth shapes of [signal viseme_changed]: the 15 Oculus/Meta (OVRLipSync) visemes.
 const VISEMES: Array[String] = [
@@ -80,6 +103,15 @@ const BUFFER_SECONDS: float = 0.5
 ## pieces this long, which fit its buffer at any sample rate (at 8 kHz it holds 4095).
 const PUSH_FRAMES: int = 2048
 const CONNECT_TIMEOUT_MSEC: int = 3000
+## Most prepare requests in flight at once: the server runs at most 4 synthesize or prepare
+## requests per connection and refuses more (queue_full). The others wait here, in order.
+const MAX_PREPARES: int = 4
+## Most lines waiting to be prepared, from [method prepare] and from [method lookahead] each;
+## past it, prepare() drops the oldest and lookahead() the farthest.
+const MAX_WAITING_PREPARES: int = 32
+## How many prepared lines are remembered, so that a line handed over again (lookahead lists
+## overlap from one line to the next) is not prepared twice.
+const REMEMBERED_PREPARES: int = 64
 ## Optional project settings that override [member host] and [member port].
 ## A web export reads [code]dialogue_tts/port.web[/code] first, as Godot does for any setting.
 const HOST_SETTING: String = "dialogue_tts/host"
@@ -139,6 +171,10 @@ var _says: Dictionary = {}  # request id -> line id, until "queued" or "error" a
 var _lines: Dictionary = {}  # line id -> speaker, for every line without line_finished yet
 var _speakers: Dictionary = {}  # speaker name -> Speaker
 var _all_paused: bool = false
+var _prepares: Array[Dictionary] = []  # prepare requests from prepare(), not sent yet
+var _lookahead: Array[Dictionary] = []  # the same from lookahead(), replaced by each call
+var _prepares_sent: Dictionary = {}  # request id -> its prepare request, until answered
+var _prepared: Array[String] = []  # keys of the lines prepared lately, oldest first
 var _output_latency: float = 0.0  # AudioServer's, read per new player: costly to query
 
 
@@ -176,6 +212,7 @@ func _process(delta: float) -> void:
 			elif status != Transport.Status.OPEN:
 				_drop("connection to the dialogue-tts server lost")
 			else:
+				_send_prepares()
 				_send_outbox()
 	for speaker: Speaker in _speakers.values():
 		if speaker.paused and speaker.player != null and not speaker.player.get("stream_paused"):
@@ -224,22 +261,54 @@ func speak(speaker: String, text: String, options: Dictionary = {}) -> int:
 	if _state == State.DISCONNECTED:
 		_fail_line.call_deferred(line, "not_connected", "no dialogue-tts server connection")
 		return line
-	var request: Dictionary = {
-		"type": "say", "speaker": speaker, "text": text, "line": line, "format": AUDIO_FORMAT
-	}
-	for key: String in SAY_OPTIONS:
-		if options.has(key):
-			request[key] = options[key]
-	var wanted: Array = []  # a plain Array, whatever was given: the encoder writes those
-	for timing: String in options.get("timings", timings):
-		wanted.append(timing)
-	if not wanted.is_empty():
-		request["timings"] = wanted
+	var request: Dictionary = _line_request("say", speaker, text, options)
+	request["line"] = line
+	request["format"] = AUDIO_FORMAT
+	if options.has("interrupt"):
+		request["interrupt"] = options["interrupt"]
+	_drop_waiting(str(_line_request("prepare", speaker, text, options)))
 	var target: Speaker = _get_speaker(speaker)  # created now, so pause() state applies
 	if options.get("interrupt", false):
 		_silence(target)
 	_says[_send(request)] = line
 	return line
+
+
+## Asks the server to synthesize a line ahead, so that a later [method speak] of it, with
+## the same [param speaker], [param text] and [param options] (those of speak(); only
+## [code]interrupt[/code] may differ), starts playing at once. [signal line_prepared] follows.
+## At most [constant MAX_PREPARES] are in flight; the others wait, in order, and are sent as
+## the server answers, never holding up a frame. Lines already prepared are not sent again.
+## A prepare cannot be cancelled; a line that is not spoken after all costs the server's
+## time only.
+func prepare(speaker: String, text: String, options: Dictionary = {}) -> void:
+	_prepares.append(_line_request("prepare", speaker, text, options))
+	if _prepares.size() > MAX_WAITING_PREPARES:
+		_prepares.pop_front()
+
+
+## Hands over the lines the dialogue will speak next, soonest first, for the server to
+## prepare while the current one plays (see [method prepare]). Each is a Dictionary
+## [code]{"speaker": String, "text": String, "options": Dictionary}[/code] ([code]options[/code]
+## optional, as given to [method speak]). Replaces the lines of the previous call that were
+## not sent yet: after a choice or a jump, hand over the new path, or [code][][/code] for
+## none. Those already in flight finish, and are simply not used.
+func lookahead(lines: Array) -> void:
+	_lookahead.clear()
+	for entry: Variant in lines:
+		if _lookahead.size() == MAX_WAITING_PREPARES:
+			break
+		if (
+			not entry is Dictionary
+			or not entry.get("speaker") is String
+			or not entry.get("text") is String
+			or not entry.get("options", {}) is Dictionary
+		):
+			push_error("dialogue-tts: lookahead() takes {speaker, text, options}, not %s" % [entry])
+			continue
+		_lookahead.append(
+			_line_request("prepare", entry["speaker"], entry["text"], entry.get("options", {}))
+		)
 
 
 ## Ends [param speaker]'s current line at once (status "skipped"); its next line starts.
@@ -336,13 +405,65 @@ func _hello() -> Dictionary:
 	return hello
 
 
-## Encodes [param request] with a fresh id and queues it for sending; returns the id.
+## Returns a say or prepare request for a line: both are built here, so that a prepared line
+## carries exactly what its say will (the server matches them on it).
+func _line_request(type: String, speaker: String, text: String, options: Dictionary) -> Dictionary:
+	var request: Dictionary = {"type": type, "speaker": speaker, "text": text}
+	for key: String in LINE_OPTIONS:
+		if options.has(key):
+			request[key] = options[key]
+	var wanted: Array = []  # a plain Array, whatever was given: the encoder writes those
+	for timing: String in options.get("timings", timings):
+		wanted.append(timing)
+	if not wanted.is_empty():
+		request["timings"] = wanted
+	return request
+
+
+## Encodes [param request] with a fresh id and sends it; returns the id. When connected and
+## nothing is waiting, it goes out at once rather than at the next frame's _process().
 func _send(request: Dictionary) -> int:
 	_next_id += 1
 	request["id"] = _next_id
+	var frame: PackedByteArray = _codec.encode_frame(request)
+	if _state == State.READY and _outbox.is_empty() and _transport.send(frame) == OK:
+		return _next_id
 	if _state != State.DISCONNECTED:
-		_outbox.append_array(_codec.encode_frame(request))
+		_outbox.append_array(frame)  # a failed send is retried, then reported, by _process()
 	return _next_id
+
+
+## Sends waiting prepare requests while fewer than [constant MAX_PREPARES] are in flight:
+## prepare()'s first, then the lookahead's, soonest first; lines already prepared or in flight
+## are passed over.
+func _send_prepares() -> void:
+	while _prepares_sent.size() < MAX_PREPARES:
+		var request: Dictionary = {}
+		if not _prepares.is_empty():
+			request = _prepares.pop_front()
+		elif not _lookahead.is_empty():
+			request = _lookahead.pop_front()
+		else:
+			return
+		var key: String = str(request)
+		if key in _prepared or _is_preparing(key):
+			continue
+		_prepares_sent[_send(request.duplicate())] = request
+
+
+## Drops the line of [param key] from the lines waiting to be prepared: it is said now.
+func _drop_waiting(key: String) -> void:
+	for waiting: Array[Dictionary] in [_prepares, _lookahead]:
+		for index: int in range(waiting.size() - 1, -1, -1):
+			if str(waiting[index]) == key:
+				waiting.remove_at(index)
+
+
+func _is_preparing(key: String) -> bool:
+	for request: Dictionary in _prepares_sent.values():
+		if str(request) == key:
+			return true
+	return false
 
 
 func _send_outbox() -> void:
@@ -383,6 +504,8 @@ func _handle(message: Dictionary) -> void:
 			_on_audio(message)
 		"finished":
 			_on_finished(message)
+		"prepared":
+			_on_prepared(message)
 		"voices":
 			_welcome["voices"] = message["voices"]
 		"error":
@@ -460,6 +583,18 @@ func _on_finished(message: Dictionary) -> void:
 		line_finished.emit(message["line"], message["speaker"], message["status"])
 
 
+func _on_prepared(message: Dictionary) -> void:
+	var request: Dictionary = _prepares_sent.get(message.get("id"), {})
+	if request.is_empty():
+		return
+	_prepares_sent.erase(message["id"])
+	_prepared.append(str(request))
+	if _prepared.size() > REMEMBERED_PREPARES:
+		_prepared.pop_front()
+	var seconds: float = message.get("duration", 0.0)
+	line_prepared.emit(request["speaker"], request["text"], seconds)
+
+
 func _on_error(message: Dictionary) -> void:
 	var code: String = message.get("code", "")
 	var text: String = message.get("message", "")
@@ -472,6 +607,7 @@ func _on_error(message: Dictionary) -> void:
 		return
 	push_warning("dialogue-tts: %s: %s" % [code, text])
 	error.emit(code, text)
+	_prepares_sent.erase(message.get("id"))  # a line that could not be prepared
 	var line: Variant = _says.get(message.get("id"))
 	if line != null:
 		_says.erase(message["id"])
@@ -499,6 +635,10 @@ func _drop(reason: String) -> void:
 	_retry_in = _retry_delay
 	_retry_delay = minf(_retry_delay * 2.0, MAX_RETRY_SECONDS)
 	_says.clear()
+	# Prepares in flight are lost, and a server started again has none: the waiting ones are
+	# sent to the next connection.
+	_prepares_sent.clear()
+	_prepared.clear()
 	for speaker: Speaker in _speakers.values():
 		speaker.current = -1
 		_silence(speaker)
