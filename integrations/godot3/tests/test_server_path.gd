@@ -6,8 +6,9 @@ extends SceneTree
 ## DIALOGUE_TTS_SERVER_PATH is the server_path to set (the bundle); no server runs before.
 ## The node must start it, connect to it with a fresh token, and voice two lines, the first
 ## spoken before the server listens. Prints GODOT_TEST_VOICED port=PORT once they are voiced;
-## then quits (exit 0, or 1 after a GODOT_TEST_FAIL line), or with DIALOGUE_TTS_TEST_HOLD set
-## runs on until it is killed.
+## then quits (exit 0, or 1 after a GODOT_TEST_FAIL line). DIALOGUE_TTS_TEST_THEN "hold": runs
+## on until it is killed; "free FILE": once FILE exists, frees the node (which stops its
+## server), prints GODOT_TEST_FREED and runs on.
 
 const DialogueTTS = preload("res://addons/dialogue_tts/dialogue_tts.gd")
 ## Quits with a failure if the lines are not voiced by then (a hang guard, not a timing check).
@@ -20,6 +21,7 @@ var _finished: Array = []  # [line, status] per line_finished
 var _samples: int = 0
 var _elapsed: float = 0.0
 var _done: bool = false
+var _free_when: String = ""  # "free FILE": the FILE
 
 
 func _initialize() -> void:
@@ -34,6 +36,10 @@ func _initialize() -> void:
 
 func _idle(delta: float) -> bool:
 	_elapsed += delta
+	if not _free_when.empty() and File.new().file_exists(_free_when):
+		_free_when = ""
+		_tts.free()
+		print("GODOT_TEST_FREED")
 	if _done:
 		return false
 	if _finished.size() == _spoken:  # every line spoken so far has finished
@@ -49,11 +55,17 @@ func _idle(delta: float) -> bool:
 		else:
 			_done = true
 			print("GODOT_TEST_VOICED port=%d" % _tts.port)
-			if OS.get_environment("DIALOGUE_TTS_TEST_HOLD").empty():
-				quit(0)
+			_then(OS.get_environment("DIALOGUE_TTS_TEST_THEN"))
 	elif _elapsed > WATCHDOG_SECONDS:
 		_fail("watchdog: %s after %d s" % [_finished, WATCHDOG_SECONDS])
 	return false
+
+
+func _then(what: String) -> void:
+	if what.begins_with("free "):
+		_free_when = what.trim_prefix("free ")
+	elif what != "hold":
+		quit(0)
 
 
 func _on_line_finished(line: int, _speaker: String, status: String) -> void:
