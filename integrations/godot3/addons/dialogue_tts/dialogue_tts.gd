@@ -553,7 +553,9 @@ func start_server() -> void:
 	if not _starts_server():
 		push_error("dialogue-tts: start_server() needs a server_path (and a desktop game)")
 		return
-	if _state != State.DISCONNECTED:
+	if _state == State.CONNECTING:
+		_transport.close()  # not connected yet: what was spoken waits for the started server
+	elif _state != State.DISCONNECTED:
 		_drop("starting the dialogue-tts server")
 	_refused = false
 	_remove_server_files()
