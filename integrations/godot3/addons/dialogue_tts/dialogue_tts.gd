@@ -717,8 +717,8 @@ static func _replay(player: Node) -> void:
 ## Godot 3.2 has no OS.set_environment(), so the token travels in a file of the player's user
 ## data folder that the server reads as it starts ([code]--token-file[/code]) and the node
 ## removes once the server listens: never on the command line, which other users can read.
-## On Windows, Godot 3.5's OS.execute() opens no console window (CREATE_NO_WINDOW); 3.2 to 3.4
-## pass no such flag, see integrations/godot/README.md.
+## On Windows, Godot 3.2 passes no CREATE_NO_WINDOW here (a console window shows); later 3.x
+## releases do: see integrations/godot/README.md.
 func _launch_server(path: String, arguments: Array) -> int:
 	var file := File.new()
 	if not file.file_exists(path):
