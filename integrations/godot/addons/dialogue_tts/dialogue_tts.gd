@@ -625,6 +625,7 @@ func _poll_server() -> void:
 ## [method start_server] or [method connect_to_server] is called.
 func _server_failed(reason: String) -> void:
 	_stop_server()
+	_remove_server_files()  # also those of a launch that failed
 	_refused = true
 	_warned = true  # reported here, not by _drop()
 	push_error("dialogue-tts: %s (check server_path)" % reason)
@@ -633,9 +634,10 @@ func _server_failed(reason: String) -> void:
 
 
 func _stop_server() -> void:
-	if _server_pid != -1:
-		OS.kill(_server_pid)
-		_server_pid = -1
+	if _server_pid == -1:
+		return  # none started (the web has no process id to ask for: don't)
+	OS.kill(_server_pid)
+	_server_pid = -1
 	_remove_server_files()
 
 
