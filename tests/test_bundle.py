@@ -5,7 +5,10 @@ game's cast and one extra voice, and then run as a player's machine would: with 
 environment (``env -i``, no venv on PATH, no Python of ours). It serves the protocol vectors'
 happy path, refuses a client without its token, ends with the process that started it, and
 Ren'Py 8.0.3 (headless) starts it from ``dialogue_tts.server_path``, is voiced by it, and
-leaves no server behind when it quits or is killed.
+leaves no server behind when it quits or is killed. Godot 3.2.3 (headless) does the same
+from ``DialogueTTS.server_path`` (integrations/godot3/tests/test_server_path.gd), and its node
+also stops the server when freed while the game runs. The Godot and Ren'Py checks use the
+bundle rather than a venv launcher: it is what a game ships, and it is built here anyway.
 """
 
 from __future__ import annotations
