@@ -86,7 +86,7 @@ const PORT_SETTING: String = "dialogue_tts/port"
 ## Optional project setting that overrides [member server_path].
 const SERVER_PATH_SETTING: String = "dialogue_tts/server_path"
 ## How long a started server may take to load its voice and listen before the node gives up.
-const SERVER_START_TIMEOUT_MSEC: int = 120000
+const SERVER_START_TIMEOUT_SECONDS: int = 120
 const MIN_RETRY_SECONDS: float = 0.5
 const MAX_RETRY_SECONDS: float = 8.0
 ## Environment variable read when [member token] is empty (the server reads the same one).
@@ -604,13 +604,9 @@ func _poll_server() -> void:
 			_outbox.append_array(waiting)
 	elif not _server_running():
 		_server_failed("the dialogue-tts server %s ended before it listened" % server_path)
-	elif OS.get_ticks_msec() - _server_started_msec > SERVER_START_TIMEOUT_MSEC:
-		_server_failed(
-			(
-				"the dialogue-tts server %s did not listen within %d s"
-				% [server_path, SERVER_START_TIMEOUT_MSEC / 1000]
-			)
-		)
+	elif OS.get_ticks_msec() - _server_started_msec > SERVER_START_TIMEOUT_SECONDS * 1000:
+		var seconds: int = SERVER_START_TIMEOUT_SECONDS
+		_server_failed("the dialogue-tts server %s did not listen in %d s" % [server_path, seconds])
 
 
 ## Reports a server that could not start, once; the node does not retry until
@@ -735,7 +731,7 @@ func _launch_server(path: String, arguments: Array) -> int:
 
 
 ## Godot 3 cannot tell whether a process it started still runs: a server that ended before it
-## listened is noticed when SERVER_START_TIMEOUT_MSEC has passed.
+## listened is noticed when SERVER_START_TIMEOUT_SECONDS have passed.
 func _server_running() -> bool:
 	return true
 
