@@ -30,6 +30,10 @@ extends Node
 ## [code]["word", "viseme"][/code], [signal word_reached] and [signal viseme_changed] follow
 ## what the player hears, driven by the position of each speaker's playback.
 ##
+## A game that ships the server ([code]dialogue-tts bundle[/code]) sets [member server_path]:
+## the node then starts that server itself, connects to it with a fresh token, and stops it
+## when the game quits.
+##
 ## A server started with a token (its DIALOGUE_TTS_TOKEN or --token-file) needs the same
 ## [member token]; the game can also send its own [member cast] of voices and styles. Both are
 ## read when the connection is made, so setting them in a scene's [code]_ready()[/code] is in
@@ -66,7 +70,7 @@ signal line_prepared(speaker: String, text: String, seconds: float)
 ## Emitted for every error the server reports, and for lines spoken while disconnected.
 signal error(code: String, message: String)
 
-enum State { DISCONNECTED, CONNECTING, HANDSHAKING, READY }
+enum State { DISCONNECTED, STARTING, CONNECTING, HANDSHAKING, READY }
 
 const MsgPack := preload("msgpack.gd")
 const FrameReader := preload("frame_reader.gd")
@@ -116,6 +120,10 @@ const REMEMBERED_PREPARES: int = 64
 ## A web export reads [code]dialogue_tts/port.web[/code] first, as Godot does for any setting.
 const HOST_SETTING: String = "dialogue_tts/host"
 const PORT_SETTING: String = "dialogue_tts/port"
+## Optional project setting that overrides [member server_path].
+const SERVER_PATH_SETTING: String = "dialogue_tts/server_path"
+## How long a started server may take to load its voice and listen before the node gives up.
+const SERVER_START_TIMEOUT_SECONDS: int = 120
 const MIN_RETRY_SECONDS: float = 0.5
 const MAX_RETRY_SECONDS: float = 8.0
 ## Environment variable read when [member token] is empty (the server reads the same one).
@@ -153,6 +161,15 @@ var cast: Dictionary = {}
 ## A cast file (TOML) to send instead of [member cast], e.g. [code]"res://cast.toml"[/code].
 ## Export it with the game: add [code]*.toml[/code] to the export preset's non-resource filter.
 var cast_file: String = ""
+## The server the game ships ([code]dialogue-tts bundle[/code]), which this node starts in
+## [code]_ready()[/code] (or at [method start_server]) and stops when the game quits, e.g.
+## [code]"dialogue-tts-server/dialogue-tts-server"[/code] ([code].exe[/code] is added on
+## Windows). A relative path starts from the folder of the game's executable in an exported
+## game, and from the project folder when the game runs from the editor. Also the project
+## setting [code]dialogue_tts/server_path[/code]. Empty (the default): connect to a server
+## that runs already, at [member host]:[member port].
+## Ignored on the web, where a game cannot start programs.
+var server_path: String = ""
 
 var _state: State = State.DISCONNECTED
 var _transport: Transport = _new_transport()
@@ -176,12 +193,17 @@ var _lookahead: Array[Dictionary] = []  # the same from lookahead(), replaced by
 var _prepares_sent: Dictionary = {}  # request id -> its prepare request, until answered
 var _prepared: Array[String] = []  # keys of the lines prepared lately, oldest first
 var _output_latency: float = 0.0  # AudioServer's, read per new player: costly to query
+var _server_pid: int = -1  # the server this node started (server_path), until it stops it
+var _server_started_msec: int = 0
 
 
 func _ready() -> void:
 	host = _setting(HOST_SETTING, host)
 	port = _setting(PORT_SETTING, port)
-	if auto_connect:
+	server_path = _setting(SERVER_PATH_SETTING, server_path)
+	if auto_connect and _starts_server():
+		start_server()
+	elif auto_connect:
 		connect_to_server(host, port)
 
 
@@ -192,6 +214,8 @@ func _process(delta: float) -> void:
 				_retry_in -= delta
 				if _retry_in <= 0.0:
 					_start_connecting()
+		State.STARTING:
+			_poll_server()
 		State.CONNECTING:
 			var status: Transport.Status = _transport.poll()
 			if status == Transport.Status.OPEN:
@@ -226,6 +250,12 @@ func _process(delta: float) -> void:
 
 func _exit_tree() -> void:
 	_transport.close()
+	_stop_server()
+
+
+func _notification(what: int) -> void:
+	if what == NOTIFICATION_PREDELETE:
+		_stop_server()  # a node freed without ever leaving the tree
 
 
 ## (Re)connects to a server; lines spoken from now until the handshake wait for it. Also how
@@ -656,6 +686,116 @@ func _drop(reason: String) -> void:
 		disconnected.emit(reason)
 
 
+#region The server the game ships (server_path)
+
+
+## Starts the server of [member server_path] (once) and connects to it as soon as it listens:
+## [code]_ready()[/code] calls it, unless [member auto_connect] is off. Loading the voice takes
+## a few seconds, so a splash screen may wait for [signal connected]; lines spoken meanwhile
+## wait for the server. It gets a fresh random [member token], so no other program on the
+## player's machine can use it, and it ends with the game, a crash included
+## ([code]--parent-pid[/code]).
+func start_server() -> void:
+	if _server_pid != -1:
+		return
+	if not _starts_server():
+		push_error("dialogue-tts: start_server() needs a server_path (and a desktop game)")
+		return
+	if _state == State.CONNECTING:
+		_transport.close()  # not connected yet: what was spoken waits for the started server
+	elif _state != State.DISCONNECTED:
+		_drop("starting the dialogue-tts server")
+	_refused = false
+	_remove_server_files()
+	token = _new_token()
+	var path: String = _server_executable()
+	var parent: String = str(OS.get_process_id())
+	var port_file: String = _server_file("port")
+	var arguments: Array[String] = [
+		"--host", DEFAULT_HOST, "--port", "0", "--parent-pid", parent, "--port-file", port_file
+	]
+	_server_pid = _launch_server(path, arguments)
+	if _server_pid == -1:
+		_server_failed("cannot start the dialogue-tts server %s: no such program" % path)
+		return
+	_state = State.STARTING
+	_server_started_msec = Time.get_ticks_msec()
+
+
+func _starts_server() -> bool:
+	return not server_path.is_empty() and not OS.has_feature("web")
+
+
+## Returns [member server_path] as an absolute path, as the class docs describe.
+func _server_executable() -> String:
+	var path: String = server_path
+	if OS.get_name() == "Windows" and not path.to_lower().ends_with(".exe"):
+		path += ".exe"
+	if path.is_absolute_path():
+		return path
+	if OS.has_feature("editor"):
+		return ProjectSettings.globalize_path("res://").path_join(path)
+	return OS.get_executable_path().get_base_dir().path_join(path)
+
+
+## Connects once the started server has written its port ([code]--port-file[/code]); gives
+## up when the server ended first or took too long.
+func _poll_server() -> void:
+	var found: int = _read_port_file(_server_file("port"))
+	if found > 0:
+		_remove_server_files()
+		host = DEFAULT_HOST
+		port = found
+		var waiting: PackedByteArray = _outbox  # the lines spoken while the server started
+		_start_connecting()
+		if _state == State.CONNECTING:
+			_outbox.append_array(waiting)
+	elif not _server_running():
+		_server_failed("the dialogue-tts server %s ended before it listened" % server_path)
+	elif Time.get_ticks_msec() - _server_started_msec > SERVER_START_TIMEOUT_SECONDS * 1000:
+		var seconds: int = SERVER_START_TIMEOUT_SECONDS
+		_server_failed("the dialogue-tts server %s did not listen in %d s" % [server_path, seconds])
+
+
+## Reports a server that could not start, once; the node does not retry until
+## [method start_server] or [method connect_to_server] is called.
+func _server_failed(reason: String) -> void:
+	_stop_server()
+	_remove_server_files()  # also those of a launch that failed
+	_refused = true
+	_warned = true  # reported here, not by _drop()
+	push_error("dialogue-tts: %s (check server_path)" % reason)
+	_drop(reason)
+	disconnected.emit(reason)
+
+
+func _stop_server() -> void:
+	if _server_pid == -1:
+		return  # none started (the web has no process id to ask for: don't)
+	OS.kill(_server_pid)
+	_server_pid = -1
+	_remove_server_files()
+
+
+## The files through which the node and the server it starts meet, in the user data folder:
+## [param kind] "port" ([code]--port-file[/code]) or "token" (Godot 3's way to pass it).
+static func _server_file(kind: String) -> String:
+	return OS.get_user_data_dir().path_join(
+		"dialogue_tts_server_%d.%s" % [OS.get_process_id(), kind]
+	)
+
+
+func _remove_server_files() -> void:
+	for kind: String in ["port", "token"]:
+		_remove_file(_server_file(kind))
+
+
+static func _new_token() -> String:
+	return Crypto.new().generate_random_bytes(32).hex_encode()
+
+
+#endregion
+
 #region Differs in Godot 3: the transport, settings, files, audio
 
 
@@ -705,6 +845,44 @@ static func _use_stream_playback(player: Node) -> void:
 static func _replay(player: Node) -> void:
 	player.call("stop")
 	player.call("play")
+
+
+#endregion
+
+#region Differs in Godot 3: the server process
+
+
+## Starts [param path] and returns its process id, or -1 when there is no such program. The
+## token goes in its environment, never on its command line (which other users can read);
+## create_process() opens no console window on Windows (its open_console is false).
+func _launch_server(path: String, arguments: Array[String]) -> int:
+	if not FileAccess.file_exists(path):
+		return -1
+	var previous: String = OS.get_environment(TOKEN_ENV)
+	OS.set_environment(TOKEN_ENV, token)
+	var pid: int = OS.create_process(path, arguments)
+	if previous.is_empty():
+		OS.unset_environment(TOKEN_ENV)
+	else:
+		OS.set_environment(TOKEN_ENV, previous)
+	return pid
+
+
+func _server_running() -> bool:
+	return OS.is_process_running(_server_pid)
+
+
+## Returns the port in [param path], or 0 while there is no such file.
+static func _read_port_file(path: String) -> int:
+	if not FileAccess.file_exists(path):
+		return 0
+	var text: String = FileAccess.get_file_as_string(path).strip_edges()
+	return text.to_int() if text.is_valid_int() else 0
+
+
+static func _remove_file(path: String) -> void:
+	if FileAccess.file_exists(path):
+		DirAccess.remove_absolute(path)
 
 
 #endregion
