@@ -114,6 +114,11 @@ def _parser() -> argparse.ArgumentParser:
         "--exit-with-stdin", action="store_true",
         help="exit when standard input ends (the process that started this server is gone)",
     )  # fmt: skip
+    serve.add_argument(
+        "--port-file", type=Path, metavar="FILE",
+        help="once listening, write the TCP port to FILE (for a game that cannot read this "
+        "server's output; written whole or not at all)",
+    )  # fmt: skip
     serve.set_defaults(command=_serve)
 
     say = commands.add_parser(
@@ -173,6 +178,8 @@ async def _serve_async(args: argparse.Namespace) -> None:
     web_origins = (*os.environ.get(WEB_ORIGINS_ENV, "").split(), *args.web_origin)
     if args.web:
         _check_web(web_origins)
+    if args.port_file is not None:
+        _check_port_file(args.port_file, args.unix)
     engine = build_engine(args, workers=args.workers, threads=args.threads)
     config = ServerConfig(
         host=args.host or None, port=args.port, unix_path=args.unix,
@@ -186,6 +193,8 @@ async def _serve_async(args: argparse.Namespace) -> None:
         with contextlib.suppress(NotImplementedError):  # Windows
             loop.add_signal_handler(signum, stop.set)
     print(f"dialogue-tts listening on {' and '.join(server.addresses)}", flush=True)
+    if args.port_file is not None:
+        _write_port_file(args.port_file, server.port)
     if config.token is not None:
         print("clients must send the token (from --token-file or $DIALOGUE_TTS_TOKEN)")
     if server.web is not None:
@@ -208,6 +217,23 @@ def _watch_lifetime(args: argparse.Namespace, stop: Callable[[], None]) -> None:
         watch_parent(args.parent_pid, stop)
     if args.exit_with_stdin:
         watch_stdin(stop)
+
+
+def _check_port_file(path: Path, unix: Path | None) -> None:
+    """Fail before loading the voice if --port-file cannot be written; raises ValueError."""
+    if unix is not None:
+        raise ValueError("--port-file: a server on a Unix socket (--unix) has no TCP port")
+    if not path.parent.is_dir():
+        raise ValueError(f"--port-file {path}: no such folder {path.parent}")
+
+
+def _write_port_file(path: Path, port: int | None) -> None:
+    """--port-file: the port, written to a temporary file beside ``path`` and renamed onto
+    it, so that a game polling for ``path`` never reads it half written."""
+    assert port is not None, "checked by _check_port_file"
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial.write_text(f"{port}\n", encoding="ascii")
+    os.replace(partial, path)
 
 
 def _check_web(origins: Sequence[str]) -> None:

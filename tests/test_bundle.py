@@ -5,7 +5,10 @@ game's cast and one extra voice, and then run as a player's machine would: with 
 environment (``env -i``, no venv on PATH, no Python of ours). It serves the protocol vectors'
 happy path, refuses a client without its token, ends with the process that started it, and
 Ren'Py 8.0.3 (headless) starts it from ``dialogue_tts.server_path``, is voiced by it, and
-leaves no server behind when it quits or is killed.
+leaves no server behind when it quits or is killed. Godot 3.2.3 (headless) does the same
+from ``DialogueTTS.server_path`` (integrations/godot3/tests/test_server_path.gd), and its node
+also stops the server when freed while the game runs. The Godot and Ren'Py checks use the
+bundle rather than a venv launcher: it is what a game ships, and it is built here anyway.
 """
 
 from __future__ import annotations
@@ -460,3 +463,120 @@ def test_server_process_voices_a_line_with_its_own_token(
         server.stop()
     assert server.process.returncode is not None
     assert process_gone(server.process.pid)
+
+
+# --- Godot 3 starts and stops it (DialogueTTS.server_path) --------------------------------------
+
+GODOT3 = REPO / "integrations" / "godot3"
+GODOT3_BIN = shutil.which("godot3-server")
+needs_godot3 = needs_engine(
+    GODOT3_BIN is not None,
+    "godot3-server is not on PATH (CI runs `apt-get install -y godot3-server`)",
+)
+GODOT3_SERVER_PATH = "dialogue-tts-server/dialogue-tts-server"
+"""server_path as a game sets it: relative, from the project folder when run from the editor
+(Debian's godot3-server is an editor build, so that is the rule it follows here)."""
+
+
+def godot3_game(
+    tmp_path: Path, bundle: Path, then: str = "quit"
+) -> tuple[list[str], dict[str, str]]:
+    """A Godot 3 project with the addon, the server_path test and the bundle beside them,
+    run headless with a player's environment; ``then`` what the test does once voiced (see
+    integrations/godot3/tests/test_server_path.gd). No server runs: only the bundle can
+    voice it."""
+    project = tmp_path / "project"
+    shutil.copytree(GODOT3 / "addons", project / "addons")
+    shutil.copytree(GODOT3 / "tests", project / "tests")
+    shutil.copy(GODOT3 / "tests" / "project.godot", project / "project.godot")
+    (project / GODOT3_SERVER_PATH).parent.symlink_to(bundle, target_is_directory=True)
+    (tmp_path / "home").mkdir()
+    assert GODOT3_BIN is not None
+    command = [GODOT3_BIN, "--path", str(project), "-s", "res://tests/test_server_path.gd"]
+    env = clean_env(
+        bundle, HOME=str(tmp_path / "home"), LANG="en_US.UTF-8",
+        DIALOGUE_TTS_SERVER_PATH=GODOT3_SERVER_PATH, DIALOGUE_TTS_TEST_THEN=then,
+    )  # fmt: skip
+    return command, env
+
+
+def server_files_left(tmp_path: Path) -> list[str]:
+    """The port and token files the node and its server meet through, if any are left."""
+    return sorted(path.name for path in (tmp_path / "home").rglob("dialogue_tts_server_*"))
+
+
+def read_until(game: subprocess.Popen[str], marker: str) -> str:
+    """The game's output up to the line starting with ``marker``, which must come."""
+    assert game.stdout is not None
+    output = []
+    for line in game.stdout:
+        output.append(line)
+        if line.startswith(marker):
+            return line
+    raise AssertionError(f"no {marker} line:\n" + "".join(output)[-5000:])
+
+
+@needs_godot3
+@pytest.mark.usefixtures("no_server_left")
+def test_godot3_starts_the_bundle_and_stops_it_when_it_quits(tmp_path: Path, bundle: Path) -> None:
+    command, env = godot3_game(tmp_path, bundle)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    took = wait_gone(bundle)
+    output = f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"[-8000:]
+    assert result.returncode == 0, output
+    assert "SCRIPT ERROR" not in result.stderr and "GODOT_TEST_FAIL" not in result.stdout, output
+    # Voiced by the bundle it started: nothing else listens, and it printed its address.
+    assert re.search(r"^GODOT_TEST_VOICED port=\d+$", result.stdout, re.MULTILINE), output
+    assert "dialogue-tts listening on 127.0.0.1:" in result.stdout, output
+    assert took < GONE_WITHIN, f"the server ran {took:.2f} s after the game quit"
+    assert server_files_left(tmp_path) == []
+
+
+@needs_godot3
+@pytest.mark.usefixtures("no_server_left")
+def test_godot3_killed_leaves_no_server_and_its_server_wants_the_token(
+    tmp_path: Path, bundle: Path
+) -> None:
+    command, env = godot3_game(tmp_path, bundle, then="hold")
+    game = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        voiced = read_until(game, "GODOT_TEST_VOICED")
+        servers = bundle_pids(bundle)
+        assert len(servers) == 1, servers
+        # The node gave its server a fresh token: another local client without it is refused.
+        wire = Wire(int(voiced.split("port=")[1]))
+        try:
+            wire.send(from_json(vector("hello")["message"]))
+            reply = wire.receive()
+            assert reply is not None and reply["code"] == "unauthorized", reply
+        finally:
+            wire.close()
+        assert server_files_left(tmp_path) == []  # the token file is gone once it listens
+        game.send_signal(signal.SIGKILL)
+        game.wait()
+        took = wait_gone(bundle)
+        assert took < GONE_WITHIN, f"the server ran {took:.2f} s after the game was killed"
+    finally:
+        if game.poll() is None:
+            game.kill()
+            game.wait()
+
+
+@needs_godot3
+@pytest.mark.usefixtures("no_server_left")
+def test_godot3_node_stops_its_server_when_freed(tmp_path: Path, bundle: Path) -> None:
+    """The node itself ends its server (not only --parent-pid): the game runs on."""
+    free_now = tmp_path / "free-now"
+    command, env = godot3_game(tmp_path, bundle, then=f"free {free_now}")
+    game = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        read_until(game, "GODOT_TEST_VOICED")
+        assert len(bundle_pids(bundle)) == 1
+        free_now.touch()
+        read_until(game, "GODOT_TEST_FREED")
+        took = wait_gone(bundle)
+        assert game.poll() is None, "the game should still run"
+        assert took < GONE_WITHIN, f"the server ran {took:.2f} s after its node was freed"
+    finally:
+        game.kill()
+        game.wait()

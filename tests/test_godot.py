@@ -202,3 +202,19 @@ def test_godot3_headless_against_server(
     assert len(refusals) == 1, output
     assert result.stderr.count("the server refused this game (unauthorized") == 1, output
     assert TOKEN not in output and "wrong-token" not in output
+
+
+@needs_godot3
+def test_godot3_server_path_that_cannot_start(godot3_project: Path) -> None:
+    """A server_path with no program there: reported once, the line ends "error", no hang.
+    (The bundle started from server_path is tested in tests/test_bundle.py.)"""
+    result = _run_godot3(
+        godot3_project, "-s", "res://tests/test_server_path.gd",
+        env={"DIALOGUE_TTS_SERVER_PATH": "no-such-folder/dialogue-tts-server"},
+    )  # fmt: skip
+    output = f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    assert result.returncode == 1, output
+    assert "GODOT_TEST_FAIL a line ended error" in result.stdout, output
+    missing = f"{godot3_project}/no-such-folder/dialogue-tts-server: no such program"
+    assert result.stderr.count(f"cannot start the dialogue-tts server {missing}") == 1, output
+    assert "SCRIPT ERROR" not in result.stderr, output

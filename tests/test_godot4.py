@@ -166,6 +166,10 @@ def test_godot4_demo_in_chromium(tmp_path: Path) -> None:
         "guard", "traveller", "guard", "traveller", "guard"
     ], output  # fmt: skip
     assert all(status == "done" for _speaker, status in statuses), output
+    # Lookahead: while each line played, the next ones were prepared, so every line but the
+    # first was prepared once (a line handed over again is not prepared twice).
+    prepared = re.findall(r"^DEMO_PREPARED (\w+) ", output, re.MULTILINE)
+    assert sorted(prepared) == ["guard", "guard", "traveller", "traveller"], output
     # Each mouth moved: it showed several shapes, and closed again at the end.
     for mouth in ("GuardMouth", "TravellerMouth"):
         match = re.search(rf"^DEMO_MOUTH {mouth} (.*)$", output, re.MULTILINE)

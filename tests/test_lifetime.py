@@ -1,4 +1,5 @@
-"""``serve --parent-pid`` and ``serve --exit-with-stdin``: the server ends with the game.
+"""``serve --parent-pid`` and ``serve --exit-with-stdin``: the server ends with the game;
+``serve --port-file``: it tells the game its port without a pipe.
 
 A real server (the venv's, the real voice) is started by a stand-in for the game, a small
 Python process; the game then quits without stopping it, or is killed with SIGKILL, and the
@@ -10,7 +11,9 @@ frozen bundle.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -156,3 +159,44 @@ def test_parent_pid_that_does_not_exist() -> None:
     )  # fmt: skip
     assert result.returncode == 1
     assert f"--parent-pid {gone.pid}: no such process" in result.stderr
+
+
+def test_port_file_holds_the_port_once_listening(tmp_path: Path, cleanup: list[int]) -> None:
+    """--port-file: for a game that cannot read the server's output (Godot 3's OS.execute)."""
+    port_file = tmp_path / "server.port"
+    server = subprocess.Popen(
+        [*SERVER, "--port", "0", "--port-file", str(port_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    cleanup.append(server.pid)
+    try:
+        assert server.stdout is not None
+        listening = re.search(r"listening on 127\.0\.0\.1:(\d+)", server.stdout.readline())
+        assert listening, "the server did not start"
+        deadline = time.monotonic() + 30  # written just after the line above
+        while not port_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert port_file.read_text(encoding="ascii") == f"{listening.group(1)}\n"
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["server.port"]  # no partial
+        with socket.create_connection(("127.0.0.1", int(listening.group(1))), timeout=30):
+            pass  # the port in the file accepts connections
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--port-file", "/nonexistent/folder/server.port"], "no such folder /nonexistent/folder"),
+        (["--port-file", "server.port", "--unix", "x.sock"], "has no TCP port"),
+    ],
+)
+def test_port_file_that_cannot_be_written(tmp_path: Path, extra: list[str], message: str) -> None:
+    result = subprocess.run(
+        [*SERVER, "--port", "0", *extra],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("dialogue-tts: --port-file") and message in result.stderr
+    assert list(tmp_path.iterdir()) == []

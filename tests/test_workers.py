@@ -158,17 +158,13 @@ async def test_a_lone_call_gets_every_core_and_many_calls_get_one_each() -> None
         pool.close()
 
 
-def test_on_two_cores_narrow_calls_share_the_wide_session() -> None:
-    pool = InferencePool(2)
-    try:
-        assert pool.thread_counts == {2}  # one session per voice
-    finally:
-        pool.close()
-    pool = InferencePool(8)
-    try:
-        assert pool.thread_counts == {8, 1}
-    finally:
-        pool.close()
+def test_calls_are_one_thread_or_every_core() -> None:
+    for cores, counts in ((1, {1}), (2, {2, 1}), (8, {8, 1})):
+        pool = InferencePool(cores)
+        try:
+            assert pool.thread_counts == counts  # a voice keeps one session for each
+        finally:
+            pool.close()
 
 
 async def test_fixed_workers_and_threads_override_the_choice() -> None:

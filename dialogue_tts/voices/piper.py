@@ -119,7 +119,7 @@ class PiperVoice:
         Narrow calls (one thread each, many at once) get the most audio out of many cores;
         a wide one (every core) answers a lone line soonest. onnxruntime fixes the thread
         count per session, so a voice that serves both keeps both: about 60 MiB more for
-        the joe voice (only on more than two cores; see ``InferencePool``).
+        the joe voice.
         """
         if threads in self._sessions or self._source is None:
             return

@@ -2,13 +2,16 @@ extends Control
 ## Two characters talk, each voice coming from where the character stands. Their mouths move
 ## with the voice (viseme_changed) and the subtitle appears word by word as it is said
 ## (word_reached). The Skip button or ui_accept (Enter, Space) ends the current line at once
-## and moves on.
+## and moves on. While a line plays, the next ones are prepared (lookahead), so each starts
+## as soon as it is its turn.
 ##
 ## Start the server first: [code]dialogue-tts serve[/code]. The characters' pitch and styles
 ## come from [code]cast.toml[/code], which the game sends to the server when it connects.
 
 ## Seconds a line stays on screen when it could not be voiced (no server).
 const UNVOICED_SECONDS: float = 2.0
+## How many of the next lines the server prepares while a line plays.
+const LOOKAHEAD_LINES: int = 2
 const DIALOGUE: Array[Dictionary] = [
 	{"speaker": "guard", "text": "Halt! Who goes there?"},
 	{"speaker": "traveller", "text": "Just a tired traveller, looking for a warm bed."},
@@ -71,11 +74,22 @@ func _say_next() -> void:
 	_text = entry["text"]
 	%Line.text = _text
 	%Line.visible_characters = 0  # word_reached reveals it; line_finished shows all of it
+	_line = DialogueTTS.speak(_speaker, entry["text"], _options(entry))
+	# The next lines are known: the server prepares them while this one plays. Handed over
+	# with the same options as their speak(), or they would not be the prepared lines.
+	var ahead: Array[Dictionary] = []
+	for next: Dictionary in DIALOGUE.slice(_index + 1, _index + 1 + LOOKAHEAD_LINES):
+		ahead.append({"speaker": next["speaker"], "text": next["text"], "options": _options(next)})
+	DialogueTTS.lookahead(ahead)
+
+
+## Returns the options a dialogue entry is voiced with.
+func _options(entry: Dictionary) -> Dictionary:
 	# "bbcode" makes the server skip RichTextLabel tags such as [i] instead of reading them.
 	var options: Dictionary = {"markup": "bbcode"}
 	if entry.has("style"):
 		options["style"] = entry["style"]  # a style of the speaker in cast.toml
-	_line = DialogueTTS.speak(_speaker, entry["text"], options)
+	return options
 
 
 func _skip() -> void:

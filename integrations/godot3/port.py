@@ -59,6 +59,7 @@ RULES: list[Rule] = [
     (re.compile(r'\bStringName = &"'), 'String = "'),
     (re.compile(r"\b(min|max)f\("), r"\1("),
     (re.compile(r"\.path_join\("), ".plus_file("),
+    (re.compile(r"\.is_absolute_path\("), ".is_abs_path("),
     (re.compile(r"\.remove_at\("), ".remove("),
     (re.compile(r"^func _(enable|disable)_plugin\("), r"func \1_plugin("),
     # Signals: typed arguments, emit() and connect() on the signal itself.

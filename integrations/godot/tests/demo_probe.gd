@@ -1,7 +1,8 @@
 extends Node
 ## Watches examples/godot as it plays, for tests/test_godot4.py, which adds this autoload to
 ## the demo's pack: prints how each line finished and which mouth shapes each character
-## showed, then sets window.done once the demo shows "The end.".
+## showed, and which lines were prepared ahead, then sets window.done once the demo shows
+## "The end.".
 
 const MOUTHS: Array[String] = ["GuardMouth", "TravellerMouth"]
 const THE_END: String = "[i]The end.[/i]"
@@ -11,6 +12,7 @@ var _shapes: Dictionary = {}  # mouth name -> {viseme: true} of every shape it s
 
 func _ready() -> void:
 	DialogueTTS.line_finished.connect(_on_line_finished)
+	DialogueTTS.line_prepared.connect(_on_line_prepared)
 	for mouth: String in MOUTHS:
 		_shapes[mouth] = {}
 
@@ -31,3 +33,7 @@ func _process(_delta: float) -> void:
 
 func _on_line_finished(line: int, speaker: String, status: String) -> void:
 	print("DEMO_LINE %d %s %s" % [line, speaker, status])
+
+
+func _on_line_prepared(speaker: String, text: String, _seconds: float) -> void:
+	print("DEMO_PREPARED %s %s" % [speaker, text])

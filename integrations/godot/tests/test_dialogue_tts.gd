@@ -14,6 +14,8 @@ extends Node
 const MsgPack := preload("res://addons/dialogue_tts/msgpack.gd")
 const FrameReader := preload("res://addons/dialogue_tts/frame_reader.gd")
 const DialogueTTS := preload("res://addons/dialogue_tts/dialogue_tts.gd")
+const Transport := preload("res://addons/dialogue_tts/transport.gd")
+const WebSocketTransport := preload("res://addons/dialogue_tts/web_socket_transport.gd")
 
 const VECTORS_PATH: String = "res://tests/vectors.json"
 ## Fails the test if it is still running then (a hang guard, not a timing check).
@@ -73,6 +75,7 @@ func _ready() -> void:
 	await _test_late_server(_port("late-port"))
 	await _test_addon(_port("port"))
 	await _test_timings(_port("port"))
+	await _test_prepare(_port("port"))
 	await _test_token_and_low_rate(_port("token-port"))
 	await _test_malformed(_port("bad-port"))
 	await _test_origin_refused(_port("other-origin-port"))
@@ -390,6 +393,76 @@ func _test_timings(port: int) -> void:
 	_events.clear()
 
 
+## prepare(), then speak() of the same line with the same options: the server says it from
+## its cache of prepared lines (its status counts one hit more) and its audio plays, words
+## and all. Said with other options, it is not the prepared line. A lookahead list replaced
+## by a newer one prepares none of its lines that were still waiting; a line handed over
+## again once prepared is not sent again.
+func _test_prepare(port: int) -> void:
+	var tts: Node = await _connected_tts(port, ["word"])
+	var options: Dictionary = {"markup": "bbcode", "rate": 1.1}
+	var hits: int = await _cache_hits(port)
+	tts.prepare("iris", MARKED_TEXT, options)
+	while _named("line_prepared").is_empty():
+		await get_tree().process_frame
+	var prepared: Dictionary = _named("line_prepared")[0]
+	_check(
+		prepared["speaker"] == "iris" and prepared["text"] == MARKED_TEXT,
+		"prepare: line_prepared names the line: %s" % [prepared]
+	)
+	_check(prepared["seconds"] > 1.0, "prepare: its length: %s s" % prepared["seconds"])
+	var line: int = tts.speak("iris", MARKED_TEXT, options)
+	while _finished(line).is_empty():
+		await get_tree().process_frame
+	_check(_status(line) == "done", "prepare: the prepared line is voiced")
+	_check(tts._speakers["iris"].frames_pushed > 0, "prepare: its audio went into the generator")
+	_check(_named("word_reached", line).size() == MARKED_WORDS.size(), "prepare: with its words")
+	var hits_after: int = await _cache_hits(port)
+	_check(
+		hits_after == hits + 1,
+		"prepare: said from the server's cache (hits %d -> %d)" % [hits, hits_after]
+	)
+	var other: int = tts.speak("iris", MARKED_TEXT, {"markup": "bbcode", "rate": 1.3})
+	while _finished(other).is_empty():
+		await get_tree().process_frame
+	var hits_other: int = await _cache_hits(port)
+	_check(hits_other == hits_after, "prepare: another rate is not the prepared line")
+
+	# Six lines ahead: MAX_PREPARES go out at once, the rest wait, and are replaced.
+	var stale: Array = []
+	for index: int in 6:
+		stale.append({"speaker": "iris", "text": "Stale line %d, never said." % index})
+	tts.lookahead(stale)
+	while tts._prepares_sent.is_empty():
+		await get_tree().process_frame
+	_check(tts._prepares_sent.size() == DialogueTTS.MAX_PREPARES, "lookahead: a few in flight")
+	var fresh: Array = [{"speaker": "iris", "text": "The path changed.", "options": options}]
+	tts.lookahead(fresh)
+	while not tts._prepares_sent.is_empty() or not tts._lookahead.is_empty():
+		await get_tree().process_frame
+	var texts: Array[String] = []
+	for event: Dictionary in _named("line_prepared").slice(1):
+		texts.append(event["text"])
+	texts.sort()
+	var expected: Array[String] = ["The path changed."]
+	for index: int in DialogueTTS.MAX_PREPARES:
+		expected.append(stale[index]["text"])
+	expected.sort()
+	_check(_same(texts, expected), "lookahead: no stale line beyond those in flight: %s" % [texts])
+	tts.lookahead(fresh)  # handed over again: already prepared
+	for _i: int in 5:
+		await get_tree().process_frame
+	_check(tts._prepares_sent.is_empty(), "lookahead: a prepared line is not sent again")
+	var said: int = tts.speak("iris", "The path changed.", options)
+	while _finished(said).is_empty():
+		await get_tree().process_frame
+	_check(_status(said) == "done", "lookahead: the fresh line is voiced")
+	var hits_fresh: int = await _cache_hits(port)
+	_check(hits_fresh == hits_other + 1, "lookahead: said from the server's cache")
+	tts.queue_free()
+	_events.clear()
+
+
 ## With the right token the server accepts the node and its styles; an 8 kHz line gets all
 ## its audio into a generator that holds less than one of the server's chunks; a cast file
 ## sent in the hello replaces the server's cast.
@@ -500,6 +573,33 @@ func _check_refused(tts: Node) -> void:
 	tts.queue_free()
 
 
+## Returns how many lines the server has said from its cache of prepared lines, asked over
+## a connection of the test's own: the addon sends no status request.
+func _cache_hits(port: int) -> int:
+	var transport := WebSocketTransport.new()
+	var codec := MsgPack.new()
+	var reader := FrameReader.new()
+	transport.open("127.0.0.1", port)
+	while transport.poll() == Transport.Status.CONNECTING:
+		await get_tree().process_frame
+	var requests: PackedByteArray = codec.encode_frame(
+		{"type": "hello", "protocol": DialogueTTS.PROTOCOL_VERSION, "client": "status", "id": 1}
+	)
+	requests.append_array(codec.encode_frame({"type": "status", "id": 2}))
+	transport.send(requests)
+	while transport.poll() == Transport.Status.OPEN:
+		reader.feed(transport.receive())
+		var message: Dictionary = reader.next_message()
+		while not message.is_empty():
+			if message["type"] == "status":
+				transport.close()
+				return message["cache"]["memory"]["hits"]
+			message = reader.next_message()
+		await get_tree().process_frame
+	_check(false, "status: the server answered")
+	return -1
+
+
 ## queued, started, first audio (for played lines) and finished come in that order.
 func _check_line_order(line: int) -> void:
 	var queued: int = _index("line_queued", line)
@@ -555,6 +655,10 @@ func _new_tts() -> Node:
 	tts.viseme_changed.connect(
 		func(speaker: String, viseme: String) -> void:
 			_record({"name": "viseme_changed", "speaker": speaker, "viseme": viseme})
+	)
+	tts.line_prepared.connect(
+		func(speaker: String, text: String, seconds: float) -> void:
+			_record({"name": "line_prepared", "speaker": speaker, "text": text, "seconds": seconds})
 	)
 	tts.error.connect(
 		func(code: String, message: String) -> void:

@@ -14,6 +14,8 @@ extends SceneTree
 const MsgPack = preload("res://addons/dialogue_tts/msgpack.gd")
 const FrameReader = preload("res://addons/dialogue_tts/frame_reader.gd")
 const DialogueTTS = preload("res://addons/dialogue_tts/dialogue_tts.gd")
+const Transport = preload("res://addons/dialogue_tts/transport.gd")
+const TcpTransport = preload("res://addons/dialogue_tts/tcp_transport.gd")
 
 ## Quits with a failure if the test is still running then (a hang guard, not a timing check).
 const WATCHDOG_SECONDS: float = 120.0
@@ -87,6 +89,7 @@ func _run() -> void:
 		yield(_test_wire_order(ports[1]), "completed")
 		yield(_test_addon(ports[1]), "completed")
 		yield(_test_timings(ports[1]), "completed")
+		yield(_test_prepare(ports[1]), "completed")
 		yield(_test_token_and_cast(ports[2]), "completed")
 		_check_refused(refused)
 	_finish()
@@ -638,6 +641,89 @@ func _test_token_and_cast(port: int) -> void:
 	from_dict.queue_free()
 
 
+## prepare(), then speak() of the same line with the same options: the server says it from
+## its cache of prepared lines (its status counts one hit more) and its audio plays, words
+## and all. Said with other options, it is not the prepared line. A lookahead list replaced
+## by a newer one prepares none of its lines that were still waiting.
+func _test_prepare(port: int) -> void:
+	_events.clear()
+	var tts: Node = _new_tts()
+	tts.timings = ["word"]
+	tts.connect_to_server("127.0.0.1", port)
+	while _named("connected").empty():
+		yield(self, "idle_frame")
+	var options: Dictionary = {"markup": "bbcode", "rate": 1.1}
+	var hits: int = yield(_cache_hits(port), "completed")
+	tts.prepare("iris", MARKED_TEXT, options)
+	while _named("line_prepared").empty():
+		yield(self, "idle_frame")
+	var prepared: Dictionary = _named("line_prepared")[0]
+	_check(prepared["text"] == MARKED_TEXT, "prepare: line_prepared names the line")
+	_check(prepared["seconds"] > 1.0, "prepare: its length: %s s" % prepared["seconds"])
+	var line: int = tts.speak("iris", MARKED_TEXT, options)
+	while _finished(line).empty():
+		yield(self, "idle_frame")
+	_check(_status(line) == "done", "prepare: the prepared line is voiced")
+	_check(tts._speakers["iris"].frames_pushed > 0, "prepare: its audio went into the generator")
+	_check(_named("word_reached", line).size() == MARKED_WORDS.size(), "prepare: with its words")
+	var hits_after: int = yield(_cache_hits(port), "completed")
+	_check(hits_after == hits + 1, "prepare: from the cache (hits %d -> %d)" % [hits, hits_after])
+	var other: int = tts.speak("iris", MARKED_TEXT, {"markup": "bbcode", "rate": 1.3})
+	while _finished(other).empty():
+		yield(self, "idle_frame")
+	var hits_other: int = yield(_cache_hits(port), "completed")
+	_check(hits_other == hits_after, "prepare: another rate is not the prepared line")
+
+	var stale: Array = []
+	for index in 6:
+		stale.append({"speaker": "iris", "text": "Stale line %d, never said." % index})
+	tts.lookahead(stale)
+	while tts._prepares_sent.empty():
+		yield(self, "idle_frame")
+	_check(tts._prepares_sent.size() == DialogueTTS.MAX_PREPARES, "lookahead: a few in flight")
+	tts.lookahead([{"speaker": "iris", "text": "The path changed.", "options": options}])
+	while not tts._prepares_sent.empty() or not tts._lookahead.empty():
+		yield(self, "idle_frame")
+	var texts: Array = []
+	for event in _named("line_prepared"):
+		texts.append(event["text"])
+	texts.sort()
+	var expected: Array = [MARKED_TEXT, "The path changed."]
+	for index in DialogueTTS.MAX_PREPARES:
+		expected.append(stale[index]["text"])
+	expected.sort()
+	_check(_same(texts, expected), "lookahead: no stale line beyond those in flight: %s" % [texts])
+	tts.queue_free()
+
+
+## Returns how many lines the server has said from its cache of prepared lines, asked over
+## a connection of the test's own: the addon sends no status request.
+func _cache_hits(port: int) -> int:
+	yield(self, "idle_frame")  # so that callers can always wait for "completed"
+	var transport := TcpTransport.new()
+	var codec := MsgPack.new()
+	var reader := FrameReader.new()
+	transport.open("127.0.0.1", port)
+	while transport.poll() == Transport.Status.CONNECTING:
+		yield(self, "idle_frame")
+	var requests: PoolByteArray = codec.encode_frame(
+		{"type": "hello", "protocol": DialogueTTS.PROTOCOL_VERSION, "client": "status", "id": 1}
+	)
+	requests.append_array(codec.encode_frame({"type": "status", "id": 2}))
+	transport.send(requests)
+	while transport.poll() == Transport.Status.OPEN:
+		reader.feed(transport.receive())
+		var message: Dictionary = reader.next_message()
+		while not message.empty():
+			if message["type"] == "status":
+				transport.close()
+				return message["cache"]["memory"]["hits"]
+			message = reader.next_message()
+		yield(self, "idle_frame")
+	_check(false, "status: the server answered")
+	return -1
+
+
 ## Starts a node with a wrong token, left to reconnect by itself, and waits for its refusal.
 func _start_refused(port: int) -> Node:
 	var tts: Node = DialogueTTS.new()
@@ -697,6 +783,7 @@ func _new_tts() -> Node:
 	tts.connect("error", self, "_on_error")
 	tts.connect("word_reached", self, "_on_word_reached")
 	tts.connect("viseme_changed", self, "_on_viseme_changed")
+	tts.connect("line_prepared", self, "_on_line_prepared")
 	return tts
 
 
@@ -731,6 +818,10 @@ func _on_word_reached(line: int, start_char: int, end_char: int) -> void:
 
 func _on_viseme_changed(speaker: String, viseme: String) -> void:
 	_record({"name": "viseme_changed", "speaker": speaker, "viseme": viseme})
+
+
+func _on_line_prepared(speaker: String, text: String, seconds: float) -> void:
+	_record({"name": "line_prepared", "speaker": speaker, "text": text, "seconds": seconds})
 
 
 ## Records an event with when it happened: the wall clock and the frame.

@@ -15,9 +15,24 @@ extends Node
 ## Every id [method speak] returns gets exactly one [signal line_finished], even when the
 ## server rejects the line or the connection is lost (status [code]"error"[/code] then).
 ##
+## Lookahead: a dialogue system that knows its next lines hands them to [method lookahead]
+## (or one by one to [method prepare]) while the current line plays. The server synthesizes
+## them ahead, so that their [method speak] starts playing at once instead of after synthesis.
+## [codeblock]
+## DialogueTTS.speak("guard", "Halt!")
+## DialogueTTS.lookahead([
+##     {"speaker": "traveller", "text": "Just a traveller."},
+##     {"speaker": "guard", "text": "At this hour?", "options": {"style": "stern"}},
+## ])
+## [/codeblock]
+##
 ## Lip-sync and subtitles: with [member timings] (or speak()'s "timings" option) set to
 ## [code]["word", "viseme"][/code], [signal word_reached] and [signal viseme_changed] follow
 ## what the player hears, driven by the position of each speaker's playback.
+##
+## A game that ships the server ([code]dialogue-tts bundle[/code]) sets [member server_path]:
+## the node then starts that server itself, connects to it with a fresh token, and stops it
+## when the game quits.
 ##
 ## A server started with a token (its DIALOGUE_TTS_TOKEN or --token-file) needs the same
 ## [member token]; the game can also send its own [member cast] of voices and styles. Both are
@@ -48,10 +63,14 @@ signal word_reached(line: int, start_char: int, end_char: int)
 signal viseme_changed(speaker: String, viseme: String)
 ## Emitted last for every line: [param status] is "done", "skipped", "cancelled" or "error".
 signal line_finished(line: int, speaker: String, status: String)
+## Emitted when the server has prepared a line given to [method prepare] or
+## [method lookahead]: a [method speak] of it with the same options now starts with no
+## synthesis. [param seconds]: the length of its audio.
+signal line_prepared(speaker: String, text: String, seconds: float)
 ## Emitted for every error the server reports, and for lines spoken while disconnected.
 signal error(code: String, message: String)
 
-enum State { DISCONNECTED, CONNECTING, HANDSHAKING, READY }
+enum State { DISCONNECTED, STARTING, CONNECTING, HANDSHAKING, READY }
 
 const MsgPack := preload("msgpack.gd")
 const FrameReader := preload("frame_reader.gd")
@@ -66,9 +85,17 @@ const DEFAULT_PORT: int = 5757
 const DEFAULT_WEB_PORT: int = 5758
 ## Sample format requested: raw float32, which [method _decode_samples] decodes in one call.
 const AUDIO_FORMAT: String = "f32le"
-## Keys of [method speak]'s options that go into the say request as they are.
-const SAY_OPTIONS: Array[String] = [
-	"voice", "style", "pitch", "rate", "volume", "sample_rate", "interrupt", "markup"
+## Keys of [method speak]'s and [method prepare]'s options that go into the request as they
+## are (speak() also takes [code]"interrupt"[/code]). With the speaker, the text and the
+## timings, they are what the server matches a say with a prepared line on.
+const LINE_OPTIONS: Array[String] = [
+	"voice",
+	"style",
+	"pitch",
+	"rate",
+	"volume",
+	"sample_rate",
+	"markup",
 ]
 ## The mouth shapes of [signal viseme_changed]: the 15 Oculus/Meta (OVRLipSync) visemes.
 const VISEMES: Array[String] = [
@@ -80,10 +107,23 @@ const BUFFER_SECONDS: float = 0.5
 ## pieces this long, which fit its buffer at any sample rate (at 8 kHz it holds 4095).
 const PUSH_FRAMES: int = 2048
 const CONNECT_TIMEOUT_MSEC: int = 3000
+## Most prepare requests in flight at once: the server runs at most 4 synthesize or prepare
+## requests per connection and refuses more (queue_full). The others wait here, in order.
+const MAX_PREPARES: int = 4
+## Most lines waiting to be prepared, from [method prepare] and from [method lookahead] each;
+## past it, prepare() drops the oldest and lookahead() the farthest.
+const MAX_WAITING_PREPARES: int = 32
+## How many prepared lines are remembered, so that a line handed over again (lookahead lists
+## overlap from one line to the next) is not prepared twice.
+const REMEMBERED_PREPARES: int = 64
 ## Optional project settings that override [member host] and [member port].
 ## A web export reads [code]dialogue_tts/port.web[/code] first, as Godot does for any setting.
 const HOST_SETTING: String = "dialogue_tts/host"
 const PORT_SETTING: String = "dialogue_tts/port"
+## Optional project setting that overrides [member server_path].
+const SERVER_PATH_SETTING: String = "dialogue_tts/server_path"
+## How long a started server may take to load its voice and listen before the node gives up.
+const SERVER_START_TIMEOUT_SECONDS: int = 120
 const MIN_RETRY_SECONDS: float = 0.5
 const MAX_RETRY_SECONDS: float = 8.0
 ## Environment variable read when [member token] is empty (the server reads the same one).
@@ -121,6 +161,15 @@ var cast: Dictionary = {}
 ## A cast file (TOML) to send instead of [member cast], e.g. [code]"res://cast.toml"[/code].
 ## Export it with the game: add [code]*.toml[/code] to the export preset's non-resource filter.
 var cast_file: String = ""
+## The server the game ships ([code]dialogue-tts bundle[/code]), which this node starts in
+## [code]_ready()[/code] (or at [method start_server]) and stops when the game quits, e.g.
+## [code]"dialogue-tts-server/dialogue-tts-server"[/code] ([code].exe[/code] is added on
+## Windows). A relative path starts from the folder of the game's executable in an exported
+## game, and from the project folder when the game runs from the editor. Also the project
+## setting [code]dialogue_tts/server_path[/code]. Empty (the default): connect to a server
+## that runs already, at [member host]:[member port].
+## Ignored on the web, where a game cannot start programs.
+var server_path: String = ""
 
 var _state: State = State.DISCONNECTED
 var _transport: Transport = _new_transport()
@@ -139,13 +188,22 @@ var _says: Dictionary = {}  # request id -> line id, until "queued" or "error" a
 var _lines: Dictionary = {}  # line id -> speaker, for every line without line_finished yet
 var _speakers: Dictionary = {}  # speaker name -> Speaker
 var _all_paused: bool = false
+var _prepares: Array[Dictionary] = []  # prepare requests from prepare(), not sent yet
+var _lookahead: Array[Dictionary] = []  # the same from lookahead(), replaced by each call
+var _prepares_sent: Dictionary = {}  # request id -> its prepare request, until answered
+var _prepared: Array[String] = []  # keys of the lines prepared lately, oldest first
 var _output_latency: float = 0.0  # AudioServer's, read per new player: costly to query
+var _server_pid: int = -1  # the server this node started (server_path), until it stops it
+var _server_started_msec: int = 0
 
 
 func _ready() -> void:
 	host = _setting(HOST_SETTING, host)
 	port = _setting(PORT_SETTING, port)
-	if auto_connect:
+	server_path = _setting(SERVER_PATH_SETTING, server_path)
+	if auto_connect and _starts_server():
+		start_server()
+	elif auto_connect:
 		connect_to_server(host, port)
 
 
@@ -156,6 +214,8 @@ func _process(delta: float) -> void:
 				_retry_in -= delta
 				if _retry_in <= 0.0:
 					_start_connecting()
+		State.STARTING:
+			_poll_server()
 		State.CONNECTING:
 			var status: Transport.Status = _transport.poll()
 			if status == Transport.Status.OPEN:
@@ -176,6 +236,7 @@ func _process(delta: float) -> void:
 			elif status != Transport.Status.OPEN:
 				_drop("connection to the dialogue-tts server lost")
 			else:
+				_send_prepares()
 				_send_outbox()
 	for speaker: Speaker in _speakers.values():
 		if speaker.paused and speaker.player != null and not speaker.player.get("stream_paused"):
@@ -189,6 +250,12 @@ func _process(delta: float) -> void:
 
 func _exit_tree() -> void:
 	_transport.close()
+	_stop_server()
+
+
+func _notification(what: int) -> void:
+	if what == NOTIFICATION_PREDELETE:
+		_stop_server()  # a node freed without ever leaving the tree
 
 
 ## (Re)connects to a server; lines spoken from now until the handshake wait for it. Also how
@@ -224,22 +291,54 @@ func speak(speaker: String, text: String, options: Dictionary = {}) -> int:
 	if _state == State.DISCONNECTED:
 		_fail_line.call_deferred(line, "not_connected", "no dialogue-tts server connection")
 		return line
-	var request: Dictionary = {
-		"type": "say", "speaker": speaker, "text": text, "line": line, "format": AUDIO_FORMAT
-	}
-	for key: String in SAY_OPTIONS:
-		if options.has(key):
-			request[key] = options[key]
-	var wanted: Array = []  # a plain Array, whatever was given: the encoder writes those
-	for timing: String in options.get("timings", timings):
-		wanted.append(timing)
-	if not wanted.is_empty():
-		request["timings"] = wanted
+	var request: Dictionary = _line_request("say", speaker, text, options)
+	request["line"] = line
+	request["format"] = AUDIO_FORMAT
+	if options.has("interrupt"):
+		request["interrupt"] = options["interrupt"]
+	_drop_waiting(str(_line_request("prepare", speaker, text, options)))
 	var target: Speaker = _get_speaker(speaker)  # created now, so pause() state applies
 	if options.get("interrupt", false):
 		_silence(target)
 	_says[_send(request)] = line
 	return line
+
+
+## Asks the server to synthesize a line ahead, so that a later [method speak] of it, with
+## the same [param speaker], [param text] and [param options] (those of speak(); only
+## [code]interrupt[/code] may differ), starts playing at once. [signal line_prepared] follows.
+## At most [constant MAX_PREPARES] are in flight; the others wait, in order, and are sent as
+## the server answers, never holding up a frame. Lines already prepared are not sent again.
+## A prepare cannot be cancelled; a line that is not spoken after all costs the server's
+## time only.
+func prepare(speaker: String, text: String, options: Dictionary = {}) -> void:
+	_prepares.append(_line_request("prepare", speaker, text, options))
+	if _prepares.size() > MAX_WAITING_PREPARES:
+		_prepares.pop_front()
+
+
+## Hands over the lines the dialogue will speak next, soonest first, for the server to
+## prepare while the current one plays (see [method prepare]). Each is a Dictionary
+## [code]{"speaker": String, "text": String, "options": Dictionary}[/code] ([code]options[/code]
+## optional, as given to [method speak]). Replaces the lines of the previous call that were
+## not sent yet: after a choice or a jump, hand over the new path, or [code][][/code] for
+## none. Those already in flight finish, and are simply not used.
+func lookahead(lines: Array) -> void:
+	_lookahead.clear()
+	for entry: Variant in lines:
+		if _lookahead.size() == MAX_WAITING_PREPARES:
+			break
+		if (
+			not entry is Dictionary
+			or not entry.get("speaker") is String
+			or not entry.get("text") is String
+			or not entry.get("options", {}) is Dictionary
+		):
+			push_error("dialogue-tts: lookahead() takes {speaker, text, options}, not %s" % [entry])
+			continue
+		_lookahead.append(
+			_line_request("prepare", entry["speaker"], entry["text"], entry.get("options", {}))
+		)
 
 
 ## Ends [param speaker]'s current line at once (status "skipped"); its next line starts.
@@ -336,13 +435,65 @@ func _hello() -> Dictionary:
 	return hello
 
 
-## Encodes [param request] with a fresh id and queues it for sending; returns the id.
+## Returns a say or prepare request for a line: both are built here, so that a prepared line
+## carries exactly what its say will (the server matches them on it).
+func _line_request(type: String, speaker: String, text: String, options: Dictionary) -> Dictionary:
+	var request: Dictionary = {"type": type, "speaker": speaker, "text": text}
+	for key: String in LINE_OPTIONS:
+		if options.has(key):
+			request[key] = options[key]
+	var wanted: Array = []  # a plain Array, whatever was given: the encoder writes those
+	for timing: String in options.get("timings", timings):
+		wanted.append(timing)
+	if not wanted.is_empty():
+		request["timings"] = wanted
+	return request
+
+
+## Encodes [param request] with a fresh id and sends it; returns the id. When connected and
+## nothing is waiting, it goes out at once rather than at the next frame's _process().
 func _send(request: Dictionary) -> int:
 	_next_id += 1
 	request["id"] = _next_id
+	var frame: PackedByteArray = _codec.encode_frame(request)
+	if _state == State.READY and _outbox.is_empty() and _transport.send(frame) == OK:
+		return _next_id
 	if _state != State.DISCONNECTED:
-		_outbox.append_array(_codec.encode_frame(request))
+		_outbox.append_array(frame)  # a failed send is retried, then reported, by _process()
 	return _next_id
+
+
+## Sends waiting prepare requests while fewer than [constant MAX_PREPARES] are in flight:
+## prepare()'s first, then the lookahead's, soonest first; lines already prepared or in flight
+## are passed over.
+func _send_prepares() -> void:
+	while _prepares_sent.size() < MAX_PREPARES:
+		var request: Dictionary = {}
+		if not _prepares.is_empty():
+			request = _prepares.pop_front()
+		elif not _lookahead.is_empty():
+			request = _lookahead.pop_front()
+		else:
+			return
+		var key: String = str(request)
+		if key in _prepared or _is_preparing(key):
+			continue
+		_prepares_sent[_send(request.duplicate())] = request
+
+
+## Drops the line of [param key] from the lines waiting to be prepared: it is said now.
+func _drop_waiting(key: String) -> void:
+	for waiting: Array[Dictionary] in [_prepares, _lookahead]:
+		for index: int in range(waiting.size() - 1, -1, -1):
+			if str(waiting[index]) == key:
+				waiting.remove_at(index)
+
+
+func _is_preparing(key: String) -> bool:
+	for request: Dictionary in _prepares_sent.values():
+		if str(request) == key:
+			return true
+	return false
 
 
 func _send_outbox() -> void:
@@ -383,6 +534,8 @@ func _handle(message: Dictionary) -> void:
 			_on_audio(message)
 		"finished":
 			_on_finished(message)
+		"prepared":
+			_on_prepared(message)
 		"voices":
 			_welcome["voices"] = message["voices"]
 		"error":
@@ -460,6 +613,18 @@ func _on_finished(message: Dictionary) -> void:
 		line_finished.emit(message["line"], message["speaker"], message["status"])
 
 
+func _on_prepared(message: Dictionary) -> void:
+	var request: Dictionary = _prepares_sent.get(message.get("id"), {})
+	if request.is_empty():
+		return
+	_prepares_sent.erase(message["id"])
+	_prepared.append(str(request))
+	if _prepared.size() > REMEMBERED_PREPARES:
+		_prepared.pop_front()
+	var seconds: float = message.get("duration", 0.0)
+	line_prepared.emit(request["speaker"], request["text"], seconds)
+
+
 func _on_error(message: Dictionary) -> void:
 	var code: String = message.get("code", "")
 	var text: String = message.get("message", "")
@@ -472,6 +637,7 @@ func _on_error(message: Dictionary) -> void:
 		return
 	push_warning("dialogue-tts: %s: %s" % [code, text])
 	error.emit(code, text)
+	_prepares_sent.erase(message.get("id"))  # a line that could not be prepared
 	var line: Variant = _says.get(message.get("id"))
 	if line != null:
 		_says.erase(message["id"])
@@ -499,6 +665,10 @@ func _drop(reason: String) -> void:
 	_retry_in = _retry_delay
 	_retry_delay = minf(_retry_delay * 2.0, MAX_RETRY_SECONDS)
 	_says.clear()
+	# Prepares in flight are lost, and a server started again has none: the waiting ones are
+	# sent to the next connection.
+	_prepares_sent.clear()
+	_prepared.clear()
 	for speaker: Speaker in _speakers.values():
 		speaker.current = -1
 		_silence(speaker)
@@ -515,6 +685,116 @@ func _drop(reason: String) -> void:
 			)
 		disconnected.emit(reason)
 
+
+#region The server the game ships (server_path)
+
+
+## Starts the server of [member server_path] (once) and connects to it as soon as it listens:
+## [code]_ready()[/code] calls it, unless [member auto_connect] is off. Loading the voice takes
+## a few seconds, so a splash screen may wait for [signal connected]; lines spoken meanwhile
+## wait for the server. It gets a fresh random [member token], so no other program on the
+## player's machine can use it, and it ends with the game, a crash included
+## ([code]--parent-pid[/code]).
+func start_server() -> void:
+	if _server_pid != -1:
+		return
+	if not _starts_server():
+		push_error("dialogue-tts: start_server() needs a server_path (and a desktop game)")
+		return
+	if _state == State.CONNECTING:
+		_transport.close()  # not connected yet: what was spoken waits for the started server
+	elif _state != State.DISCONNECTED:
+		_drop("starting the dialogue-tts server")
+	_refused = false
+	_remove_server_files()
+	token = _new_token()
+	var path: String = _server_executable()
+	var parent: String = str(OS.get_process_id())
+	var port_file: String = _server_file("port")
+	var arguments: Array[String] = [
+		"--host", DEFAULT_HOST, "--port", "0", "--parent-pid", parent, "--port-file", port_file
+	]
+	_server_pid = _launch_server(path, arguments)
+	if _server_pid == -1:
+		_server_failed("cannot start the dialogue-tts server %s: no such program" % path)
+		return
+	_state = State.STARTING
+	_server_started_msec = Time.get_ticks_msec()
+
+
+func _starts_server() -> bool:
+	return not server_path.is_empty() and not OS.has_feature("web")
+
+
+## Returns [member server_path] as an absolute path, as the class docs describe.
+func _server_executable() -> String:
+	var path: String = server_path
+	if OS.get_name() == "Windows" and not path.to_lower().ends_with(".exe"):
+		path += ".exe"
+	if path.is_absolute_path():
+		return path
+	if OS.has_feature("editor"):
+		return ProjectSettings.globalize_path("res://").path_join(path)
+	return OS.get_executable_path().get_base_dir().path_join(path)
+
+
+## Connects once the started server has written its port ([code]--port-file[/code]); gives
+## up when the server ended first or took too long.
+func _poll_server() -> void:
+	var found: int = _read_port_file(_server_file("port"))
+	if found > 0:
+		_remove_server_files()
+		host = DEFAULT_HOST
+		port = found
+		var waiting: PackedByteArray = _outbox  # the lines spoken while the server started
+		_start_connecting()
+		if _state == State.CONNECTING:
+			_outbox.append_array(waiting)
+	elif not _server_running():
+		_server_failed("the dialogue-tts server %s ended before it listened" % server_path)
+	elif Time.get_ticks_msec() - _server_started_msec > SERVER_START_TIMEOUT_SECONDS * 1000:
+		var seconds: int = SERVER_START_TIMEOUT_SECONDS
+		_server_failed("the dialogue-tts server %s did not listen in %d s" % [server_path, seconds])
+
+
+## Reports a server that could not start, once; the node does not retry until
+## [method start_server] or [method connect_to_server] is called.
+func _server_failed(reason: String) -> void:
+	_stop_server()
+	_remove_server_files()  # also those of a launch that failed
+	_refused = true
+	_warned = true  # reported here, not by _drop()
+	push_error("dialogue-tts: %s (check server_path)" % reason)
+	_drop(reason)
+	disconnected.emit(reason)
+
+
+func _stop_server() -> void:
+	if _server_pid == -1:
+		return  # none started (the web has no process id to ask for: don't)
+	OS.kill(_server_pid)
+	_server_pid = -1
+	_remove_server_files()
+
+
+## The files through which the node and the server it starts meet, in the user data folder:
+## [param kind] "port" ([code]--port-file[/code]) or "token" (Godot 3's way to pass it).
+static func _server_file(kind: String) -> String:
+	return OS.get_user_data_dir().path_join(
+		"dialogue_tts_server_%d.%s" % [OS.get_process_id(), kind]
+	)
+
+
+func _remove_server_files() -> void:
+	for kind: String in ["port", "token"]:
+		_remove_file(_server_file(kind))
+
+
+static func _new_token() -> String:
+	return Crypto.new().generate_random_bytes(32).hex_encode()
+
+
+#endregion
 
 #region Differs in Godot 3: the transport, settings, files, audio
 
@@ -565,6 +845,44 @@ static func _use_stream_playback(player: Node) -> void:
 static func _replay(player: Node) -> void:
 	player.call("stop")
 	player.call("play")
+
+
+#endregion
+
+#region Differs in Godot 3: the server process
+
+
+## Starts [param path] and returns its process id, or -1 when there is no such program. The
+## token goes in its environment, never on its command line (which other users can read);
+## create_process() opens no console window on Windows (its open_console is false).
+func _launch_server(path: String, arguments: Array[String]) -> int:
+	if not FileAccess.file_exists(path):
+		return -1
+	var previous: String = OS.get_environment(TOKEN_ENV)
+	OS.set_environment(TOKEN_ENV, token)
+	var pid: int = OS.create_process(path, arguments)
+	if previous.is_empty():
+		OS.unset_environment(TOKEN_ENV)
+	else:
+		OS.set_environment(TOKEN_ENV, previous)
+	return pid
+
+
+func _server_running() -> bool:
+	return OS.is_process_running(_server_pid)
+
+
+## Returns the port in [param path], or 0 while there is no such file.
+static func _read_port_file(path: String) -> int:
+	if not FileAccess.file_exists(path):
+		return 0
+	var text: String = FileAccess.get_file_as_string(path).strip_edges()
+	return text.to_int() if text.is_valid_int() else 0
+
+
+static func _remove_file(path: String) -> void:
+	if FileAccess.file_exists(path):
+		DirAccess.remove_absolute(path)
 
 
 #endregion

@@ -1,0 +1,188 @@
+"""What the player hears of a linear scene inside Godot 4.6, with lookahead and without.
+
+    .venv/bin/python benchmarks/godot4_lookahead.py [--lines 25] [--write]
+
+Needs what tests/test_godot4.py needs (see benchmarks/godot4.py). Runs benchmarks/godot4's
+lookahead.gd with the Godot 4 addon against one ``dialogue-tts serve --web --no-cache``:
+the corpus lines (shared/corpus, copied in tests/data) are a linear scene, each spoken when
+the one before has finished, first live, then with lookahead (the next 2 lines handed to
+``lookahead()`` as each begins). Measured per line: from ``speak()`` to the line's audio
+being mixed (the generator's frames consumed past the line's first) and to the addon's own
+played-frames counter passing it (that, less the output latency still ahead). Beside them,
+the server's first audio for the same lines from a plain Python WebSocket client: synthesized
+live (before the game, on lines nobody prepared), and prepared (after it). Prints the
+Markdown section; ``--write`` also puts it in benchmarks/RESULTS.md.
+
+Not a test: nothing passes or fails; the figures are what one run measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgpack
+from godot4 import ADDON, CORPUS, HANG_GUARD_SECONDS, PROJECT, REPO, percentile, python_client
+from godot_web import browser_page, served_game, start, wait_done
+from helpers import server_process
+from results import write_section
+from websockets.sync.client import connect
+
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+SECTION = "godot4-lookahead"
+TARGET_MS = 50.0  # issue 14: speak() of a prepared line -> audible playback, median
+
+
+def prepared_first_audio(port: int, origin: str, lines: list[dict[str, str]]) -> list[float]:
+    """First audio in ms of each line said once the server has prepared it (prepare, wait
+    for ``prepared``, then say; skip)."""
+    results = []
+    with connect(f"ws://127.0.0.1:{port}/", origin=origin) as websocket:  # type: ignore[arg-type]
+        websocket.send(msgpack.packb({"type": "hello", "protocol": 1, "client": "bench", "id": 0}))
+        assert msgpack.unpackb(websocket.recv())["type"] == "welcome"
+        for index, entry in enumerate(lines, start=1):
+            line = {"speaker": entry["speaker"], "text": entry["text"]}
+            websocket.send(msgpack.packb({"type": "prepare", "id": -index, **line}))
+            while msgpack.unpackb(websocket.recv())["type"] != "prepared":
+                pass
+            spoken = time.perf_counter()
+            websocket.send(msgpack.packb({"type": "say", "id": index, "format": "f32le", **line}))
+            while msgpack.unpackb(websocket.recv())["type"] != "audio":
+                pass
+            results.append((time.perf_counter() - spoken) * 1000)
+            websocket.send(msgpack.packb({"type": "skip", "speaker": entry["speaker"]}))
+            while msgpack.unpackb(websocket.recv())["type"] != "finished":
+                pass
+    return results
+
+
+def run_game(corpus: list[dict[str, str]]) -> tuple[str, list[float], list[float]]:
+    """The game's console, and the server's live and prepared first audio (ms per line)."""
+    with tempfile.TemporaryDirectory() as folder:
+        lines, project = Path(folder) / "lines.json", Path(folder) / "project.godot"
+        lines.write_text(json.dumps(corpus), encoding="utf-8")
+        settings = (PROJECT / "project.godot").read_text(encoding="utf-8")
+        project.write_text(settings.replace("bench.tscn", "lookahead.tscn"), encoding="utf-8")
+        pack = {
+            "project.godot": project, "bench": PROJECT, "bench/lines.json": lines,
+            "addons/dialogue_tts": ADDON,
+        }  # fmt: skip
+        with served_game(Path(folder) / "site", pack) as game:
+            log = Path(folder) / "server.log"
+            # No disk cache: a line is synthesized, unless it was prepared (in memory).
+            serve = ("--web", "--web-port", "0", "--web-origin", game.origin, "--no-cache")
+            with server_process(*serve, log_path=log):
+                match = re.search(r"preview page: http://[\d.]+:(\d+)/", log.read_text())
+                assert match, log.read_text()
+                port = int(match.group(1))
+                warm_up = [{"speaker": "warm", "text": "A line to warm the voice up."}]
+                python_client(port, game.origin, warm_up)
+                live = [first for first, _skip in python_client(port, game.origin, corpus)]
+                with browser_page(game) as page:
+                    start(page, game, [str(port)])
+                    output = wait_done(page, game, HANG_GUARD_SECONDS)
+                prepared = prepared_first_audio(port, game.origin, corpus)
+    return output, live, prepared
+
+
+def stats(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} ms | {percentile(values, 95):.1f} ms"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=25, help="corpus lines of the scene")
+    parser.add_argument("--write", action="store_true", help="update benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    corpus = [json.loads(line) for line in CORPUS.open(encoding="utf-8")][: args.lines]
+    output, live, prepared = run_game(corpus)
+    rows = re.findall(
+        r"^BENCH mode=(\w+) prepared=(\w+) mixed_ms=([\d.-]+) heard_ms=([\d.-]+) "
+        r"frames=(\d+) audio_frames=(\d+)$",
+        output, re.MULTILINE,
+    )  # fmt: skip
+    assert len(rows) == 2 * len(corpus), output
+    latency = re.search(r"^BENCH_INFO output_latency_ms=([\d.]+)$", output, re.MULTILINE)
+    frame_ms = re.search(r"^BENCH_INFO frame_ms=([\d.]+)$", output, re.MULTILINE)
+    by_mode: dict[str, list[tuple[bool, float, float]]] = {"live": [], "lookahead": []}
+    frames: dict[str, list[int]] = {"live": [], "lookahead": []}
+    audio_frames: dict[str, list[int]] = {"live": [], "lookahead": []}
+    for mode, was_prepared, mixed, heard, mixed_frames, received_frames in rows:
+        by_mode[mode].append((was_prepared == "true", float(mixed), float(heard)))
+        frames[mode].append(int(mixed_frames))
+        audio_frames[mode].append(int(received_frames))
+    ahead = by_mode["lookahead"]
+    ready = [row for row in ahead if row[0]]
+    table = [
+        f"| way ({len(corpus)} lines) | speak() -> audio mixed, median | p95 "
+        f"| speak() -> played (addon's counter), median | p95 |",
+        "|---|---|---|---|---|",
+        f"| live (no lookahead) | {stats([r[1] for r in by_mode['live']])} "
+        f"| {stats([r[2] for r in by_mode['live']])} |",
+        f"| lookahead, all lines | {stats([r[1] for r in ahead])} "
+        f"| {stats([r[2] for r in ahead])} |",
+    ]
+    if ready:
+        table.append(
+            f"| lookahead, the {len(ready)} lines prepared by their speak() "
+            f"| {stats([r[1] for r in ready])} | {stats([r[2] for r in ready])} |"
+        )
+    median_ready = statistics.median([r[2] for r in ready]) if ready else float("nan")
+    lines = [
+        "## Inside Godot 4.6, with lookahead (benchmarks/godot4_lookahead.py)",
+        "",
+        f"Measured by `benchmarks/godot4_lookahead.py` in one run on {time.strftime('%Y-%m-%d')}: "
+        f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs (load average "
+        f"{load:.1f} at the start: figures are noisy); Godot 4.6 web export in headless "
+        f"Chromium (SwiftShader), the Godot 4 addon over WebSocket to one `serve --web "
+        f"--no-cache`. The {len(corpus)} corpus lines as a linear scene, each spoken when the "
+        f"one before has finished; first live, then with lookahead (the next 2 lines handed to "
+        f"`lookahead()` as each begins, the first ones prepared before the scene starts). "
+        f"Timed from `speak()` to the line's first frames being consumed by Godot's mixer "
+        f"(the generator's frames pushed minus those it still holds), and to the addon's "
+        f"played-frames counter passing the line's first frame (that, less the output latency "
+        f"still ahead: {latency.group(1) if latency else '?'} ms here); the game checks once "
+        f"per frame, so both include waiting for frames.",
+        "",
+        *table,
+        "",
+        f"The server's own first audio for the same lines (a plain Python WebSocket client, "
+        f"same server, same run): synthesized live, median {stats(live).replace(' | ', ', p95 ')}; "
+        f"prepared, median {stats(prepared).replace(' | ', ', p95 ')}.",
+        "",
+        f"Frames: the game ran at {frame_ms.group(1) if frame_ms else '?'} ms a frame on "
+        f"average; speak() -> audio mixed took a median of "
+        f"{statistics.median(frames['lookahead']):g} frames with lookahead "
+        f"({statistics.median(frames['live']):g} live), of which "
+        f"{statistics.median(audio_frames['lookahead']):g} "
+        f"({statistics.median(audio_frames['live']):g} live) until the frame in which the addon "
+        f"received the line's first audio and pushed it into the generator (it reads the "
+        f"socket once per frame), and the rest until Godot's mixer had consumed it."
+        + (
+            f" {len(ahead) - len(ready)} lines were spoken before their prepare had finished "
+            f"(the line before was short), and were synthesized live."
+            if len(ready) < len(ahead)
+            else ""
+        ),
+        "",
+        f"Issue 14's target, speak() of a prepared line -> audible playback <= {TARGET_MS:.0f} ms "
+        f"median: {median_ready:.1f} ms here "
+        f"({'met' if median_ready <= TARGET_MS else 'not met'}).",
+    ]
+    print("\n".join(lines))
+    if args.write:
+        write_section(RESULTS, SECTION, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
