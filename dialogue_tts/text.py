@@ -39,6 +39,9 @@ _RENPY_TOKEN = re.compile(r"\{\{|\[\[|\{(/?)([a-z_]*)(?:=([^}]*))?\}|\[[^\[\]]*\
 _BBCODE_DROP_CONTENT = re.compile(r"\[img[^\]]*\].*?\[/img\]", re.IGNORECASE | re.DOTALL)
 _BBCODE_TAG = re.compile(r"\[(/?)([a-z_]+)(?:[= ][^\]]*)?\]", re.IGNORECASE)
 _SPACES = re.compile(r"\s+")
+# Control characters: nothing to say, and a NUL ends espeak's C string ("embedded null
+# character"); each is read as a space.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # Text with nothing a voice can say (only punctuation and symbols).
 _SPEAKABLE = re.compile(r"\w")
 
@@ -55,7 +58,7 @@ def prepare(
     line of nothing but markup or punctuation yields ``[]`` (the caller reports it as
     empty).
     """
-    original = Tracked.of(text)
+    original = Tracked.of(text).sub(_CONTROL, " ")
     if markup == "renpy":
         parts = _renpy_parts(original)
     elif markup == "bbcode":

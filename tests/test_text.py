@@ -41,3 +41,10 @@ def test_bbcode(text: str, expected: list[str]) -> None:
 
 def test_plain_keeps_markup_and_collapses_space() -> None:
     assert prepare("  {b}Hi{/b}\n\n there  ", "plain") == ["{b}Hi{/b} there"]
+
+
+def test_control_characters_are_read_as_spaces() -> None:
+    # A NUL would end espeak's C string; the rest are nothing to say either.
+    parts = prepare("Halt!\x00Who\x07 goes\x1bthere?")
+    assert [str(p) for p in parts] == ["Halt! Who goes there?"]
+    assert prepare("\x00\x01") == []
