@@ -98,8 +98,12 @@ class Lease:
     ``Preempted`` when the call fails after ``preempted`` was set.
     """
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, trim: bool = False) -> None:
         self.threads = threads
+        self.trim = trim
+        """Give the session's spare working memory back after this call: set for calls in
+        no hurry that start with nothing else waiting, so that the memory a busy spell
+        took is returned as it ends, at no cost to a line anyone waits for."""
         self._lock = threading.Lock()
         self._preempted = False
         self._abort: Callable[[], None] | None = None
@@ -255,6 +259,7 @@ class InferencePool:
         priority = keys[id(job)][0]
         self._jobs.remove(job)
         urgent = priority.urgent
+        quiet = not urgent and not self._jobs
         if self.adaptive and not self._running:
             if urgent and not any(keys[id(j)][0].urgent for j in self._jobs):
                 # A line the player waits for, alone: the whole machine, nothing beside it
@@ -263,8 +268,8 @@ class InferencePool:
             if not self._jobs:
                 # Alone but in no hurry: every core, yet work that comes meanwhile starts
                 # beside it rather than waiting behind it.
-                return _Running(job, Lease(self.wide_threads), 1, urgent)
-        return _Running(job, Lease(self.narrow_threads), 1, urgent)
+                return _Running(job, Lease(self.wide_threads, trim=quiet), 1, urgent)
+        return _Running(job, Lease(self.narrow_threads, trim=quiet), 1, urgent)
 
     def _preempt_for_urgent(self) -> None:
         """Abort less urgent running calls while urgent jobs wait for cores."""

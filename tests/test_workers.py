@@ -333,3 +333,21 @@ async def test_under_overload_a_new_line_starts_before_lines_that_ran_dry() -> N
         assert ran == ["new line", "dry-early", "dry-late", "current"]
     finally:
         pool.close()
+
+
+async def test_calls_in_no_hurry_with_nothing_waiting_give_memory_back() -> None:
+    pool = InferencePool(2)
+    try:
+        assert await pool.run(lambda lease: lease.trim, constant(Priority.CURRENT))
+        assert not await pool.run(lambda lease: lease.trim, constant(Priority.FIRST))
+        gate, blocker = await hold(pool)  # two more queued: the first starts with one waiting
+        waiting = [
+            asyncio.ensure_future(pool.run(lambda lease: lease.trim, constant(Priority.PREFETCH)))
+            for _ in range(2)
+        ]
+        await asyncio.sleep(0.01)
+        gate.set()
+        await blocker
+        assert await asyncio.gather(*waiting) == [False, True]
+    finally:
+        pool.close()
