@@ -17,9 +17,9 @@ import threading
 import time
 from collections.abc import Callable
 
-POLL_SECONDS = 0.25
+POLL_SECONDS = 0.1
 """How often the parent process is looked at."""
-GRACE_SECONDS = 1.0
+GRACE_SECONDS = 0.5
 """How long ``on_gone`` gets to close the server cleanly before the process exits anyway."""
 
 

@@ -88,6 +88,7 @@ def test_gdtoolkit(command: list[str]) -> None:
     result = subprocess.run(
         [_gdtoolkit(command[0]), *command[1:], *map(str, GDTOOLKIT_SCRIPTS)],
         capture_output=True, text=True, timeout=HANG_GUARD_SECONDS,
+        cwd=REPO / "integrations",  # gdlint reads integrations/gdlintrc from there
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
 

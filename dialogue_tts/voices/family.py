@@ -270,7 +270,10 @@ def run_session(
         if lease is not None:
             lease.on_preempt(functools.partial(setattr, run_options, "terminate", True))
         try:
-            return list(session.run(None, dict(inputs), run_options))
+            outputs = list(session.run(None, dict(inputs), run_options))
+            if lease is not None and lease.trim:
+                trim_heap()  # what the arena handed back is freed to the system only then
+            return outputs
         except Exception as exc:
             if cancel is not None and cancel.cancelled:
                 raise SynthesisCancelled from exc
@@ -305,5 +308,11 @@ class Sessions:
 def release_freed_memory() -> None:
     """Give memory Python has freed back to the system (glibc only; elsewhere a no-op)."""
     gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Return the C heap's free memory to the system (glibc keeps it otherwise; elsewhere a
+    no-op)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
