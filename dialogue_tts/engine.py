@@ -39,7 +39,7 @@ from .voices.family import (
     VoiceSource,
 )
 from .voices.piper import DEFAULT_VOICE_NAME, embedded_voice
-from .workers import InferencePool, Priority, PriorityKey, run_niced
+from .workers import InferencePool, Lease, Priority, PriorityKey, run_niced
 
 __all__ = [
     "DEFAULT_VOICE_NAME",
@@ -175,7 +175,9 @@ class Engine:
         the pool otherwise chooses per call from the work waiting (``workers.py``);
         ``cores`` defaults to the cores this process may use."""
         self.catalog = catalog
-        self._pool = InferencePool(cores, workers=workers, threads=intra_op_threads)
+        self._pool = InferencePool(
+            cores, workers=workers, threads=intra_op_threads, release_memory=self._release_memory
+        )
         self.intra_op_threads = self._pool.wide_threads
         self._extra_sessions: set[asyncio.Task[None]] = set()
         self._voices: dict[str, LoadedVoice] = {}
@@ -404,6 +406,12 @@ class Engine:
         """Wait for disk-cache writes in flight (before a batch command exits)."""
         if self._disk_writes:
             await asyncio.wait(set(self._disk_writes))
+
+    def _release_memory(self, lease: Lease) -> None:
+        """Every loaded voice hands back the working memory its calls took (the pool calls
+        this on its own thread once it has been idle a while)."""
+        for voice in list(self._voices.values()):
+            voice.release_memory(lease)
 
     def close(self) -> None:
         for task in self._extra_sessions:

@@ -24,10 +24,12 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Final, Literal, TypeVar
+from pathlib import Path
+from typing import Final, Literal, TypeVar
 
 import numpy as np
 
+from . import model_edit
 from .pieces import CLAUSE_MARKS
 
 __all__ = [
@@ -71,10 +73,26 @@ def add_duration_output(model_path: str | os.PathLike[str]) -> bytes | None:
     Pass the bytes to ``onnxruntime.InferenceSession`` in place of the path. The durations
     (frames per phoneme id, float, shape ``[1, 1, ids]``) are the **last** output, after the
     audio, which stays bit-identical to the unpatched model's. Returns None when the model
-    has no duration node we can tell apart (not a VITS graph) or when ``onnx`` is not
-    installed: the caller then loads the file as usual, without timings. The file on disk is
-    never written.
+    has no duration node we can tell apart (not a VITS graph): the caller then loads the
+    file as usual, without timings. The file on disk is never written.
+
+    The edit is piper's ``add_alignment_output``, made on the model's bytes
+    (``model_edit``: milliseconds, where importing ``onnx`` alone took 0.65 s of CPU at each
+    start); a model that reader does not understand, or already patched on disk, goes
+    through ``onnx`` and piper's patch as before.
     """
+    try:
+        data = Path(model_path).read_bytes()
+        name = durations_tensor(model_edit.graph_nodes(data))
+        if name is not None and name not in model_edit.graph_outputs(data):
+            _LOGGER.debug("Exposing %s of %s as the duration output", name, model_path)
+            return model_edit.append_output(data, name)
+    except (OSError, model_edit.ModelFormatError) as exc:
+        _LOGGER.debug("Reading %s directly failed (%s): trying onnx", model_path, exc)
+    return _add_duration_output_with_onnx(model_path)
+
+
+def _add_duration_output_with_onnx(model_path: str | os.PathLike[str]) -> bytes | None:
     try:
         import onnx
     except ImportError:
@@ -93,7 +111,10 @@ def add_duration_output(model_path: str | os.PathLike[str]) -> bytes | None:
     except (ImportError, ValueError) as exc:
         # Older piper, several Ceil nodes, or a model already patched on disk.
         _LOGGER.debug("Finding the duration tensor of %s ourselves: %s", model_path, exc)
-        found = _durations_tensor(model.graph)
+        nodes = [
+            model_edit.Node(n.op_type, tuple(n.input), tuple(n.output)) for n in model.graph.node
+        ]
+        found = durations_tensor(nodes)
         if found is None:
             _LOGGER.info("No duration tensor in %s: no speech timings", model_path)
             return None
@@ -109,20 +130,20 @@ def add_duration_output(model_path: str | os.PathLike[str]) -> bytes | None:
     return bytes(model.SerializeToString())
 
 
-def _durations_tensor(graph: Any) -> str | None:
+def durations_tensor(nodes: Sequence[model_edit.Node]) -> str | None:
     """The output name of the Ceil node that computes the durations (VITS ``w_ceil``)."""
-    ceils = [node for node in graph.node if node.op_type == "Ceil"]
+    ceils = [node for node in nodes if node.op_type == "Ceil"]
     if len(ceils) > 1:
         # w_ceil is summed into the audio length (ReduceSum) and accumulated into the
         # alignment path (CumSum); a Ceil used elsewhere is not both.
         uses: dict[str, set[str]] = {}
-        for node in graph.node:
-            for name in node.input:
+        for node in nodes:
+            for name in node.inputs:
                 uses.setdefault(name, set()).add(node.op_type)
         ceils = [
-            node for node in ceils if {"ReduceSum", "CumSum"} <= uses.get(node.output[0], set())
+            node for node in ceils if {"ReduceSum", "CumSum"} <= uses.get(node.outputs[0], set())
         ]
-    return str(ceils[0].output[0]) if len(ceils) == 1 else None
+    return ceils[0].outputs[0] if len(ceils) == 1 and ceils[0].outputs else None
 
 
 # --- Phonemes -------------------------------------------------------------------------------

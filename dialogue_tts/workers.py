@@ -33,6 +33,12 @@ from the beginning of their piece. So background work, prefetch and comfortable 
 lines delay a line the player is waiting for by milliseconds, not by the piece that happens
 to be running. A job is aborted at most ``MAX_PREEMPTIONS`` times, so that under a stream of
 urgent work every job still finishes.
+
+**Memory.** onnxruntime's arena keeps the largest working set a session ever needed. Once the
+pool has been idle ``IDLE_RELEASE_SECONDS`` after calls ran, it runs ``release_memory`` (the
+engine's: each voice reruns its smallest call with the arena shrinking after it) in a slot
+of its own, which any job that comes meanwhile preempts. Not after every call: a render
+giving its memory back and taking it again call after call cost 12% more CPU.
 """
 
 from __future__ import annotations
@@ -42,9 +48,11 @@ import contextlib
 import enum
 import functools
 import itertools
+import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -67,6 +75,8 @@ MAX_PREEMPTIONS: Final = 3
 """Times one job may be aborted for a more urgent one before it is left to finish."""
 PRIORITY_RECHECK_SECONDS: Final = 0.05
 """How often idle workers re-read priorities while jobs wait (they change with playback)."""
+IDLE_RELEASE_SECONDS: Final = 1.0
+"""Idle time after which the pool hands back the working memory its calls took."""
 
 
 class Priority(enum.IntEnum):
@@ -101,9 +111,10 @@ class Lease:
     def __init__(self, threads: int, trim: bool = False) -> None:
         self.threads = threads
         self.trim = trim
-        """Give the session's spare working memory back after this call: set for calls in
-        no hurry that start with nothing else waiting, so that the memory a busy spell
-        took is returned as it ends, at no cost to a line anyone waits for."""
+        """Give the session's spare working memory back after this call: set only for the
+        pool's ``release_memory`` call, once it has been idle ``IDLE_RELEASE_SECONDS``, so
+        the memory a busy spell took is returned when it ends, and a render in progress
+        does not pay for giving it back and taking it again after every call."""
         self._lock = threading.Lock()
         self._preempted = False
         self._abort: Callable[[], None] | None = None
@@ -131,8 +142,9 @@ class _Job:
     function: Callable[[Lease], Any]
     priority: PriorityKey
     order: int
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Any] = field(repr=False)
+    loop: asyncio.AbstractEventLoop | None
+    """The awaiting coroutine's loop and future: None for the pool's own idle call."""
+    future: asyncio.Future[Any] | None = field(repr=False)
     preemptions: int = 0
 
 
@@ -169,6 +181,7 @@ class InferencePool:
         *,
         workers: int | None = None,
         threads: int | None = None,
+        release_memory: Callable[[Lease], None] | None = None,
         name: str = "dialogue-tts-synth",
     ) -> None:
         self.cores = cores or available_cores()
@@ -185,6 +198,9 @@ class InferencePool:
         self._lock = threading.Condition()
         self._order = itertools.count()
         self._closed = False
+        self._release_memory = release_memory
+        self._idle_since: float | None = None
+        """When the last call ended, while calls ran since memory was last handed back."""
         self.preemptions = 0
         """Calls aborted for more urgent work so far."""
         self._threads = [
@@ -206,7 +222,8 @@ class InferencePool:
         """Run ``function(lease)`` on a worker thread; cancelling the await drops a queued
         job (a running call is aborted by the caller's own cancel token)."""
         loop = asyncio.get_running_loop()
-        job = _Job(function, priority, next(self._order), loop, loop.create_future())
+        future: asyncio.Future[_T] = loop.create_future()
+        job = _Job(function, priority, next(self._order), loop, future)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the inference pool is closed")
@@ -214,7 +231,7 @@ class InferencePool:
             self._preempt_for_urgent()
             self._lock.notify_all()
         try:
-            return await job.future
+            return await future
         except asyncio.CancelledError:
             with self._lock:
                 if job in self._jobs:
@@ -235,7 +252,8 @@ class InferencePool:
         with self._lock:
             self._closed = True
             for job in self._jobs:
-                job.loop.call_soon_threadsafe(_cancel, job.future)
+                if job.loop is not None and job.future is not None:
+                    job.loop.call_soon_threadsafe(_cancel, job.future)
             self._jobs.clear()
             self._lock.notify_all()
 
@@ -259,7 +277,6 @@ class InferencePool:
         priority = keys[id(job)][0]
         self._jobs.remove(job)
         urgent = priority.urgent
-        quiet = not urgent and not self._jobs
         if self.adaptive and not self._running:
             if urgent and not any(keys[id(j)][0].urgent for j in self._jobs):
                 # A line the player waits for, alone: the whole machine, nothing beside it
@@ -268,8 +285,8 @@ class InferencePool:
             if not self._jobs:
                 # Alone but in no hurry: every core, yet work that comes meanwhile starts
                 # beside it rather than waiting behind it.
-                return _Running(job, Lease(self.wide_threads, trim=quiet), 1, urgent)
-        return _Running(job, Lease(self.narrow_threads, trim=quiet), 1, urgent)
+                return _Running(job, Lease(self.wide_threads), 1, urgent)
+        return _Running(job, Lease(self.narrow_threads), 1, urgent)
 
     def _preempt_for_urgent(self) -> None:
         """Abort less urgent running calls while urgent jobs wait for cores."""
@@ -295,12 +312,51 @@ class InferencePool:
 
     def _watch(self) -> None:
         """Priorities move with time (a current line about to run dry becomes urgent), so
-        while jobs wait, look again now and then for one that should abort a running call."""
+        while jobs wait, look again now and then for one that should abort a running call.
+        Once the pool has been idle a while after calls ran, hand their memory back."""
+        _lower_thread_priority()
         with self._lock:
             while not self._closed:
-                self._lock.wait(PRIORITY_RECHECK_SECONDS if self._jobs else None)
+                self._lock.wait(self._watch_timeout())
                 if self._jobs and self._running:
                     self._preempt_for_urgent()
+                if self._idle_for() >= IDLE_RELEASE_SECONDS:
+                    self._release_idle_memory()
+
+    def _watch_timeout(self) -> float | None:
+        if self._jobs:
+            return PRIORITY_RECHECK_SECONDS
+        if self._idle_since is not None and self._release_memory is not None:
+            return max(IDLE_RELEASE_SECONDS - self._idle_for(), 0.0) + 0.01
+        return None
+
+    def _idle_for(self) -> float:
+        """Seconds since the last call ended, if calls ran since the last hand-back and
+        none runs or waits now; else 0."""
+        if self._idle_since is None or self._jobs or self._running:
+            return 0.0
+        return time.monotonic() - self._idle_since
+
+    def _release_idle_memory(self) -> None:
+        """Run ``release_memory`` in a slot of its own (under the lock on entry and exit);
+        a job that comes meanwhile may preempt it like any call in no hurry."""
+        self._idle_since = None
+        if self._release_memory is None:
+            return
+        job = _Job(self._release_memory, _idle_priority, next(self._order), None, None)
+        running = _Running(job, Lease(self.narrow_threads, trim=True), 1, False)
+        self._running.append(running)
+        self._lock.release()
+        try:
+            job.function(running.lease)
+        except Preempted:
+            pass  # its sessions stay marked as used: the next idle spell tries again
+        except Exception:  # memory not handed back is no reason to stop the watcher
+            logging.getLogger(__name__).exception("handing idle memory back failed")
+        finally:
+            self._lock.acquire()
+            self._running.remove(running)
+            self._lock.notify_all()
 
     def _work(self) -> None:
         _lower_thread_priority()
@@ -312,27 +368,29 @@ class InferencePool:
                     return
                 assert taken is not None
                 self._running.append(taken)
-            job = taken.job
+            job, future, loop = taken.job, taken.job.future, taken.job.loop
+            assert future is not None and loop is not None  # queued jobs have both
             outcome: Callable[[], None] | None = None
             try:
-                if not job.future.cancelled():
+                if not future.cancelled():
                     result = job.function(taken.lease)
-                    outcome = functools.partial(_set_result, job.future, result)
+                    outcome = functools.partial(_set_result, future, result)
             except Preempted:
                 with self._lock:
                     job.preemptions += 1
                     self.preemptions += 1
-                    if not self._closed and not job.future.cancelled():
+                    if not self._closed and not future.cancelled():
                         self._jobs.append(job)  # keeps its order: first in its class again
             except BaseException as exc:  # handed to the awaiting coroutine
-                outcome = functools.partial(_set_exception, job.future, exc)
+                outcome = functools.partial(_set_exception, future, exc)
             finally:
                 with self._lock:
                     self._running.remove(taken)
+                    self._idle_since = time.monotonic()
                     self._lock.notify_all()
             # Only now: what the caller submits next must find this call gone.
             if outcome is not None:
-                job.loop.call_soon_threadsafe(outcome)
+                loop.call_soon_threadsafe(outcome)
 
 
 def run_niced(function: Callable[[], _T]) -> _T:
@@ -365,6 +423,10 @@ def _lower_thread_priority() -> None:
     if hasattr(os, "setpriority") and sys.platform.startswith("linux"):
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
+
+
+def _idle_priority() -> tuple[Priority, float]:
+    return Priority.BACKGROUND, float("inf")
 
 
 def _sort_key(job: _Job) -> tuple[Priority, float, int]:

@@ -11,6 +11,9 @@ import asyncio
 import threading
 from collections.abc import Callable
 
+import pytest
+
+from dialogue_tts import workers
 from dialogue_tts.workers import MAX_PREEMPTIONS, InferencePool, Lease, Preempted, Priority
 
 HANG_GUARD = 30.0
@@ -335,19 +338,51 @@ async def test_under_overload_a_new_line_starts_before_lines_that_ran_dry() -> N
         pool.close()
 
 
-async def test_calls_in_no_hurry_with_nothing_waiting_give_memory_back() -> None:
-    pool = InferencePool(2)
+async def test_memory_is_handed_back_once_the_pool_has_been_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(workers, "IDLE_RELEASE_SECONDS", 0.05)
+    leases: list[Lease] = []
+    released = threading.Event()
+
+    def release(lease: Lease) -> None:
+        leases.append(lease)
+        released.set()
+
+    pool = InferencePool(2, release_memory=release)
     try:
-        assert await pool.run(lambda lease: lease.trim, constant(Priority.CURRENT))
-        assert not await pool.run(lambda lease: lease.trim, constant(Priority.FIRST))
-        gate, blocker = await hold(pool)  # two more queued: the first starts with one waiting
-        waiting = [
-            asyncio.ensure_future(pool.run(lambda lease: lease.trim, constant(Priority.PREFETCH)))
-            for _ in range(2)
-        ]
-        await asyncio.sleep(0.01)
-        gate.set()
-        await blocker
-        assert await asyncio.gather(*waiting) == [False, True]
+        await asyncio.sleep(0.2)
+        assert not leases  # nothing ran yet: nothing to hand back
+        # No call the pool runs for a job pays for handing memory back, urgent or not: a
+        # render in progress would give its memory back and take it again every call.
+        for priority in (Priority.FIRST, Priority.CURRENT, Priority.BACKGROUND):
+            assert not await pool.run(lambda lease: lease.trim, constant(priority))
+        assert await asyncio.to_thread(released.wait, HANG_GUARD)
+        assert len(leases) == 1 and leases[0].trim
+        await asyncio.sleep(0.2)
+        assert len(leases) == 1  # once per idle spell, not again while nothing runs
+        released.clear()
+        await pool.run(lambda _: None, constant(Priority.CURRENT))
+        assert await asyncio.to_thread(released.wait, HANG_GUARD)
+        assert len(leases) == 2
+    finally:
+        pool.close()
+
+
+async def test_a_new_job_preempts_the_idle_memory_hand_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(workers, "IDLE_RELEASE_SECONDS", 0.05)
+    log: list[str] = []
+    hand_back = AbortableCall("hand back", log)
+    pool = InferencePool(1, release_memory=hand_back)
+    try:
+        await pool.run(lambda _: None, constant(Priority.CURRENT))
+        assert await asyncio.to_thread(hand_back.inside.wait, HANG_GUARD)
+        assert await pool.run(lambda _: "line", constant(Priority.FIRST)) == "line"
+        assert log[0] == "hand back aborted"
+        hand_back.release.set()  # the next idle spell tries again, and finishes
+        await until(lambda: "hand back done" in log)
+        assert hand_back.runs == 2
     finally:
         pool.close()

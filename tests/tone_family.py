@@ -75,6 +75,9 @@ class ToneVoice:
     def add_session(self, threads: int) -> None:
         self.sessions.setdefault(threads, self._session(threads))
 
+    def release_memory(self, lease: Lease) -> None:
+        """A one-node graph keeps no working memory worth handing back."""
+
     def phonemize(self, text: str) -> list[list[str]]:
         return [list(sentence.lower()) for sentence in _SENTENCE.split(text) if sentence.strip()]
 

@@ -207,6 +207,11 @@ class LoadedVoice(Protocol):
         """Open a session with ``threads`` intra-op threads for calls of that size."""
         ...
 
+    def release_memory(self, lease: Lease) -> None:
+        """Hand back working memory kept from earlier calls (the pool calls this once it
+        has been idle a while; see ``Sessions.release_memory``)."""
+        ...
+
 
 class VoiceFamily(Protocol):
     """One kind of voice model. Register a new one in ``dialogue_tts.voices.FAMILIES``."""
@@ -261,9 +266,11 @@ def run_session(
         cancel.raise_if_cancelled()
     run_options = onnxruntime.RunOptions()
     if lease is not None and lease.trim:
-        # The arena keeps the largest working set it ever had (hundreds of MiB after a
-        # busy spell of long pieces): hand the unused part back after this call (about 8%
-        # more CPU for the call, so only for calls in no hurry; see Lease.trim).
+        # The arena keeps the largest working set it ever had (hundreds of MiB after a busy
+        # spell of long pieces): hand the unused part back at the end of this call. The
+        # pool sets this only for the small call it makes once it has gone idle
+        # (``Sessions.release_memory``): shrinking after every call cost batch renders about
+        # 12% more CPU, in page faults as the arena grew back.
         run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     watching = cancel.watching(run_options) if cancel is not None else contextlib.nullcontext()
     with watching:
@@ -286,11 +293,16 @@ def run_session(
 
 
 class Sessions:
-    """A model's onnxruntime sessions, one per intra-op thread count (see ``add``)."""
+    """A model's onnxruntime sessions, one per intra-op thread count (see ``add``), and the
+    smallest call made on them, rerun to hand their working memory back when idle."""
 
     def __init__(self, threads: int, session: onnxruntime.InferenceSession) -> None:
         self.default = session
         self._by_threads = {threads: session}
+        self._lock = threading.Lock()
+        self._smallest: dict[str, np.ndarray] | None = None
+        self._used = False
+        """Calls ran since memory was last handed back."""
 
     def add(self, threads: int, session: onnxruntime.InferenceSession) -> None:
         self._by_threads.setdefault(threads, session)
@@ -303,6 +315,41 @@ class Sessions:
         if lease is not None and lease.threads in self._by_threads:
             return self._by_threads[lease.threads]
         return self.default
+
+    def run(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        voice_name: str,
+        cancel: CancelToken | None = None,
+        lease: Lease | None = None,
+    ) -> list[Any]:
+        """``run_session`` on the session the lease is sized for."""
+        with self._lock:
+            self._used = True
+            if self._smallest is None or _size(inputs) < _size(self._smallest):
+                self._smallest = {name: np.array(value) for name, value in inputs.items()}
+        return run_session(self.pick(lease), inputs, voice_name, cancel, lease)
+
+    def release_memory(self, voice_name: str, lease: Lease) -> None:
+        """Hand back the working memory every session's arena kept from its largest call,
+        by rerunning the smallest call made so far with arena shrinkage on; a no-op when no
+        call ran since last time. ``lease``: the pool's idle lease (``trim`` set). Raises
+        ``Preempted`` if the pool needs the core back."""
+        with self._lock:
+            smallest, used, self._used = self._smallest, self._used, False
+        if smallest is None or not used:
+            return
+        try:
+            for session in list(self._by_threads.values()):
+                run_session(session, smallest, voice_name, lease=lease)
+        except Preempted:
+            with self._lock:
+                self._used = True  # not handed back yet: the next idle spell tries again
+            raise
+
+
+def _size(inputs: Mapping[str, np.ndarray]) -> int:
+    return sum(np.asarray(value).size for value in inputs.values())
 
 
 def release_freed_memory() -> None:

@@ -42,7 +42,7 @@ from typing import Any, Final
 import numpy as np
 import onnxruntime
 
-from .. import espeak
+from .. import espeak, model_edit
 from ..audio import shift_pitch
 from ..lexicon import phonemize_blocks
 from ..pieces import split_sentence
@@ -57,7 +57,6 @@ from .family import (
     VoiceInfo,
     VoiceSource,
     release_freed_memory,
-    run_session,
     session_options,
 )
 
@@ -296,27 +295,24 @@ def _with_durations(path: Path) -> bytes | None:
     """The model, serialized, with ``pred_dur`` (the rounded, clipped durations of the
     encoder: a Clip fed by a Round) as an extra output; None if it cannot be found."""
     try:
-        import onnx
-    except ImportError:
-        return None
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:
+        data = path.read_bytes()
+        nodes = model_edit.graph_nodes(data)
+    except (OSError, model_edit.ModelFormatError) as exc:
         _LOGGER.warning("Cannot read %s for timings: %s", path, exc)
         return None
-    producers = {out: node for node in model.graph.node for out in node.output}
+    producers = {out: node for node in nodes for out in node.outputs}
     found = [
-        node.output[0]
-        for node in model.graph.node
+        node.outputs[0]
+        for node in nodes
         if node.op_type == "Clip"
-        and node.input
-        and getattr(producers.get(node.input[0]), "op_type", "") == "Round"
+        and node.inputs
+        and node.outputs
+        and getattr(producers.get(node.inputs[0]), "op_type", "") == "Round"
     ]
     if len(found) != 1:
         _LOGGER.info("No duration tensor in %s: no speech timings", path)
         return None
-    model.graph.output.append(onnx.ValueInfoProto(name=found[0]))
-    return bytes(model.SerializeToString())
+    return model_edit.append_output(data, found[0])
 
 
 # --- Text -----------------------------------------------------------------------------------
@@ -407,6 +403,9 @@ class KokoroVoice:
     def add_session(self, threads: int) -> None:
         self._model.add_session(threads)
 
+    def release_memory(self, lease: Lease) -> None:
+        self._model.sessions.release_memory(self.info.name, lease)  # once per model
+
     def phonemize(self, text: str) -> list[list[str]]:
         """Kokoro symbols of each sentence of ``text``; lexicon words (``[[...]]``) as given."""
         reader = _READERS.get(self.info.language)
@@ -452,8 +451,7 @@ class KokoroVoice:
             "style": self._style[max(len(tokens), 1) - 1].reshape(1, STYLE_SIZE),
             "speed": np.array([speed], dtype=np.float32),
         }
-        session = self._model.sessions.pick(lease)
-        result = run_session(session, inputs, self.info.name, cancel, lease)
+        result = self._model.sessions.run(inputs, self.info.name, cancel, lease)
         raw = np.asarray(result[0], dtype=np.float32).reshape(-1)
         audio = shift_pitch(raw, delivery.pitch, SAMPLE_RATE) if delivery.pitch != 1.0 else raw
         units: list[PhonemeUnit] = []

@@ -39,7 +39,6 @@ from .family import (
     VoiceInfo,
     VoiceSource,
     release_freed_memory,
-    run_session,
     session_options,
 )
 
@@ -126,6 +125,9 @@ class PiperVoice:
         session, _ = _create_session(self._source.files[0], threads)
         self._sessions.add(threads, session)
         release_freed_memory()
+
+    def release_memory(self, lease: Lease) -> None:
+        self._sessions.release_memory(self.info.name, lease)
 
     @property
     def sample_rate(self) -> int:
@@ -275,8 +277,7 @@ class PiperVoice:
             speaker_id = delivery.speaker_id
             sid = config.default_speaker_id if speaker_id is None else speaker_id
             inputs["sid"] = np.array([sid], dtype=np.int64)
-        session = self._sessions.pick(lease)
-        result = run_session(session, inputs, self.info.name, cancel, lease)
+        result = self._sessions.run(inputs, self.info.name, cancel, lease)
         audio = np.asarray(result[0], dtype=np.float32).reshape(-1)
         return audio, (np.asarray(result[-1]).reshape(-1) if self.timed else None)
 
