@@ -1,6 +1,7 @@
-"""Raw Piper in a process of its own: prints RSS (MiB) after warm-up and after N lines.
+"""Raw Piper in a process of its own: prints RSS (MiB) after warm-up and after N lines, and
+its peak.
 
-Used by run.py, so that the baseline's memory is not mixed with the benchmark's own.
+Used by memory.py, so that the baseline's memory is not mixed with the benchmark's own.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from piper import PiperVoice
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "data" / "dialogue-lines.jsonl"
 
 
-def rss_mib() -> float:
+def rss_mib(field: str = "VmRSS") -> float:
     status = Path("/proc/self/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+    return int(re.search(rf"{field}:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
     for index in range(int(sys.argv[1])):
         for _ in voice.synthesize(lines[index % len(lines)]):
             pass
-    print(warm, rss_mib())
+    print(warm, rss_mib(), rss_mib("VmHWM"))
 
 
 if __name__ == "__main__":

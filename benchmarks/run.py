@@ -1,4 +1,4 @@
-"""Latency, throughput and memory of dialogue-tts, measured in one run against raw Piper
+"""Latency and throughput of dialogue-tts, measured in one run against raw Piper
 (in-process ``PiperVoice.synthesize``) and wyoming-piper, on the same dialogue lines and voice.
 
     .venv/bin/pip install -e ".[bench]" && .venv/bin/python benchmarks/run.py
@@ -66,9 +66,10 @@ def ratio(ours: float, baseline: float) -> str:
     return f"{value:.2f}x" if value >= 0.01 else f"1/{baseline / ours:.0f}"
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process (``VmHWM``: its peak so far), from /proc."""
     status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
+    return int(re.search(rf"{field}:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
 
 
 def free_port() -> int:
@@ -190,7 +191,6 @@ TARGETS = [
     ("skip_next_ahead_p95", "skip -> next line's audio (queued ahead), p95, seconds", 0.020, "max"),
     ("ping_p99", "ping while synthesizing, p99, seconds", 0.005, "max"),
     ("throughput_8_vs_raw", "8-speaker throughput vs raw Piper sequential", 0.9, "min"),
-    ("rss_vs_raw", "RSS after the lines vs the raw Piper process", 0.5, "max"),
 ]
 
 
@@ -369,34 +369,6 @@ async def wyoming_describe_while_busy(port: int, text: str) -> float:
     raise RuntimeError("no info")
 
 
-def rss_section(report: Report, lines: int) -> None:
-    texts = [CORPUS[i % len(CORPUS)]["text"] for i in range(lines)]
-    # Raw Piper runs beside our server (memory does not depend on speed): half the wall time.
-    raw = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("raw_piper_rss.py")), str(lines)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    with our_server() as (port, process, _):
-        warm = rss_mib(process.pid)
-
-        async def say_all() -> None:
-            async with await Client.connect(port=port, pace=False) as client:
-                for start in range(0, len(texts), 8):
-                    batch = [await client.say(f"r{i}", text)
-                             for i, text in enumerate(texts[start : start + 8])]  # fmt: skip
-                    await asyncio.gather(*(line.wait() for line in batch))
-
-        asyncio.run(say_all())
-        after = rss_mib(process.pid)
-    raw_output, _ = raw.communicate()
-    raw_warm, raw_after = (float(value) for value in raw_output.split())
-    report.add("RSS after warm-up", f"{warm:.0f} MiB", f"raw {raw_warm:.0f} MiB",
-               ratio(warm, raw_warm))  # fmt: skip
-    report.values["rss_vs_raw"] = after / raw_after
-    report.add(f"RSS after {lines} lines", f"{after:.0f} MiB", f"raw {raw_after:.0f} MiB",
-               ratio(after, raw_after))  # fmt: skip
-
-
 def write_results(report: Report, args: argparse.Namespace, seconds: float) -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
                 .splitlines() if line.startswith("model name")), platform.processor())  # fmt: skip
@@ -543,14 +515,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="passes over the corpus")
     parser.add_argument("--skips", type=int, default=20, help="skips measured")
-    parser.add_argument("--rss-lines", type=int, default=2000, help="lines for the RSS check")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "RESULTS.md"))
     args = parser.parse_args()
     report = Report()
     started = time.perf_counter()
     print(f"{'measure':58} {'dialogue-tts':>14} {'baseline':>22} {'ratio':>14}")
     asyncio.run(run_async(report, args))
-    rss_section(report, args.rss_lines)
     print("\n".join(report.targets()))
     write_results(report, args, time.perf_counter() - started)
     print(f"wrote {args.out}")
