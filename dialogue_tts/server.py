@@ -64,7 +64,14 @@ from .messages import (
     VoicesRequest,
     Welcome,
 )
-from .preview import SceneLineError, SceneRenderError, ScriptLine, render_scene, scene_jobs
+from .preview import (
+    SceneLineError,
+    SceneRenderError,
+    ScriptLine,
+    render_scene,
+    scene_jobs,
+    scene_sample_rate,
+)
 from .protocol import (
     CLOSED,
     DEFAULT_HOST,
@@ -465,13 +472,12 @@ class ConnectionHandler:
                 f"the scene has {total} characters of text; the limit is {limits.max_scene_chars}",
                 request.id,
             )
-        sample_rate = catalog.info(catalog.default_voice).sample_rate  # as the CLI's preview
         try:
             jobs = scene_jobs(lines, self._queues.cast, catalog, markup=request.markup,
-                              sample_rate=sample_rate, limits=limits)  # fmt: skip
+                              limits=limits)  # fmt: skip
         except SceneLineError as exc:
             raise RemoteProtocolError(exc.code, f"lines[{exc.index}]: {exc}", request.id) from None
-        self._background(self._render_scene(request, lines, jobs, sample_rate))
+        self._background(self._render_scene(request, lines, jobs, scene_sample_rate(jobs)))
         return True
 
     def _check_file_slot(self, request: Synthesize | SynthesizeScene | Prepare) -> None:

@@ -1,4 +1,5 @@
-"""Kokoro-82M voices: discovery, blends, and English and Japanese lines through the server.
+"""Kokoro-82M voices: discovery, blends, and English and Japanese lines through the server,
+``preview`` and ``renpy-render``.
 
 The model and packs come from the package registries (``.ci/kokoro-assets`` puts them in a
 folder; ``DIALOGUE_TTS_KOKORO_DIR`` names it). Lines are short: Kokoro is 7-10x slower
@@ -25,6 +26,7 @@ from dialogue_tts.cache import DiskCache
 from dialogue_tts.cast import Cast, CastError
 from dialogue_tts.client import Client, LineResult
 from dialogue_tts.engine import Engine, SynthesisRequest, VoiceCatalog, source_digest
+from dialogue_tts.preview import SPEAKER_CHANGE_GAP
 from dialogue_tts.server import ServerConfig
 from dialogue_tts.text import prepare
 from dialogue_tts.voices.family import CancelToken, Delivery, SynthesisCancelled
@@ -279,6 +281,56 @@ def test_renpy_render_voices_two_characters_with_two_kokoro_voices(
         assert rate == RATE  # said by Kokoro voices, not the default Piper voice (22050 Hz)
         assert seconds[0] < len(audio) / rate < seconds[1]
         assert np.sqrt(np.mean(audio**2)) > 0.02
+
+
+PIPER_NYQUIST = 22_050 / 2
+
+
+def band_above(audio: np.ndarray, rate: int, hertz: float) -> float:
+    """The share of ``audio``'s energy above ``hertz``."""
+    power = np.abs(np.fft.rfft(audio)) ** 2
+    return float(power[np.fft.rfftfreq(len(audio), 1 / rate) > hertz].sum() / power.sum())
+
+
+def test_preview_mixes_piper_and_kokoro_voices_at_24_khz(kokoro_dir: Path, tmp_path: Path) -> None:
+    """``dialogue-tts preview`` of a scene cast with the Piper default, an English and a
+    Japanese Kokoro voice: one 24 kHz scene (the highest of its voices' rates), each Kokoro
+    line said by Kokoro (its sound reaches above Piper's 11.025 kHz band; a Kokoro line that
+    fell back to the Piper voice would not), and the lines where the subtitles put them."""
+    (tmp_path / "scene.txt").write_text(
+        "Guard: Who goes there?\nMira: Only us, friend.\nAiko: こんにちは、旅の方。\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "cast.toml").write_text(
+        '[speakers.Mira]\nvoice = "kokoro:af_heart"\n[speakers.Aiko]\nvoice = "kokoro:jf_alpha"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "dialogue_tts", "preview", str(tmp_path / "scene.txt"),
+         "--voices", str(kokoro_dir), "--cast", str(tmp_path / "cast.toml"), "--no-cache",
+         "-o", str(tmp_path / "out"), "--quiet"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "saying the line with" not in done.stderr  # no voice fell back
+    out = tmp_path / "out"
+    scene, rate = soundfile.read(out / "scene.wav", dtype="float32")
+    assert rate == RATE
+    lines = {}
+    for name in ("001-Guard", "002-Mira", "003-Aiko"):
+        audio, line_rate = soundfile.read(out / "lines" / f"{name}.wav", dtype="float32")
+        assert line_rate == RATE
+        assert 0.4 < len(audio) / RATE < 4.0, (name, len(audio) / RATE)
+        assert np.sqrt(np.mean(audio**2)) > 0.02, name  # speech, not silence
+        lines[name] = audio
+    assert band_above(lines["001-Guard"], RATE, PIPER_NYQUIST + 250) < 1e-7  # Piper, resampled
+    assert band_above(lines["002-Mira"], RATE, PIPER_NYQUIST + 250) > 1e-5
+    assert band_above(lines["003-Aiko"], RATE, PIPER_NYQUIST + 250) > 1e-5
+    srt = (out / "scene.srt").read_text(encoding="utf-8")
+    assert "Aiko: こんにちは、旅の方。" in srt
+    gaps = 2 * SPEAKER_CHANGE_GAP * RATE
+    assert abs(len(scene) - sum(len(audio) for audio in lines.values()) - gaps) <= 2
+    start = len(scene) - len(lines["003-Aiko"])
+    np.testing.assert_allclose(scene[start:], lines["003-Aiko"], atol=1e-3)
 
 
 def test_a_running_kokoro_call_is_aborted_by_a_skip_and_by_preemption(kokoro_dir: Path) -> None:
