@@ -177,6 +177,11 @@ class Cast:
             **({"lexicon": self.lexicon.to_dict()} if self.lexicon else {}),
         }
 
+    def voices(self) -> set[str]:
+        """The voices the cast names (its default's and its speakers')."""
+        entries = [self.default, *self.speakers.values()]
+        return {entry.voice for entry in entries if entry.voice is not None}
+
     def words(self, voice: VoiceInfo) -> WordBook:
         """The lexicon entries a line in ``voice`` uses."""
         return self.lexicon.book(voice.name, voice.language, voice.espeak_voice)

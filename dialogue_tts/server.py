@@ -180,8 +180,9 @@ class Server:
         """The WebSocket and preview page server, when ``web_port`` is set."""
 
     async def start(self) -> None:
-        """Load and warm up the default voice, then listen."""
+        """Load and warm up the default voice and the voices of the cast, then listen."""
         await self.engine.voice()
+        await self.engine.load_voices(self.config.cast.voices())
         config = self.config
         if config.host is not None:
             if not is_loopback(config.host) and not config.allow_remote:
@@ -386,6 +387,7 @@ class ConnectionHandler:
             except CastError as exc:
                 self.send_error(RemoteProtocolError(errors.INVALID_CAST, str(exc), hello.id))
                 return False
+            engine.load_voices_soon(cast.voices())
         self.queues = ConnectionQueues(
             engine, self, pace=hello.pace and self.config.pace, limits=self.config.limits,
             cast=cast, timings=frozenset(hello.timings or ()),

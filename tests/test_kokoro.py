@@ -9,7 +9,6 @@ than Piper on small machines.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from helpers import REPO, ServerThread, engine_missing
+from helpers import REPO, ServerThread
 
 from dialogue_tts.cache import DiskCache
 from dialogue_tts.cast import Cast, CastError
@@ -33,7 +32,6 @@ from dialogue_tts.voices.family import CancelToken, Delivery, SynthesisCancelled
 from dialogue_tts.voices.kokoro import PACKS_FOLDER, parse_blend
 from dialogue_tts.workers import Lease, Preempted
 
-KOKORO_DIR_ENV = "DIALOGUE_TTS_KOKORO_DIR"
 RATE = 24_000
 BLEND = "kokoro:af_heart:0.6,af_bella:0.4"
 CAST = {
@@ -45,14 +43,6 @@ CAST = {
         "Twin": {"voice": BLEND, "pitch": 1.1},
     }
 }
-
-
-@pytest.fixture(scope="module")
-def kokoro_dir() -> Path:
-    folder = os.environ.get(KOKORO_DIR_ENV)
-    if not folder or not Path(folder).is_dir():
-        engine_missing(f"no Kokoro files: run .ci/kokoro-assets and set {KOKORO_DIR_ENV}")
-    return Path(str(folder))
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +165,27 @@ def test_a_cast_may_name_blends_but_not_unknown_packs(kokoro_dir: Path) -> None:
 
 
 # --- Through the server ---------------------------------------------------------------------
+
+
+async def test_the_voices_of_a_cast_load_before_their_first_line(
+    kokoro_server: ServerThread,
+) -> None:
+    """The server's cast is loaded before it listens, a client's (in its hello) as soon as
+    it connects: a Kokoro model takes seconds to load, which no first line should wait."""
+
+    def loaded() -> set[str]:
+        assert kokoro_server.server is not None
+        return set(kokoro_server.server.engine._voices)
+
+    assert {"kokoro:af_heart", "kokoro:jf_alpha", "kokoro:zf_xiaobei", BLEND} <= kokoro_server.call(
+        loaded
+    )
+    assert "kokoro:am_michael" not in kokoro_server.call(loaded)
+    cast = {"speakers": {"Rook": {"voice": "kokoro:am_michael"}}}
+    async with await Client.connect(port=kokoro_server.port, cast=cast):
+        async with asyncio.timeout(120):  # a guard: the pack loads in well under a second
+            while "kokoro:am_michael" not in kokoro_server.call(loaded):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
 
 
 async def test_an_english_kokoro_line_through_the_server(client: Client) -> None:
