@@ -229,6 +229,28 @@ async def test_a_cast_mixes_piper_and_kokoro_voices(client: Client) -> None:
     assert 0.45 < ratio < 0.55
 
 
+async def test_a_live_kokoro_line_that_falls_behind_says_so_and_a_prepared_one_does_not(
+    client: Client,
+) -> None:
+    """A short first sentence, then a long one: the long one (about 7 s of audio) cannot be
+    synthesized in the 0.4 s the first one plays unless Kokoro runs at 20 times real time,
+    which it does nowhere on a CPU. The gap is said in the line's finished message and
+    counted in status. The same line prepared first plays from the cache without a gap."""
+    text = (
+        "Ah. The long road north goes over the high pass and down through the pine woods "
+        "to the old stone bridge by the mill."
+    )
+    late = await (await client.say("Mira", text)).wait()
+    assert late.finished.status == "done"
+    assert late.finished.message is not None
+    assert "fell behind playback" in late.finished.message
+    assert (await client.status_report()).underruns["count"] >= 1
+    await client.prepare(text, speaker="Mira")
+    on_time = await (await client.say("Mira", text)).wait()
+    assert on_time.finished.status == "done" and on_time.finished.message is None
+    assert on_time.finished.samples == late.finished.samples
+
+
 async def test_skipping_a_kokoro_line_aborts_it(client: Client) -> None:
     long_line = " ".join(["The road north is long, and the night is cold."] * 12)
     line = await client.say("Mira", long_line)
