@@ -25,6 +25,8 @@ from dialogue_tts.cache import DiskCache
 from dialogue_tts.cast import Cast, CastError
 from dialogue_tts.client import Client, LineResult
 from dialogue_tts.engine import Engine, SynthesisRequest, VoiceCatalog, source_digest
+from dialogue_tts.jobs import DEFAULT_LIMITS, synthesis_request
+from dialogue_tts.messages import Say
 from dialogue_tts.preview import SPEAKER_CHANGE_GAP
 from dialogue_tts.server import ServerConfig
 from dialogue_tts.text import prepare
@@ -162,6 +164,36 @@ def test_a_cast_may_name_blends_but_not_unknown_packs(kokoro_dir: Path) -> None:
     Cast.from_dict(CAST).check(catalog)
     with pytest.raises(CastError, match="af_nobody"):
         Cast.from_dict({"speakers": {"X": {"voice": "kokoro:af_heart,af_nobody"}}}).check(catalog)
+
+
+def test_piper_only_settings_are_reported_and_dropped_for_kokoro_voices(
+    kokoro_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    catalog = VoiceCatalog(kokoro_dir)
+    cast = Cast.from_dict(
+        {
+            "styles": {"calm": {"noise_w": 0.5}},
+            "speakers": {
+                "Guard": {"noise_scale": 0.3},  # the Piper default: its own setting
+                "Mira": {"voice": "kokoro:af_heart", "styles": {"sly": {"noise_scale": 0.4}}},
+                "Aiko": {"voice": "kokoro:jf_alpha", "rate": 1.1},
+            },
+        },
+        "noisy.toml",
+    )
+    with caplog.at_level("WARNING", logger="dialogue_tts.cast"):
+        cast.check(catalog)
+    assert [record.getMessage() for record in caplog.records] == [
+        "noisy.toml: speakers.Mira: noise_scale ignored: kokoro:af_heart has no such setting "
+        "(only Piper voices do)",
+        "noisy.toml: styles: noise_w ignored for speakers.Aiko, speakers.Mira: their voices "
+        "have no such setting (only Piper voices do)",
+    ]
+    # Nor are they part of a Kokoro line's cache key; a Piper line keeps them.
+    for speaker, style, noise in (("Mira", "sly", None), ("Guard", "calm", (0.3, 0.5))):
+        say = Say(speaker=speaker, text="Halt.", style=style)
+        job, _ = synthesis_request(say, cast, catalog, DEFAULT_LIMITS)
+        assert (job.delivery.noise_scale, job.delivery.noise_w) == (noise or (None, None))
 
 
 # --- Through the server ---------------------------------------------------------------------
