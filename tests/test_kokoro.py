@@ -246,6 +246,23 @@ async def test_a_chinese_kokoro_line_through_the_server(client: Client) -> None:
     assert_speech(result, (0.6, 5.0))
 
 
+@pytest.mark.parametrize(
+    ("voice", "text", "said"),
+    [
+        ("kokoro:ef_dora", "¡Alto! ¿Quién va?", ["Alto", "Quién", "va"]),
+        ("kokoro:ff_siwis", "Halte ! Qui va là ?", ["Halte", "Qui", "va", "là"]),
+    ],
+)
+async def test_spanish_and_french_kokoro_lines_through_espeak(
+    client: Client, voice: str, text: str, said: list[str]
+) -> None:
+    result = await (await client.say("Visitor", text, voice=voice, timings=["word"])).wait()
+    assert result.started is not None and result.started.voice == voice
+    assert_speech(result, (0.5, 4.0))
+    words = [word for marks in result.marks for word in marks.words or []]
+    assert [text[start:end] for _, _, start, end in words] == said
+
+
 async def test_a_cast_mixes_piper_and_kokoro_voices(client: Client) -> None:
     guard = await client.say("Guard", "Who goes there?")
     twin = await client.say("Twin", "Only us.")
