@@ -83,6 +83,9 @@ _GAIN: Final = 1.4
 """Kokoro's lines peak at 0.5-0.63 (af_heart, jf_alpha, ef_dora, ff_siwis, a blend); Piper's
 voices are brought to a 0.9 peak at warm-up: this brings Kokoro near them in a mixed cast."""
 _PLAIN: Final = Delivery()
+_RENDERING: Final = ("rendering", 2)
+"""A voice option that changes with what a voice makes of the same files (2: silence
+trimmed), so that the disk cache, keyed by files and options, holds no older audio."""
 _SILENCE: Final = 10 ** (-40 / 20)
 """Sound below this share of a piece's peak (-40 dB) is silence, for trimming."""
 _LEAD_KEPT: Final = SAMPLE_RATE * 6 // 100
@@ -179,7 +182,7 @@ class KokoroFamily:
                 espeak_voice=parts[0].info.espeak_voice, phonemes=parts[0].info.phonemes,
             ),
             files=files,
-            options=(("packs", tuple(weights)),),
+            options=(("packs", tuple(weights)), _RENDERING),
         )  # fmt: skip
         with self._lock:
             self._blends.add(name)
@@ -244,7 +247,7 @@ def _pack_source(model: Path, pack: str, path: Path) -> VoiceSource | None:
         family="kokoro", gender=_GENDERS.get(pack[1]), espeak_voice=espeak_voice,
         phonemes=frozenset(vocabulary()),
     )  # fmt: skip
-    return VoiceSource(info, (model, path), (("packs", ((pack, 1.0),)),))
+    return VoiceSource(info, (model, path), (("packs", ((pack, 1.0),)), _RENDERING))
 
 
 # --- The model ------------------------------------------------------------------------------
