@@ -41,6 +41,7 @@ VOICES = {
     "kokoro:jf_alpha": "ja",
     "kokoro:ef_dora": "es",
     "kokoro:ff_siwis": "fr",
+    "kokoro:zf_xiaobei": "zh",
 }
 LINES = {
     "ja": ["止まれ！誰だ？", "北への道は長く、夜は寒い。", "この町へようこそ、旅の方。",
@@ -49,7 +50,11 @@ LINES = {
            "Bienvenido a nuestra aldea, viajero."],
     "fr": ["Halte ! Qui va là ?", "La route du nord est longue, et la nuit est froide.",
            "Bienvenue dans notre village, voyageur."],
+    "zh": ["站住！谁在那里？", "北方的路很长，夜里很冷。", "欢迎来到我们的村子，旅行者。",
+           "桥昨晚塌了，要过河得坐船。"],
 }  # fmt: skip
+PREPARED_TAIL = {"ja": "はい。", "zh": "好。"}
+"""Added to each line to make the prepared one new: a word of its language ("Now." else)."""
 
 
 def _rss_mib(field: str = "VmRSS") -> float:
@@ -101,9 +106,10 @@ async def _measure(voices_dir: Path, voice: str, count: int) -> dict[str, float]
     # New: a line not said before (each line once more, a word added so no cache holds it).
     new = [await first_audio(text + " " + text.split()[0]) for text in lines]
     prepared = []
+    tail = PREPARED_TAIL.get(VOICES[voice], " Now.")
     for text in lines:
-        await engine.prepare(request(text + " Now."))
-        prepared.append(await first_audio(text + " Now."))
+        await engine.prepare(request(text + tail))
+        prepared.append(await first_audio(text + tail))
     result["first_new_ms"] = 1000 * statistics.median(new)
     result["first_prepared_ms"] = 1000 * statistics.median(prepared)
     result["rss_after"] = _rss_mib()

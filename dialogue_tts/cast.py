@@ -26,6 +26,7 @@ own settings and the last one set wins. A game may send the same structure in it
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import tomllib
 from collections.abc import Container, Iterable, Mapping
@@ -40,6 +41,7 @@ __all__ = [
     "CAST_ENV",
     "DEFAULT_CAST",
     "MAX_CAST_SPEAKERS",
+    "NOISE_FAMILIES",
     "Cast",
     "CastError",
     "Casting",
@@ -58,6 +60,13 @@ PITCH_RANGE: Final = (0.5, 2.0)
 VOLUME_RANGE: Final = (0.0, 10.0)
 NOISE_RANGE: Final = (0.0, 2.0)
 _NAME_CHARS: Final = 256
+NOISE_FAMILIES: Final = frozenset({"piper"})
+"""Voice families that read ``noise_scale`` and ``noise_w`` (Piper's VITS noise inputs);
+Kokoro has no such inputs: its lines ignore them, and a cast that sets them for one of its
+voices is told so."""
+_NOISE_KEYS: Final = ("noise_scale", "noise_w")
+
+_LOGGER = logging.getLogger(__name__)
 
 
 class CastError(ValueError):
@@ -177,6 +186,11 @@ class Cast:
             **({"lexicon": self.lexicon.to_dict()} if self.lexicon else {}),
         }
 
+    def voices(self) -> set[str]:
+        """The voices the cast names (its default's and its speakers')."""
+        entries = [self.default, *self.speakers.values()]
+        return {entry.voice for entry in entries if entry.voice is not None}
+
     def words(self, voice: VoiceInfo) -> WordBook:
         """The lexicon entries a line in ``voice`` uses."""
         return self.lexicon.book(voice.name, voice.language, voice.espeak_voice)
@@ -228,7 +242,8 @@ class Cast:
 
     def check(self, catalog: Any) -> None:
         """``check_voices`` against a ``VoiceCatalog``, and every lexicon entry's phonemes
-        against the voices that may say it; raises CastError."""
+        against the voices that may say it; raises CastError. Settings a voice ignores
+        are logged (``ignored_settings``)."""
         self.check_voices(catalog, catalog.names())
         entries = [self.default, *self.speakers.values()]
         used = {entry.voice or catalog.default_voice for entry in entries}
@@ -236,6 +251,31 @@ class Cast:
             self.lexicon.check(catalog.infos(), used)
         except LexiconError as exc:
             raise CastError(str(exc)) from None
+        for note in self.ignored_settings(catalog):
+            _LOGGER.warning("%s", note)
+
+    def ignored_settings(self, catalog: Any) -> list[str]:
+        """Where the cast sets ``noise_scale`` or ``noise_w`` for a voice whose family has
+        no such setting (a Kokoro voice): a note per entry, and one for the shared styles
+        when an entry has such a voice (a shared style applies to every speaker)."""
+        notes = []
+        entries = {"default": self.default} | {f"speakers.{n}": e for n, e in self.speakers.items()}
+        deaf: dict[str, str] = {}  # entry -> its voice, which ignores noise settings
+        for where, entry in entries.items():
+            voice = entry.voice or catalog.default_voice
+            if catalog.info(voice).family in NOISE_FAMILIES:
+                continue
+            deaf[where] = voice
+            keys = _noise_keys(entry, *entry.styles.values())
+            if keys:
+                notes.append(f"{self.source}: {where}: {'/'.join(keys)} ignored: "
+                             f"{voice} has no such setting (only Piper voices do)")  # fmt: skip
+        keys = _noise_keys(*self.styles.values())
+        if keys and deaf:
+            names = ", ".join(sorted(deaf))
+            notes.append(f"{self.source}: styles: {'/'.join(keys)} ignored for {names}: "
+                         "their voices have no such setting (only Piper voices do)")  # fmt: skip
+        return notes
 
 
 DEFAULT_CAST: Final = Cast()
@@ -249,6 +289,11 @@ def load_cast(path: Path) -> Cast:
     except (OSError, UnicodeDecodeError) as exc:
         raise CastError(f"cannot read cast file {path}: {exc}") from None
     return Cast.from_toml(text, str(path))
+
+
+def _noise_keys(*entries: Character | Style) -> list[str]:
+    """The noise settings any of ``entries`` sets."""
+    return [key for key in _NOISE_KEYS if any(getattr(e, key) is not None for e in entries)]
 
 
 # --- validation -------------------------------------------------------------------------

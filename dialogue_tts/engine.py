@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -182,6 +182,7 @@ class Engine:
         self._extra_sessions: set[asyncio.Task[None]] = set()
         self._voices: dict[str, LoadedVoice] = {}
         self._loading: dict[str, asyncio.Future[LoadedVoice]] = {}
+        self._loads: set[asyncio.Task[None]] = set()
         self.cache = PreparedLines(cache_bytes)
         self.disk_cache = disk_cache
         self._disk_writes: set[asyncio.Task[None]] = set()
@@ -211,6 +212,24 @@ class Engine:
             self._voices[name] = voice
             self._open_other_sessions(voice)
         return voice
+
+    async def load_voices(self, names: Iterable[str]) -> None:
+        """Load ``names`` now, one after another: the voices a cast names, so that the first
+        line of each character does not wait seconds for its voice (a Kokoro model). One
+        that fails is logged; a line that needs it reports the failure, or falls back."""
+        for name in sorted(set(names)):
+            try:
+                await self.voice(name)
+            except (SynthesisError, UnknownVoice) as exc:
+                _LOGGER.warning("Cannot load voice %r of the cast: %s", name, exc)
+
+    def load_voices_soon(self, names: Iterable[str]) -> None:
+        """``load_voices`` in the background (a client's cast, sent with its hello)."""
+        missing = set(names) - self._voices.keys()
+        if missing:
+            task = asyncio.create_task(self.load_voices(missing), name="load-cast-voices")
+            self._loads.add(task)
+            task.add_done_callback(self._loads.discard)
 
     @property
     def preemptions(self) -> int:
@@ -414,7 +433,7 @@ class Engine:
             voice.release_memory(lease)
 
     def close(self) -> None:
-        for task in self._extra_sessions:
+        for task in (*self._extra_sessions, *self._loads):
             task.cancel()
         self._pool.close()
 

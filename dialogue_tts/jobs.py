@@ -14,7 +14,7 @@ from typing import Final, Protocol
 
 from . import errors
 from .audio import encode_file
-from .cast import Cast, UnknownStyle
+from .cast import NOISE_FAMILIES, Cast, UnknownStyle
 from .engine import Engine, SynthesisRequest, UnknownVoice, VoiceInfo
 from .errors import RemoteProtocolError
 from .lexicon import LexiconError, WordBook, changed_words
@@ -84,6 +84,8 @@ def synthesis_request(
             errors.UNKNOWN_VOICE, f"no voice named {voice_name!r}", request_id
         ) from None
     delivery = casting.delivery
+    if voice.family not in NOISE_FAMILIES:  # settings the voice ignores split no cache entry
+        delivery = dataclasses.replace(delivery, noise_scale=None, noise_w=None)
     if casting.speaker is not None:
         speaker_id = _speaker_id(voice, casting.speaker, request_id)
         delivery = dataclasses.replace(delivery, speaker_id=speaker_id)

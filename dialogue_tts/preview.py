@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import dataclasses
 import json
 import re
 import sys
@@ -57,6 +58,7 @@ __all__ = [
     "read_script",
     "render_scene",
     "scene_jobs",
+    "scene_sample_rate",
     "subtitles",
 ]
 
@@ -156,7 +158,11 @@ def add_parser(commands: Any) -> None:
     )  # fmt: skip
     command.add_argument("--format", default="wav", choices=["wav", "ogg", "flac"])
     command.add_argument("--subtitles", default="srt", choices=["srt", "vtt"])
-    command.add_argument("--sample-rate", type=int, help="of the files (default: the voice's)")
+    command.add_argument(
+        "--sample-rate", type=int,
+        help="of the files (default: the highest of the scene's voices, e.g. 24000 with a "
+        "Kokoro voice in the cast)",
+    )  # fmt: skip
     command.add_argument("--markup", default="plain", choices=["plain", "renpy", "bbcode"])
     command.add_argument(
         "--gap", type=float,
@@ -305,14 +311,12 @@ async def _preview(
     failures: list[tuple[int, str]] = []
     try:
         cast = load_cast_option(args, engine.catalog)
-        sample_rate = (
-            args.sample_rate or engine.catalog.info(engine.catalog.default_voice).sample_rate
-        )
         try:
             jobs = scene_jobs(lines, cast, engine.catalog, markup=args.markup,
-                              sample_rate=sample_rate)  # fmt: skip
+                              sample_rate=args.sample_rate)  # fmt: skip
         except SceneLineError as exc:
             raise ScriptError(f"{lines[exc.index].where}: {exc}") from None
+        sample_rate = scene_sample_rate(jobs)
         bar = ProgressBar(len(jobs), progress)
 
         def advance(index: int) -> None:
@@ -354,14 +358,16 @@ def scene_jobs(
     catalog: Catalog,
     *,
     markup: str = "plain",
-    sample_rate: int,
+    sample_rate: int | None = None,
     limits: Limits | None = None,
 ) -> list[SynthesisRequest]:
     """Each line's synthesis job, through the cast, at one sample rate (the lines' voices may
-    differ). Raises SceneLineError for the first line that cannot be said."""
+    differ): ``sample_rate``, else the highest of the lines' voices, so that a Kokoro line
+    (24 kHz) in a scene of Piper voices (22.05 kHz) keeps its whole band. Raises
+    SceneLineError for the first line that cannot be said."""
     from .jobs import DEFAULT_LIMITS, synthesis_request
 
-    jobs = []
+    jobs: list[tuple[SynthesisRequest, int]] = []  # and the voice's own rate
     for index, line in enumerate(lines):
         try:
             request = Synthesize(
@@ -370,13 +376,23 @@ def scene_jobs(
                 markup=markup, sample_rate=sample_rate,  # type: ignore[arg-type]
             )  # fmt: skip
             request.check()
-            job, _ = synthesis_request(request, cast, catalog, limits or DEFAULT_LIMITS)
+            job, voice = synthesis_request(request, cast, catalog, limits or DEFAULT_LIMITS)
         except InvalidMessage as exc:
             raise SceneLineError(index, exc.code, str(exc)) from None
         except RemoteProtocolError as exc:
             raise SceneLineError(index, exc.code, exc.message) from None
-        jobs.append(job)
-    return jobs
+        jobs.append((job, voice.sample_rate))
+    rate = sample_rate or max(voice_rate for _, voice_rate in jobs)
+    return [dataclasses.replace(job, sample_rate=rate) for job, _ in jobs]
+
+
+def scene_sample_rate(jobs: Sequence[SynthesisRequest]) -> int:
+    """The one sample rate of a scene's ``scene_jobs``."""
+    rates = {job.sample_rate for job in jobs}
+    rate = rates.pop() if len(rates) == 1 else None
+    if rate is None:
+        raise ValueError("not the jobs of one scene: no one sample rate")
+    return rate
 
 
 async def render_scene(

@@ -64,7 +64,14 @@ from .messages import (
     VoicesRequest,
     Welcome,
 )
-from .preview import SceneLineError, SceneRenderError, ScriptLine, render_scene, scene_jobs
+from .preview import (
+    SceneLineError,
+    SceneRenderError,
+    ScriptLine,
+    render_scene,
+    scene_jobs,
+    scene_sample_rate,
+)
 from .protocol import (
     CLOSED,
     DEFAULT_HOST,
@@ -173,8 +180,9 @@ class Server:
         """The WebSocket and preview page server, when ``web_port`` is set."""
 
     async def start(self) -> None:
-        """Load and warm up the default voice, then listen."""
+        """Load and warm up the default voice and the voices of the cast, then listen."""
         await self.engine.voice()
+        await self.engine.load_voices(self.config.cast.voices())
         config = self.config
         if config.host is not None:
             if not is_loopback(config.host) and not config.allow_remote:
@@ -379,6 +387,7 @@ class ConnectionHandler:
             except CastError as exc:
                 self.send_error(RemoteProtocolError(errors.INVALID_CAST, str(exc), hello.id))
                 return False
+            engine.load_voices_soon(cast.voices())
         self.queues = ConnectionQueues(
             engine, self, pace=hello.pace and self.config.pace, limits=self.config.limits,
             cast=cast, timings=frozenset(hello.timings or ()),
@@ -465,13 +474,12 @@ class ConnectionHandler:
                 f"the scene has {total} characters of text; the limit is {limits.max_scene_chars}",
                 request.id,
             )
-        sample_rate = catalog.info(catalog.default_voice).sample_rate  # as the CLI's preview
         try:
             jobs = scene_jobs(lines, self._queues.cast, catalog, markup=request.markup,
-                              sample_rate=sample_rate, limits=limits)  # fmt: skip
+                              limits=limits)  # fmt: skip
         except SceneLineError as exc:
             raise RemoteProtocolError(exc.code, f"lines[{exc.index}]: {exc}", request.id) from None
-        self._background(self._render_scene(request, lines, jobs, sample_rate))
+        self._background(self._render_scene(request, lines, jobs, scene_sample_rate(jobs)))
         return True
 
     def _check_file_slot(self, request: Synthesize | SynthesizeScene | Prepare) -> None:

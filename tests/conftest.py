@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from helpers import ServerThread, engine_missing
+from helpers import kokoro_dir as find_kokoro_dir
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,6 +24,12 @@ def live_server() -> Iterator[ServerThread]:
     server = ServerThread().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def kokoro_dir() -> Path:
+    """Kokoro-82M's model and voice packs (tests/test_kokoro.py, a Ren'Py and a web test)."""
+    return find_kokoro_dir()
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

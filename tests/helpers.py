@@ -51,6 +51,18 @@ def needs_engine(available: bool, reason: str) -> pytest.MarkDecorator:
     return pytest.mark.engine(available=available, reason=reason)
 
 
+KOKORO_DIR_ENV = "DIALOGUE_TTS_KOKORO_DIR"
+
+
+def kokoro_dir() -> Path:
+    """The folder of Kokoro-82M's model and voice packs (``.ci/kokoro-assets`` makes it);
+    without it the test skips, or fails where engines are required."""
+    folder = os.environ.get(KOKORO_DIR_ENV)
+    if not folder or not Path(folder).is_dir():
+        engine_missing(f"no Kokoro files: run .ci/kokoro-assets and set {KOKORO_DIR_ENV}")
+    return Path(str(folder))
+
+
 CORPUS = REPO / "tests" / "data"
 VECTORS: dict[str, Any] = json.loads((REPO / "protocol" / "vectors.json").read_text("utf-8"))
 

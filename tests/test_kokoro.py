@@ -1,4 +1,5 @@
-"""Kokoro-82M voices: discovery, blends, and English and Japanese lines through the server.
+"""Kokoro-82M voices: discovery, blends, and English and Japanese lines through the server,
+``preview`` and ``renpy-render``.
 
 The model and packs come from the package registries (``.ci/kokoro-assets`` puts them in a
 folder; ``DIALOGUE_TTS_KOKORO_DIR`` names it). Lines are short: Kokoro is 7-10x slower
@@ -8,7 +9,6 @@ than Piper on small machines.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -19,19 +19,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from helpers import REPO, ServerThread, engine_missing
+from helpers import REPO, ServerThread
 
 from dialogue_tts.cache import DiskCache
 from dialogue_tts.cast import Cast, CastError
 from dialogue_tts.client import Client, LineResult
 from dialogue_tts.engine import Engine, SynthesisRequest, VoiceCatalog, source_digest
+from dialogue_tts.jobs import DEFAULT_LIMITS, synthesis_request
+from dialogue_tts.messages import Say
+from dialogue_tts.preview import SPEAKER_CHANGE_GAP
 from dialogue_tts.server import ServerConfig
 from dialogue_tts.text import prepare
 from dialogue_tts.voices.family import CancelToken, Delivery, SynthesisCancelled
 from dialogue_tts.voices.kokoro import PACKS_FOLDER, parse_blend
 from dialogue_tts.workers import Lease, Preempted
 
-KOKORO_DIR_ENV = "DIALOGUE_TTS_KOKORO_DIR"
 RATE = 24_000
 BLEND = "kokoro:af_heart:0.6,af_bella:0.4"
 CAST = {
@@ -43,14 +45,6 @@ CAST = {
         "Twin": {"voice": BLEND, "pitch": 1.1},
     }
 }
-
-
-@pytest.fixture(scope="module")
-def kokoro_dir() -> Path:
-    folder = os.environ.get(KOKORO_DIR_ENV)
-    if not folder or not Path(folder).is_dir():
-        engine_missing(f"no Kokoro files: run .ci/kokoro-assets and set {KOKORO_DIR_ENV}")
-    return Path(str(folder))
 
 
 @pytest.fixture(scope="module")
@@ -172,13 +166,69 @@ def test_a_cast_may_name_blends_but_not_unknown_packs(kokoro_dir: Path) -> None:
         Cast.from_dict({"speakers": {"X": {"voice": "kokoro:af_heart,af_nobody"}}}).check(catalog)
 
 
+def test_piper_only_settings_are_reported_and_dropped_for_kokoro_voices(
+    kokoro_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    catalog = VoiceCatalog(kokoro_dir)
+    cast = Cast.from_dict(
+        {
+            "styles": {"calm": {"noise_w": 0.5}},
+            "speakers": {
+                "Guard": {"noise_scale": 0.3},  # the Piper default: its own setting
+                "Mira": {"voice": "kokoro:af_heart", "styles": {"sly": {"noise_scale": 0.4}}},
+                "Aiko": {"voice": "kokoro:jf_alpha", "rate": 1.1},
+            },
+        },
+        "noisy.toml",
+    )
+    with caplog.at_level("WARNING", logger="dialogue_tts.cast"):
+        cast.check(catalog)
+    assert [record.getMessage() for record in caplog.records] == [
+        "noisy.toml: speakers.Mira: noise_scale ignored: kokoro:af_heart has no such setting "
+        "(only Piper voices do)",
+        "noisy.toml: styles: noise_w ignored for speakers.Aiko, speakers.Mira: their voices "
+        "have no such setting (only Piper voices do)",
+    ]
+    # Nor are they part of a Kokoro line's cache key; a Piper line keeps them.
+    for speaker, style, noise in (("Mira", "sly", None), ("Guard", "calm", (0.3, 0.5))):
+        say = Say(speaker=speaker, text="Halt.", style=style)
+        job, _ = synthesis_request(say, cast, catalog, DEFAULT_LIMITS)
+        assert (job.delivery.noise_scale, job.delivery.noise_w) == (noise or (None, None))
+
+
 # --- Through the server ---------------------------------------------------------------------
+
+
+async def test_the_voices_of_a_cast_load_before_their_first_line(
+    kokoro_server: ServerThread,
+) -> None:
+    """The server's cast is loaded before it listens, a client's (in its hello) as soon as
+    it connects: a Kokoro model takes seconds to load, which no first line should wait."""
+
+    def loaded() -> set[str]:
+        assert kokoro_server.server is not None
+        return set(kokoro_server.server.engine._voices)
+
+    assert {"kokoro:af_heart", "kokoro:jf_alpha", "kokoro:zf_xiaobei", BLEND} <= kokoro_server.call(
+        loaded
+    )
+    assert "kokoro:am_michael" not in kokoro_server.call(loaded)
+    cast = {"speakers": {"Rook": {"voice": "kokoro:am_michael"}}}
+    async with await Client.connect(port=kokoro_server.port, cast=cast):
+        async with asyncio.timeout(120):  # a guard: the pack loads in well under a second
+            while "kokoro:am_michael" not in kokoro_server.call(loaded):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
 
 
 async def test_an_english_kokoro_line_through_the_server(client: Client) -> None:
     text = "Halt! Who goes there?"
     result = await (await client.say("Mira", text, timings=["word", "viseme"])).wait()
-    assert_speech(result, (0.8, 4.0))
+    audio = assert_speech(result, (0.8, 4.0))
+    # Each Kokoro call's 0.4 s of silence before and after its sound is trimmed to about
+    # Piper's: the line sounds at once, and its two sentences are not 0.8 s apart.
+    sound = np.flatnonzero(np.abs(audio) > 0.01 * np.abs(audio).max())
+    assert sound[0] < 0.15 * RATE and len(audio) - sound[-1] < 0.35 * RATE
+    assert np.diff(sound).max() < 0.5 * RATE
     words = [word for marks in result.marks for word in marks.words or []]
     assert [text[start:end] for _, _, start, end in words] == ["Halt", "Who", "goes", "there"]
     starts = [start for start, _, _, _ in words]
@@ -194,6 +244,23 @@ async def test_a_japanese_kokoro_line_through_the_server(client: Client) -> None
 async def test_a_chinese_kokoro_line_through_the_server(client: Client) -> None:
     result = await (await client.say("Mei", "你好，旅行者。")).wait()
     assert_speech(result, (0.6, 5.0))
+
+
+@pytest.mark.parametrize(
+    ("voice", "text", "said"),
+    [
+        ("kokoro:ef_dora", "¡Alto! ¿Quién va?", ["Alto", "Quién", "va"]),
+        ("kokoro:ff_siwis", "Halte ! Qui va là ?", ["Halte", "Qui", "va", "là"]),
+    ],
+)
+async def test_spanish_and_french_kokoro_lines_through_espeak(
+    client: Client, voice: str, text: str, said: list[str]
+) -> None:
+    result = await (await client.say("Visitor", text, voice=voice, timings=["word"])).wait()
+    assert result.started is not None and result.started.voice == voice
+    assert_speech(result, (0.5, 4.0))
+    words = [word for marks in result.marks for word in marks.words or []]
+    assert [text[start:end] for _, _, start, end in words] == said
 
 
 async def test_a_cast_mixes_piper_and_kokoro_voices(client: Client) -> None:
@@ -214,6 +281,28 @@ async def test_a_cast_mixes_piper_and_kokoro_voices(client: Client) -> None:
     assert len(plain) == len(mira_audio)  # Kokoro has no random durations: same line, same length
     ratio = np.abs(mira_audio).max() / np.abs(plain).max()
     assert 0.45 < ratio < 0.55
+
+
+async def test_a_live_kokoro_line_that_falls_behind_says_so_and_a_prepared_one_does_not(
+    client: Client,
+) -> None:
+    """A short first sentence, then a long one: the long one (about 7 s of audio) cannot be
+    synthesized in the 0.4 s the first one plays unless Kokoro runs at 20 times real time,
+    which it does nowhere on a CPU. The gap is said in the line's finished message and
+    counted in status. The same line prepared first plays from the cache without a gap."""
+    text = (
+        "Ah. The long road north goes over the high pass and down through the pine woods "
+        "to the old stone bridge by the mill."
+    )
+    late = await (await client.say("Mira", text)).wait()
+    assert late.finished.status == "done"
+    assert late.finished.message is not None
+    assert "fell behind playback" in late.finished.message
+    assert (await client.status_report()).underruns["count"] >= 1
+    await client.prepare(text, speaker="Mira")
+    on_time = await (await client.say("Mira", text)).wait()
+    assert on_time.finished.status == "done" and on_time.finished.message is None
+    assert on_time.finished.samples == late.finished.samples
 
 
 async def test_skipping_a_kokoro_line_aborts_it(client: Client) -> None:
@@ -279,6 +368,56 @@ def test_renpy_render_voices_two_characters_with_two_kokoro_voices(
         assert rate == RATE  # said by Kokoro voices, not the default Piper voice (22050 Hz)
         assert seconds[0] < len(audio) / rate < seconds[1]
         assert np.sqrt(np.mean(audio**2)) > 0.02
+
+
+PIPER_NYQUIST = 22_050 / 2
+
+
+def band_above(audio: np.ndarray, rate: int, hertz: float) -> float:
+    """The share of ``audio``'s energy above ``hertz``."""
+    power = np.abs(np.fft.rfft(audio)) ** 2
+    return float(power[np.fft.rfftfreq(len(audio), 1 / rate) > hertz].sum() / power.sum())
+
+
+def test_preview_mixes_piper_and_kokoro_voices_at_24_khz(kokoro_dir: Path, tmp_path: Path) -> None:
+    """``dialogue-tts preview`` of a scene cast with the Piper default, an English and a
+    Japanese Kokoro voice: one 24 kHz scene (the highest of its voices' rates), each Kokoro
+    line said by Kokoro (its sound reaches above Piper's 11.025 kHz band; a Kokoro line that
+    fell back to the Piper voice would not), and the lines where the subtitles put them."""
+    (tmp_path / "scene.txt").write_text(
+        "Guard: Who goes there?\nMira: Only us, friend.\nAiko: こんにちは、旅の方。\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "cast.toml").write_text(
+        '[speakers.Mira]\nvoice = "kokoro:af_heart"\n[speakers.Aiko]\nvoice = "kokoro:jf_alpha"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "dialogue_tts", "preview", str(tmp_path / "scene.txt"),
+         "--voices", str(kokoro_dir), "--cast", str(tmp_path / "cast.toml"), "--no-cache",
+         "-o", str(tmp_path / "out"), "--quiet"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "saying the line with" not in done.stderr  # no voice fell back
+    out = tmp_path / "out"
+    scene, rate = soundfile.read(out / "scene.wav", dtype="float32")
+    assert rate == RATE
+    lines = {}
+    for name in ("001-Guard", "002-Mira", "003-Aiko"):
+        audio, line_rate = soundfile.read(out / "lines" / f"{name}.wav", dtype="float32")
+        assert line_rate == RATE
+        assert 0.4 < len(audio) / RATE < 4.0, (name, len(audio) / RATE)
+        assert np.sqrt(np.mean(audio**2)) > 0.02, name  # speech, not silence
+        lines[name] = audio
+    assert band_above(lines["001-Guard"], RATE, PIPER_NYQUIST + 250) < 1e-7  # Piper, resampled
+    assert band_above(lines["002-Mira"], RATE, PIPER_NYQUIST + 250) > 1e-5
+    assert band_above(lines["003-Aiko"], RATE, PIPER_NYQUIST + 250) > 1e-5
+    srt = (out / "scene.srt").read_text(encoding="utf-8")
+    assert "Aiko: こんにちは、旅の方。" in srt
+    gaps = 2 * SPEAKER_CHANGE_GAP * RATE
+    assert abs(len(scene) - sum(len(audio) for audio in lines.values()) - gaps) <= 2
+    start = len(scene) - len(lines["003-Aiko"])
+    np.testing.assert_allclose(scene[start:], lines["003-Aiko"], atol=1e-3)
 
 
 def test_a_running_kokoro_call_is_aborted_by_a_skip_and_by_preemption(kokoro_dir: Path) -> None:

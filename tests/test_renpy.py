@@ -13,8 +13,10 @@ auto-forward (tests/data/renpy_harness).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
+import io
 import itertools
 import json
 import os
@@ -39,6 +41,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dialogue_tts.cast import Cast
+from dialogue_tts.client import Client
 from dialogue_tts.server import ServerConfig
 
 BINDING = REPO / "integrations" / "renpy" / "game" / "dialogue_tts"
@@ -1242,14 +1245,10 @@ def _memory_hits(port: int) -> int:
     """The server's prepared-lines cache hits so far (its status reply)."""
 
     async def ask() -> int:
-        from dialogue_tts.client import Client
-
         async with await Client.connect(port=port) as status_client:
             cache = (await status_client.status_report()).cache
         assert cache is not None
         return int(cache["memory"]["hits"])
-
-    import asyncio
 
     return asyncio.run(ask())
 
@@ -1502,3 +1501,64 @@ def test_fastest_auto_forward_waits_for_live_voices(tmp_path: Path) -> None:
     from_game = [m for who, m in proxy.records if who == "game"]
     assert not any(m["type"] == "prepare" for m in from_game)
     assert [m["text"] for m in from_game if m["type"] == "say"] == lines
+
+
+KOKORO_VOICES = {"eileen": "kokoro:af_heart", "lucy": "kokoro:bf_emma"}
+
+
+@needs_renpy
+def test_two_characters_voiced_live_by_two_kokoro_voices(kokoro_dir: Path, tmp_path: Path) -> None:
+    """The menu scene with Eileen and Lucy cast to two Kokoro voices in the server's cast
+    (loaded before the server listens), with lookahead: Kokoro is 7-10x slower than Piper,
+    so each line is prepared while the one before it plays. Every line is heard. Each line
+    the game said started in its character's voice at 24 kHz; each prepared line the game
+    fetched is exactly what its character's voice says, and not what the other one says."""
+    cast = tmp_path / "kokoro-cast.toml"
+    cast.write_text("".join(f'[speakers.{s}]\nvoice = "{v}"\n' for s, v in KOKORO_VOICES.items()))
+    game = _harness_game(tmp_path)
+    lines = [*MENU_LINES[:3], MENU_LINES[4], MENU_LINES[5]]
+    speakers = dict(zip(lines, ["eileen", "lucy", "eileen", "eileen", "lucy"], strict=True))
+    speakers[MENU_LINES[3]] = "eileen"  # the choice not taken may be prepared too
+    with server_process("--voices", str(kokoro_dir), "--cast", str(cast)) as (port, _server):
+        # However slow the machine, auto-forward waits for each voice (as a game whose
+        # voices are slow would set dialogue_tts.voice_wait): a guard, not a time limit.
+        report, proxy = _play_harness(
+            game, port, {"DIALOGUE_TTS_CHOICES": "0", "DIALOGUE_TTS_VOICE_WAIT": "120"}
+        )
+        from_game = [m for who, m in proxy.records if who == "game"]
+        says = [m for m in from_game if m["type"] == "say"]
+        fetches = [m for m in from_game if m["type"] == "synthesize"]
+
+        async def said_by(voice: str, request: dict[str, Any]) -> np.ndarray:
+            """The game's line, asked for by voice name (not through the cast)."""
+            options = {key: request[key] for key in ("rate", "pitch", "volume", "markup")
+                       if key in request}  # fmt: skip
+            async with await Client.connect(port=port) as client:
+                reply = await client.synthesize(
+                    request["text"], speaker="probe", voice=voice, format="wav", **options
+                )
+            return _wav_pcm(reply.data)
+
+        expected = [asyncio.run(said_by(KOKORO_VOICES[speakers[m["text"]]], m)) for m in fetches]
+        lucy = next(m for m in [*fetches, *says] if speakers[m["text"]] == "lucy")
+        in_both_voices = [asyncio.run(said_by(voice, lucy)) for voice in KOKORO_VOICES.values()]
+    _check_every_line_heard_and_no_other(report, lines)
+    assert {m["text"] for m in [*says, *fetches]} >= set(lines)  # each said or prepared
+    from_server = [m for who, m in proxy.records if who == "server"]
+    started = {m["line"]: m for m in from_server if m["type"] == "started"}
+    for say in says:
+        assert say["speaker"] == speakers[say["text"]]
+        voice = (started[say["line"]]["voice"], started[say["line"]]["sample_rate"])
+        assert voice == (KOKORO_VOICES[say["speaker"]], 24_000), say["text"]
+    files = {m["id"]: m for m in from_server if m["type"] == "audio_file"}
+    for fetch, wanted in zip(fetches, expected, strict=True):
+        assert files[fetch["id"]]["sample_rate"] == 24_000, fetch["text"]
+        assert np.array_equal(_wav_pcm(files[fetch["id"]]["data"]), wanted), fetch["text"]
+    eileens, lucys = in_both_voices
+    assert not np.array_equal(eileens[: len(lucys)], lucys[: len(eileens)])
+
+
+def _wav_pcm(data: bytes) -> np.ndarray:
+    audio, _rate = soundfile.read(io.BytesIO(data), dtype="int16")
+    assert np.sqrt(np.mean((audio / 32768.0) ** 2)) > 0.02  # speech, not silence
+    return audio

@@ -48,3 +48,33 @@ def test_control_characters_are_read_as_spaces() -> None:
     parts = prepare("Halt!\x00Who\x07 goes\x1bthere?")
     assert [str(p) for p in parts] == ["Halt! Who goes there?"]
     assert prepare("\x00\x01") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "markup", "language", "expected"),
+    [
+        (
+            "{b}こんにちは{/b}、{w=0.5}旅の方。",
+            "renpy",
+            "ja",
+            ["こんにちは、", Pause(0.5), "旅の方。"],
+        ),
+        ("「[name]さん」{i}ようこそ{/i}！{nw}", "renpy", "ja", ["「さん」ようこそ！"]),
+        ("[color=red]你好[/color]，[lb]旅行者[rb]。", "bbcode", "zh", ["你好，[旅行者]。"]),
+        (
+            "{color=#0f0}你好{/color}{p}再见。",
+            "renpy",
+            "zh",
+            ["你好", Pause(DEFAULT_CLICK_PAUSE), "再见。"],
+        ),
+    ],
+)
+def test_markup_is_stripped_from_japanese_and_chinese_lines(
+    text: str, markup: str, language: str, expected: list[object]
+) -> None:
+    assert prepare(text, markup, language) == expected
+
+
+def test_english_reading_rules_are_for_english_voices_only() -> None:
+    assert [str(p) for p in prepare("Dr. Tanaka at 3.", "plain", "en-US")] != ["Dr. Tanaka at 3."]
+    assert [str(p) for p in prepare("Dr. Tanaka at 3.", "plain", "ja")] == ["Dr. Tanaka at 3."]

@@ -842,6 +842,67 @@ def test_preview_page_shows_the_lexicons_words_and_tries_a_respelling(tmp_path: 
     ]  # fmt: skip
 
 
+KOKORO_RATE = 24_000
+
+
+def test_preview_page_offers_and_plays_kokoro_voices(kokoro_dir: Path) -> None:
+    """With Kokoro's files in the voices folder, the page lists its 54 voices with their
+    language and gender; a line cast to one by the server's cast, and a Japanese line given
+    one in the page, are said in those voices at 24 kHz and heard in full; the scene
+    download is 24 kHz too (its voices' highest rate)."""
+    cast = Cast.from_dict({"speakers": {"MIRA": {"voice": "kokoro:af_heart"}}}, "kokoro.toml")
+    config = ServerConfig(port=0, web_port=0, cast=cast)
+    server = ServerThread(config, voices_dir=kokoro_dir).start()
+    received: list[dict[str, Any]] = []
+    try:
+        with chromium_page() as page:
+            page.on(
+                "websocket",
+                lambda ws: ws.on(
+                    "framereceived", lambda data: received.append(msgpack.unpackb(data))
+                ),
+            )
+            page.goto(f"http://127.0.0.1:{web_port(server)}/")
+            wait_for(page, "() => window.dialoguePreview?.ready === true")
+            page.fill("#scene", "MIRA: Only us, friend.\nAIKO: こんにちは。\n")
+            options = page.locator("#cast tbody tr:nth-child(2) select.voice option")
+            labels = options.all_inner_texts()
+            assert len([label for label in labels if label.startswith("kokoro:")]) == 54
+            assert "kokoro:jf_alpha · ja · female" in labels
+            assert "kokoro:bm_george · en-GB · male" in labels
+            mira_voice = page.locator("#cast tbody tr:nth-child(1) select.voice option")
+            assert mira_voice.first.inner_text() == "as cast (kokoro:af_heart)"
+            page.select_option("#cast tbody tr:nth-child(2) select.voice", "kokoro:jf_alpha")
+
+            page.click("#play")
+            wait_for(page, "() => dialoguePreview.results().join() === 'done,done'")
+            samples = page.evaluate("dialoguePreview.receivedSamples()")
+            # Both lines went through the Web Audio graph, at the context's rate (the tap
+            # counts samples that are not exactly 0, so a line's quietest ones are not heard).
+            wait_for(
+                page,
+                "(total) => dialoguePreview.stats.heardSamples > "
+                f"total / 2 * dialoguePreview.stats.contextRate / {KOKORO_RATE}",
+                sum(samples),
+            )
+            scene = download(page, "#download-scene-wav")
+            stats = page.evaluate("dialoguePreview.stats")
+    finally:
+        server.stop()
+    started = [(m["speaker"], m["voice"], m["sample_rate"]) for m in received
+               if m["type"] == "started"]  # fmt: skip
+    assert started == [
+        ("MIRA", "kokoro:af_heart", KOKORO_RATE), ("AIKO", "kokoro:jf_alpha", KOKORO_RATE)
+    ]  # fmt: skip
+    assert all(0.4 * KOKORO_RATE < count < 4 * KOKORO_RATE for count in samples), samples
+    assert stats["peak"] > 0.05  # speech, not a trickle of rounding noise
+    heard = stats["heardSamples"] * KOKORO_RATE / stats["contextRate"]
+    assert heard < 1.05 * sum(samples)  # and each once
+    audio, rate = soundfile.read(io.BytesIO(scene), dtype="float32")
+    assert rate == KOKORO_RATE and np.sqrt(np.mean(audio**2)) > 0.02
+    assert len(audio) == pytest.approx(sum(samples) + 0.45 * KOKORO_RATE, rel=0.02)
+
+
 def wait_for(page: Any, predicate: str, argument: Any = None) -> None:
     """Wait until the JS function ``predicate`` is true (a function: the page's CSP forbids
     Playwright evaluating a bare expression string)."""

@@ -82,6 +82,14 @@ _GAIN: Final = 1.4
 """Kokoro's lines peak at 0.5-0.63 (af_heart, jf_alpha, ef_dora, ff_siwis, a blend); Piper's
 voices are brought to a 0.9 peak at warm-up: this brings Kokoro near them in a mixed cast."""
 _PLAIN: Final = Delivery()
+_RENDERING: Final = ("rendering", 2)
+"""A voice option that changes with what a voice makes of the same files (2: silence
+trimmed), so that the disk cache, keyed by files and options, holds no older audio."""
+_SILENCE: Final = 10 ** (-40 / 20)
+"""Sound below this share of a piece's peak (-40 dB) is silence, for trimming."""
+_LEAD_KEPT: Final = SAMPLE_RATE * 6 // 100
+_TAIL_KEPT: Final = SAMPLE_RATE * 25 // 100
+"""Silence kept before and after a piece's sound: about Piper's (60 ms, 250 ms)."""
 
 LANGUAGES: Final[dict[str, tuple[str, str]]] = {
     "a": ("en-US", "en-us"),
@@ -173,7 +181,7 @@ class KokoroFamily:
                 espeak_voice=parts[0].info.espeak_voice, phonemes=parts[0].info.phonemes,
             ),
             files=files,
-            options=(("packs", tuple(weights)),),
+            options=(("packs", tuple(weights)), _RENDERING),
         )  # fmt: skip
         with self._lock:
             self._blends.add(name)
@@ -238,7 +246,7 @@ def _pack_source(model: Path, pack: str, path: Path) -> VoiceSource | None:
         family="kokoro", gender=_GENDERS.get(pack[1]), espeak_voice=espeak_voice,
         phonemes=frozenset(vocabulary()),
     )  # fmt: skip
-    return VoiceSource(info, (model, path), (("packs", ((pack, 1.0),)),))
+    return VoiceSource(info, (model, path), (("packs", ((pack, 1.0),)), _RENDERING))
 
 
 # --- The model ------------------------------------------------------------------------------
@@ -452,12 +460,15 @@ class KokoroVoice:
             "speed": np.array([speed], dtype=np.float32),
         }
         result = self._model.sessions.run(inputs, self.info.name, cancel, lease)
-        raw = np.asarray(result[0], dtype=np.float32).reshape(-1)
+        whole = np.asarray(result[0], dtype=np.float32).reshape(-1)
+        start, end = _sound_span(whole)
+        raw = whole[start:end]
         audio = shift_pitch(raw, delivery.pitch, SAMPLE_RATE) if delivery.pitch != 1.0 else raw
         units: list[PhonemeUnit] = []
         if self.timed:
             frames = np.rint(np.asarray(result[-1]).reshape(-1)).astype(np.int64).tolist()
-            units = _units(["^", *piece[: len(tokens)], "$"], frames, len(raw))
+            units = _units(["^", *piece[: len(tokens)], "$"], frames, len(whole))
+            units = _clip(units, start, end)
             if len(audio) != len(raw) and len(raw):
                 units = place(units, 0, len(audio) / len(raw))
         return audio, units
@@ -471,6 +482,27 @@ def _split(sentences: list[list[str]], first: bool) -> list[list[str]]:
         for piece in split_sentence(sentence, first=first and index == 0)
     ]
     return [piece[i : i + MAX_TOKENS] for piece in pieces for i in range(0, len(piece), MAX_TOKENS)]
+
+
+def _sound_span(audio: np.ndarray) -> tuple[int, int]:
+    """Where a piece's sound is, with Piper's margins of silence kept around it. Each Kokoro
+    call begins with about 0.4 s of silence and ends with about 0.45 s: left in, they would
+    delay a line's first sound and put 0.8 s between its clauses."""
+    level = np.abs(audio)
+    loud = np.flatnonzero(level > _SILENCE * level.max()) if len(audio) else level
+    if not len(loud):
+        return 0, len(audio)
+    return max(int(loud[0]) - _LEAD_KEPT, 0), min(int(loud[-1]) + 1 + _TAIL_KEPT, len(audio))
+
+
+def _clip(units: list[PhonemeUnit], start: int, end: int) -> list[PhonemeUnit]:
+    """``units`` within samples ``start`` to ``end``, counted from ``start``; the lead-in and
+    tail shrink (to nothing if trimmed away), so that the units still cover the audio."""
+    clipped = []
+    for unit in units:
+        first, last = (min(max(at, start), end) - start for at in (unit.start, unit.end))
+        clipped.append(PhonemeUnit(unit.phoneme, first, last - first))
+    return clipped
 
 
 def _units(symbols: list[str], frames: list[int], n_samples: int) -> list[PhonemeUnit]:

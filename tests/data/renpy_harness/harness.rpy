@@ -13,8 +13,9 @@
 # started each file (handed it to the mixer). A thread reads
 # renpy.music.get_playing("voice") 200 times a second, and the main thread as
 # each interaction starts and 20 times a second. DIALOGUE_TTS_PORT,
-# DIALOGUE_TTS_LOOKAHEAD and DIALOGUE_TTS_AUTO_VOICE set the binding's port, its
-# lookahead and config.auto_voice.
+# DIALOGUE_TTS_LOOKAHEAD, DIALOGUE_TTS_VOICE_WAIT and DIALOGUE_TTS_AUTO_VOICE set
+# the binding's port, its lookahead, how long auto-forward waits for a voice on
+# its way, and config.auto_voice.
 
 init 100 python in dialogue_tts_harness:
 
@@ -175,6 +176,8 @@ init 100 python in dialogue_tts_harness:
             store.dialogue_tts.port = int(os.environ["DIALOGUE_TTS_PORT"])
         if os.environ.get("DIALOGUE_TTS_LOOKAHEAD"):
             store.dialogue_tts.lookahead = int(os.environ["DIALOGUE_TTS_LOOKAHEAD"])
+        if os.environ.get("DIALOGUE_TTS_VOICE_WAIT"):
+            store.dialogue_tts.voice_wait = float(os.environ["DIALOGUE_TTS_VOICE_WAIT"])
         renpy.config.exception_handler = exception_handler
         renpy.config.all_character_callbacks.append(character_callback)
         renpy.config.periodic_callbacks.append(periodic)
