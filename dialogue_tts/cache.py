@@ -15,6 +15,7 @@ writes off for a while, with one warning in the log.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -25,6 +26,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -36,6 +38,8 @@ from .timings import PhonemeUnit, Piece, WordUnit
 __all__ = [
     "DEFAULT_DISK_CACHE_BYTES",
     "DiskCache",
+    "LinesInPreparation",
+    "Preparation",
     "PreparedLines",
     "default_cache_dir",
     "file_digest",
@@ -297,6 +301,99 @@ class PreparedLines:
         while self._bytes > self.max_bytes:
             _, evicted = self._entries.popitem(last=False)
             self._bytes -= sum(piece.audio.nbytes for piece in evicted)
+
+
+class Preparation:
+    """A line being prepared: its pieces so far, so that a ``say`` of the same line plays
+    them as they come instead of synthesizing the line a second time.
+
+    The preparation's pool jobs read ``priority`` late (``workers.py``): while a say follows
+    it, its remaining pieces are as urgent as that say's own would be.
+    """
+
+    def __init__(self, priority: Callable[[], Any], words: bool) -> None:
+        self.pieces: list[Piece] = []
+        self.words = words
+        """Its pieces carry word timings."""
+        self.done = False
+        self.failed = False
+        self._background = priority
+        self._followers: list[Callable[[], Any]] = []
+        self._changed = asyncio.Event()
+        """Set (and replaced) when a piece comes or the preparation ends."""
+
+    def priority(self) -> Any:
+        """The most urgent of its followers' priorities, or its own while none follows."""
+        return min((follower() for follower in self._followers), default=self._background())
+
+    def add(self, piece: Piece) -> None:
+        self.pieces.append(piece)
+        self._notify()
+
+    def finish(self, failed: bool = False) -> None:
+        self.done, self.failed = True, failed
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def follow(self, priority: Callable[[], Any]) -> AsyncIterator[Piece]:
+        """Its pieces, those made so far at once and then each as it is made, until it is
+        done; a failed preparation just ends (see ``failed``)."""
+        self._followers.append(priority)
+        try:
+            index = 0
+            while True:
+                if index < len(self.pieces):
+                    index += 1
+                    yield self.pieces[index - 1]
+                elif self.done:
+                    return
+                else:
+                    await self._changed.wait()
+        finally:
+            self._followers.remove(priority)
+
+
+class LinesInPreparation:
+    """The preparations under way, by line (the ``PreparedLines`` key), bounded by the
+    callers' own limits on prepares in flight."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[Any, Preparation] = {}
+        self.joined = 0
+        """Lines said, or prepared again, while being prepared: played from the preparation."""
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def get(self, key: Any, words: bool) -> Preparation | None:
+        """The preparation of ``key`` to follow, if one is under way with what is wanted."""
+        preparation = self._by_key.get(key)
+        if preparation is None or (words and not preparation.words):
+            return None
+        self.joined += 1
+        return preparation
+
+    @contextlib.asynccontextmanager
+    async def start(
+        self, key: Any, priority: Callable[[], Any], words: bool
+    ) -> AsyncIterator[Preparation]:
+        """Register a preparation of ``key`` while the block makes it; it is finished (and
+        marked failed if the block raised) when the block ends."""
+        preparation = Preparation(priority, words)
+        self._by_key[key] = preparation
+        try:
+            yield preparation
+        except BaseException:
+            preparation.finish(failed=True)
+            raise
+        else:
+            preparation.finish()
+        finally:
+            if self._by_key.get(key) is preparation:
+                del self._by_key[key]
 
 
 def _encode(pieces: list[Piece]) -> bytes:

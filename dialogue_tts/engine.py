@@ -22,7 +22,7 @@ from typing import Any, Final
 import numpy as np
 
 from .audio import apply_gain, fade_edges, resample
-from .cache import DiskCache, PreparedLines, file_digest, line_key
+from .cache import DiskCache, LinesInPreparation, PreparedLines, file_digest, line_key
 from .text import Part, Pause, Spoken
 from .timings import Piece, WordSpan, word_units
 from .voices import FAMILIES
@@ -184,6 +184,7 @@ class Engine:
         self._loading: dict[str, asyncio.Future[LoadedVoice]] = {}
         self._loads: set[asyncio.Task[None]] = set()
         self.cache = PreparedLines(cache_bytes)
+        self.preparing = LinesInPreparation()
         self.disk_cache = disk_cache
         self._disk_writes: set[asyncio.Task[None]] = set()
 
@@ -279,7 +280,11 @@ class Engine:
         return voice
 
     def cache_counters(self) -> dict[str, Any]:
-        counters: dict[str, Any] = {"memory": self.cache.counters()}
+        counters: dict[str, Any] = {
+            "memory": self.cache.counters(),
+            "preparing": len(self.preparing),
+            "joined": self.preparing.joined,  # said while being prepared: played from it
+        }
         if self.disk_cache is not None:
             counters["disk"] = self.disk_cache.counters()
         return counters
@@ -334,10 +339,24 @@ class Engine:
                 cancel.raise_if_cancelled()
                 yield piece.with_audio(apply_gain(piece.audio, gain))
             return
+        played = 0
+        preparation = self.preparing.get(_memory_key(request), request.words and voice.timed)
+        if preparation is not None:
+            # Being prepared (lookahead came just too late): play its pieces as they come,
+            # its remaining ones as urgent as ours, rather than synthesize the line twice.
+            async for piece in preparation.follow(priority):
+                cancel.raise_if_cancelled()
+                played += 1
+                yield piece.with_audio(apply_gain(piece.audio, gain))
+            if not preparation.failed:
+                return
+            # It was stopped (its client left): make the line here, from the next piece on
+            # (pieces are made independently, so the seam is a piece boundary as always).
         made = []
         async for piece in self._synthesize(voice, request, cancel, priority):
             made.append(piece)
-            yield piece.with_audio(apply_gain(piece.audio, gain))
+            if len(made) > played:
+                yield piece.with_audio(apply_gain(piece.audio, gain))
         self._store_on_disk(voice, request, made)  # only reached when the line was whole
 
     async def _cached(self, voice: LoadedVoice, request: SynthesisRequest) -> list[Piece] | None:
@@ -369,14 +388,22 @@ class Engine:
         task.add_done_callback(self._disk_writes.discard)
 
     async def prepare(self, request: SynthesisRequest) -> float:
-        """Synthesize a line into the cache (no playback); returns its duration in seconds."""
+        """Synthesize a line into the cache (no playback); returns its duration in seconds.
+        A ``stream`` of the same line meanwhile plays the pieces as they are made."""
         voice = await self.voice(request.voice)
+        key, words = _memory_key(request), request.words and voice.timed
         pieces = await self._cached(voice, request)
+        if pieces is None and (under_way := self.preparing.get(key, words)) is not None:
+            followed = [piece async for piece in under_way.follow(_background)]
+            pieces = None if under_way.failed else followed
         if pieces is None:
-            cancel = CancelToken()
-            pieces = [p async for p in self._synthesize(voice, request, cancel, _background)]
+            async with self.preparing.start(key, _background, words) as preparation:
+                cancel = CancelToken()
+                async for piece in self._synthesize(voice, request, cancel, preparation.priority):
+                    preparation.add(piece)
+            pieces = preparation.pieces
             self._store_on_disk(voice, request, pieces)
-        self.cache.put(_memory_key(request), pieces)
+        self.cache.put(key, pieces)
         return sum(len(piece.audio) for piece in pieces) / voice.sample_rate
 
     async def render(self, request: SynthesisRequest) -> tuple[np.ndarray, int]:

@@ -6,11 +6,12 @@ import asyncio
 import itertools
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tone_family
 
 from dialogue_tts.engine import (
     DEFAULT_VOICE_NAME,
@@ -23,7 +24,8 @@ from dialogue_tts.engine import (
     UnknownVoice,
     VoiceCatalog,
 )
-from dialogue_tts.text import Pause
+from dialogue_tts.text import Pause, prepare
+from dialogue_tts.voices import FAMILIES
 from dialogue_tts.workers import Priority
 
 
@@ -263,3 +265,52 @@ def assert_same_audio(audio: np.ndarray, expected: np.ndarray) -> None:
     # Calls with one thread and with two may sum in another order: equal to float rounding.
     assert len(audio) == len(expected)
     assert np.allclose(audio, expected, atol=1e-3), float(np.abs(audio - expected).max())
+
+
+# --- A line said while it is being prepared ---------------------------------------------------
+
+
+@pytest.fixture
+async def tone_engine(tmp_path: Path) -> AsyncIterator[Engine]:
+    (tmp_path / "beep.tone").write_text("440")
+    engine = Engine(VoiceCatalog(tmp_path, (*FAMILIES, tone_family.FAMILY)))
+    yield engine
+    engine.close()
+
+
+TONE_LINE = SynthesisRequest(prepare("One, two, three. Four, five, six. Seven.", "plain", "en-US"),
+                             "tone:beep")  # fmt: skip
+
+
+async def preparing(engine: Engine) -> asyncio.Task[float]:
+    """A prepare of TONE_LINE, once it is under way."""
+    task = asyncio.create_task(engine.prepare(TONE_LINE))
+    while not len(engine.preparing):  # noqa: ASYNC110 (registered at its first step)
+        await asyncio.sleep(0)
+    return task
+
+
+async def test_a_line_said_while_it_is_prepared_is_made_once(tone_engine: Engine) -> None:
+    voice = await tone_engine.voice("tone:beep")
+    prepared = await preparing(tone_engine)
+    said = [piece async for piece in tone_engine.stream(TONE_LINE, CancelToken())]
+    duration = await prepared
+    assert tone_engine.cache_counters()["joined"] == 1
+    assert sum(voice.calls_by_threads.values()) == len(said) > 2  # each piece made once
+    assert sum(len(piece.audio) for piece in said) == round(duration * voice.sample_rate)
+    again = [piece async for piece in tone_engine.stream(TONE_LINE, CancelToken())]
+    assert [len(p.audio) for p in again] == [len(p.audio) for p in said]  # now from the cache
+    assert sum(voice.calls_by_threads.values()) == len(said)
+
+
+async def test_a_preparation_stopped_while_followed_still_gives_the_whole_line(
+    tone_engine: Engine,
+) -> None:
+    whole = sum([len(piece.audio) async for piece in tone_engine.stream(TONE_LINE, CancelToken())])
+    prepared = await preparing(tone_engine)
+    said = tone_engine.stream(TONE_LINE, CancelToken())
+    first = await anext(said)  # from the preparation
+    prepared.cancel()  # its client left
+    rest = [piece async for piece in said]
+    assert len(first.audio) + sum(len(piece.audio) for piece in rest) == whole
+    assert len(tone_engine.preparing) == 0
