@@ -519,6 +519,7 @@ func _test_held(port: int) -> void:
 		"held: its audio is the server's, sample for sample (%d samples)" % held.size()
 	)
 	_check(not tts.is_line_held(line), "held: only until the line finished")
+	print("GODOT_TEST_INFO held: %d samples played from held audio, the server's" % held.size())
 	_check(_sum_samples(queued) > 0, "held: the queued line played the server's audio")
 	# Another rate: not the prepared line, so its held audio stays out of it.
 	var before: int = nell.frames_received
