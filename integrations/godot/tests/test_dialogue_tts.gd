@@ -480,7 +480,7 @@ func _test_prepare(port: int) -> void:
 ## it is the very audio the server streams for the say, sample for sample. A speak() that
 ## does not match the prepare (another rate), a speaker with a line playing, clear(), and a
 ## lookahead() path left behind all keep held audio from playing where it does not belong:
-## those lines play the server's audio, and only it.
+## those lines play the server's audio, and only it. Skip drops a held line's audio at once.
 func _test_held(port: int) -> void:
 	var tts: Node = await _connected_tts(port)
 	tts.audio_received.connect(_on_streamed)
@@ -534,6 +534,20 @@ func _test_held(port: int) -> void:
 		"held: a line that does not match plays the server's audio, and only it"
 	)
 	_check(tts._held.has(keys[2]), "held: the prepared line stays held for its own speak()")
+	# Skip drops a held line's audio at once, as any line's.
+	var skipped: int = tts.speak("nell", texts[1], fast)
+	_check(tts.is_line_held(skipped), "held: the line left held by the busy speaker starts")
+	tts.skip("nell")
+	var after_skip: int = nell.frames_received
+	_check(
+		nell.pending.is_empty() and after_skip == nell.frames_pushed,
+		"held: skip drops its audio at once"
+	)
+	while _finished(skipped).is_empty():
+		await get_tree().process_frame
+	# (The server may end it "done": a skip read with the say, before the line started there,
+	# finds no current line. Either way, none of its audio plays here after the skip.)
+	_check(nell.frames_received == after_skip, "held: nothing of the skipped line plays after")
 	# clear() drops held audio; so does a lookahead() path left behind.
 	tts.clear()
 	_check(not tts._held.has(keys[2]), "held: clear() drops held audio")

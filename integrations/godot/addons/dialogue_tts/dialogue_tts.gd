@@ -112,8 +112,9 @@ const BUFFER_SECONDS: float = 0.5
 ## pieces this long, which fit its buffer at any sample rate (at 8 kHz it holds 4095).
 const PUSH_FRAMES: int = 2048
 const CONNECT_TIMEOUT_MSEC: int = 3000
-## Most prepare requests in flight at once: the server runs at most 4 synthesize or prepare
-## requests per connection and refuses more (queue_full). The others wait here, in order.
+## Most prepare requests in flight at once, with those fetching a prepared line's audio: the
+## server runs at most 4 synthesize or prepare requests per connection and refuses more
+## (queue_full). The others wait here, in order.
 const MAX_PREPARES: int = 4
 ## Most lines waiting to be prepared, from [method prepare] and from [method lookahead] each;
 ## past it, prepare() drops the oldest and lookahead() the farthest.
@@ -154,10 +155,10 @@ var client_name: String = "godot"
 var timings: Array[String] = []
 ## When true, the audio of every line prepared by [method prepare] or [method lookahead] is
 ## fetched from the server's cache and held here (at most 8 lines, 95 s at 22.05 kHz; see
-## held_audio.gd): a [method speak] that matches it exactly (speaker,
-## text, and every option but [code]interrupt[/code]) while its speaker has no line queued or
-## playing (or with [code]interrupt[/code]) pushes it into the player in that call, instead of
-## waiting a round trip for the server's first audio. The say still goes to the server, for
+## held_audio.gd): a [method speak] that matches it exactly (speaker, text, and every option
+## but [code]interrupt[/code]) while its speaker has no line queued or playing (or with
+## [code]interrupt[/code]) pushes it into the player in that call, instead of waiting a round
+## trip for the server's first audio. The say still goes to the server, for
 ## the line's signals, marks and pacing; its audio, the same samples, is not played again.
 ## A line that does not match, or whose speaker is busy, plays from the server as usual.
 var hold_prepared: bool = true
