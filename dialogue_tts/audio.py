@@ -14,6 +14,7 @@ import soxr
 __all__ = [
     "DEFAULT_CHUNK_SAMPLES",
     "FILE_FORMATS",
+    "RAW_FORMATS",
     "apply_gain",
     "encode_file",
     "encode_stream_chunk",
@@ -103,10 +104,17 @@ FILE_FORMATS: Final = {
 """File format name -> soundfile's (format, subtype)."""
 
 
+RAW_FORMATS: Final = ("f32le", "s16le")
+"""Whole-line formats without a header: the samples exactly as a stream's chunks carry them."""
+
+
 def encode_file(samples: np.ndarray, file_format: str, sample_rate: int) -> bytes:
-    """A whole line as one file: "wav" (16-bit PCM), "ogg" (Vorbis) or "flac" (16-bit)."""
+    """A whole line as one file: "wav" (16-bit PCM), "ogg" (Vorbis) or "flac" (16-bit); or
+    raw mono samples, "f32le" or "s16le", byte for byte what a say's audio events carry."""
     if file_format == "wav":
         return wav_bytes(samples, sample_rate)  # our own header: byte-exact and fast
+    if file_format in RAW_FORMATS:
+        return encode_stream_chunk(samples, file_format, sample_rate)
     try:
         container, subtype = FILE_FORMATS[file_format]
     except KeyError:

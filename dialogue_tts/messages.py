@@ -83,7 +83,9 @@ MAX_LINE_LEXICON: typing.Final = 64
 
 LineId = int | str
 StreamFormat = Literal["s16le", "f32le", "wav"]
-FileFormat = Literal["wav", "ogg", "flac"]
+FileFormat = Literal["wav", "ogg", "flac", "f32le", "s16le"]
+"""A whole line's format: a file, or raw mono PCM without a header (an engine that
+holds a line's samples, such as the Godot addon, decodes f32le in one call)."""
 Markup = Literal["plain", "renpy", "bbcode"]
 FinishStatus = Literal["done", "skipped", "cancelled", "error"]
 TIMINGS: typing.Final = ("word", "phoneme", "viseme")

@@ -294,6 +294,11 @@ class SpeakerQueue:
 
     def skip(self) -> LineId | None:
         line = self.current
+        if line is None and self.queued and not self.paused:
+            # Said and skipped in one read: the head line starts as soon as the runner turns,
+            # so it is the line the client is skipping (a game that starts a line from audio
+            # it holds, then skips it, must not hear it start again).
+            line = self.queued[0]
         if line is None:
             return None
         self.finish(line, "skipped")

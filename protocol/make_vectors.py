@@ -49,6 +49,10 @@ REQUESTS: list[tuple[str, m.Request]] = [
         "synthesize_flac",
         m.Synthesize(id=22, text="Papers, please.", speaker="guard", format="flac"),
     ),
+    (
+        "synthesize_f32le",
+        m.Synthesize(id=26, text="Halt!", speaker="guard", format="f32le", sample_rate=44100),
+    ),
     ("cast", m.CastRequest(id=23)),
     (
         "hello_cast_lexicon",
@@ -205,6 +209,12 @@ EVENTS: list[tuple[str, m.Event]] = [
     (
         "audio_file",
         m.AudioFile(id=18, format="wav", data=b"RIFF", duration=1.5, sample_rate=22050),
+    ),
+    (
+        "audio_file_f32le",
+        m.AudioFile(
+            id=26, format="f32le", data=b"\x00\x00\x80\x3f", duration=1 / 44100, sample_rate=44100
+        ),
     ),
     ("pong", m.Pong(id=19)),
     ("error", m.Error(id=7, code="unknown_voice", message="no voice named 'bob'")),

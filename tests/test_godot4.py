@@ -125,6 +125,8 @@ def test_godot4_addon_in_chromium(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     match = re.search(r"^GODOT_TEST_OK n_checks=(\d+)$", output, re.MULTILINE)
     assert match, output
     assert int(match.group(1)) > 300, output
+    # A prepared line played from the audio the addon held, equal to the server's stream.
+    assert re.search(r"^GODOT_TEST_INFO held: [1-9]\d* samples", output, re.MULTILINE), output
     # One warning for the whole outage, though the node retried until the server started.
     assert output.count(f"no dialogue-tts server at 127.0.0.1:{late_port}") == 1, output
     # ... which says how to start a server this page may use.
@@ -170,6 +172,9 @@ def test_godot4_demo_in_chromium(tmp_path: Path) -> None:
     # first was prepared once (a line handed over again is not prepared twice).
     prepared = re.findall(r"^DEMO_PREPARED (\w+) ", output, re.MULTILINE)
     assert sorted(prepared) == ["guard", "guard", "traveller", "traveller"], output
+    # ... and their audio held, so that their speak() started from it (at least one: a line
+    # spoken before its prepare came back plays from the server, as it should).
+    assert re.search(r"^DEMO_HELD \d+ (guard|traveller)$", output, re.MULTILINE), output
     # Each mouth moved: it showed several shapes, and closed again at the end.
     for mouth in ("GuardMouth", "TravellerMouth"):
         match = re.search(rf"^DEMO_MOUTH {mouth} (.*)$", output, re.MULTILINE)

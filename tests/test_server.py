@@ -490,6 +490,23 @@ async def test_prepare_then_say_streams_from_the_cache(client: Client) -> None:
     assert caught.value.code == errors.UNKNOWN_VOICE
 
 
+async def test_a_prepared_line_fetched_raw_is_what_its_say_streams(client: Client) -> None:
+    """What an engine holds ahead (synthesize f32le of a prepared line) is, byte for byte,
+    the audio its say streams, at the say's volume and sample rate: so it can play the held
+    samples at once and take the say's stream as the same line."""
+    text = "Keep the lamp lit until the boat is past the rocks, whatever you hear."
+    options = {"speaker": "sage", "rate": 1.2, "volume": 0.7, "sample_rate": 48000}
+    await client.prepare(text, **options)
+    held = await client.synthesize(text, format="f32le", **options)
+    assert held.format == "f32le" and held.sample_rate == 48000
+    result = await (await client.say(text=text, format="f32le", **options)).wait()
+    assert result.started is not None and result.started.sample_rate == 48000
+    assert bytes(result.audio) == held.data
+    assert abs(len(held.data) / 4 / 48000 - held.duration) < 1e-6
+    quiet = await client.synthesize(text, format="s16le", **{**options, "volume": 0.2})
+    assert len(quiet.data) == len(held.data) // 2  # 16-bit: the same samples, quieter
+
+
 async def test_prepare_with_word_timings_serves_a_say_that_wants_them(client: Client) -> None:
     """A say that asks for words hits only a line prepared with them (a revealed text)."""
     text = "The lantern swung twice, and the ferryman counted the coins in silence."

@@ -4,7 +4,8 @@ extends Node
 ## advancing. Each line of res://bench/lines.json is spoken when the one before has finished
 ## (played to its end, as a player listening would), first without lookahead, then with it:
 ## as each line begins, the next LOOKAHEAD_LINES go to lookahead(), and the scene's first
-## lines are prepared before it starts, as a game would while the scene loads.
+## lines are prepared before it starts, as a game would while the scene loads. A prepared
+## line whose audio the addon holds (hold_prepared) starts from it in speak() itself.
 ## Prints one BENCH line per line, then sets window.done.
 
 const DialogueTTS := preload("res://addons/dialogue_tts/dialogue_tts.gd")
@@ -15,8 +16,6 @@ var _tts: Node
 var _lines: Array = []
 var _prepared: Dictionary = {}  # text -> true, for the lines line_prepared has named
 var _line: int = -1  # the line being measured
-var _first_frame: int = -1  # where its first frame is among its speaker's frames received
-var _audio_at_frame: int = 0  # the game frame in which its first audio was received
 var _done: bool = false
 var _started_usec: int = 0  # when the scene started, for the mean frame time
 var _started_frame: int = 0
@@ -26,7 +25,6 @@ func _ready() -> void:
 	_tts = DialogueTTS.new()
 	_tts.auto_connect = false
 	add_child(_tts)
-	_tts.audio_received.connect(_on_audio_received)
 	_tts.line_finished.connect(_on_line_finished)
 	_tts.line_prepared.connect(
 		func(_speaker: String, text: String, _s: float) -> void: _prepared[text] = true
@@ -53,43 +51,49 @@ func _ready() -> void:
 	JavaScriptBridge.eval("window.done = true")
 
 
-## Speaks line [param index]; prints when its audio was first mixed (the generator's frames
-## consumed past the line's first) and when the addon counts it played (that, less the
-## output latency not yet elapsed), in ms from speak(); waits for its line_finished.
+## Speaks line [param index]; prints when the playback position of its speaker's player
+## passed the line's first frame (the generator's frames consumed by the mixer: the issue's
+## "playback position advancing") and when the addon counts it played (that, less the output
+## latency not yet elapsed), in ms from speak(); waits for its line_finished. Also the game
+## frames until the line's first audio was in the addon (0: held, pushed in speak() itself).
 func _measure(mode: String, index: int) -> void:
 	var entry: Dictionary = _lines[index]
 	var was_prepared: bool = _prepared.has(entry["text"])
-	_first_frame = -1
 	_done = false
 	var spoken: int = Time.get_ticks_usec()
 	var spoken_frame: int = Engine.get_process_frames()
 	var mixed_frames: int = 0
+	var audio_frames: int = -1
 	_line = _tts.speak(entry["speaker"], entry["text"])
+	var held: bool = _tts.is_line_held(_line)
 	var mixed_usec: int = 0
 	var heard_usec: int = 0
 	while heard_usec == 0 and not _done:
-		await get_tree().process_frame
-		if _first_frame < 0:
-			continue
 		var speaker: Object = _tts._speakers[entry["speaker"]]
-		var buffered: int = speaker.buffer_frames - speaker.playback.get_frames_available()
-		if mixed_usec == 0 and speaker.frames_pushed - buffered > _first_frame:
-			mixed_usec = Time.get_ticks_usec()
-			mixed_frames = Engine.get_process_frames() - spoken_frame
-		if _tts._played_frames(speaker) > _first_frame:
-			heard_usec = Time.get_ticks_usec()
+		if speaker.first_line == _line:
+			if audio_frames < 0:
+				audio_frames = Engine.get_process_frames() - spoken_frame
+			var buffered: int = speaker.buffer_frames - speaker.playback.get_frames_available()
+			if mixed_usec == 0 and speaker.frames_pushed - buffered > speaker.first_frame:
+				mixed_usec = Time.get_ticks_usec()
+				mixed_frames = Engine.get_process_frames() - spoken_frame
+			if _tts._played_frames(speaker) > speaker.first_frame:
+				heard_usec = Time.get_ticks_usec()
+				break
+		await get_tree().process_frame
 	while not _done:
 		await get_tree().process_frame
 	print(
 		(
-			"BENCH mode=%s prepared=%s mixed_ms=%.2f heard_ms=%.2f frames=%d audio_frames=%d"
+			"BENCH mode=%s prepared=%s held=%s mixed_ms=%.2f heard_ms=%.2f frames=%d audio_frames=%d"
 			% [
 				mode,
 				was_prepared,
+				held,
 				(mixed_usec - spoken) / 1000.0,
 				(heard_usec - spoken) / 1000.0,
 				mixed_frames,
-				_audio_at_frame - spoken_frame,
+				audio_frames,
 			]
 		)
 	)
@@ -101,12 +105,6 @@ func _ahead(index: int) -> Array[Dictionary]:
 	for entry: Dictionary in _lines.slice(index, index + LOOKAHEAD_LINES):
 		ahead.append({"speaker": entry["speaker"], "text": entry["text"]})
 	return ahead
-
-
-func _on_audio_received(line: int, speaker: String, samples: PackedFloat32Array) -> void:
-	if line == _line and _first_frame < 0:
-		_first_frame = _tts._speakers[speaker].frames_received - samples.size()
-		_audio_at_frame = Engine.get_process_frames()
 
 
 func _on_line_finished(line: int, _speaker: String, _status: String) -> void:

@@ -2,8 +2,8 @@ extends Control
 ## Two characters talk, each voice coming from where the character stands. Their mouths move
 ## with the voice (viseme_changed) and the subtitle appears word by word as it is said
 ## (word_reached). The Skip button or ui_accept (Enter, Space) ends the current line at once
-## and moves on. While a line plays, the next ones are prepared (lookahead), so each starts
-## as soon as it is its turn.
+## and moves on. While a line plays, the next ones are prepared (lookahead) and their audio
+## held by the addon, so each starts in the very frame it is its turn.
 ##
 ## Start the server first: [code]dialogue-tts serve[/code]. The characters' pitch and styles
 ## come from [code]cast.toml[/code], which the game sends to the server when it connects.

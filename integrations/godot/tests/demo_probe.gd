@@ -1,8 +1,8 @@
 extends Node
 ## Watches examples/godot as it plays, for tests/test_godot4.py, which adds this autoload to
 ## the demo's pack: prints how each line finished and which mouth shapes each character
-## showed, and which lines were prepared ahead, then sets window.done once the demo shows
-## "The end.".
+## showed, which lines were prepared ahead and which started from their held audio, then
+## sets window.done once the demo shows "The end.".
 
 const MOUTHS: Array[String] = ["GuardMouth", "TravellerMouth"]
 const THE_END: String = "[i]The end.[/i]"
@@ -13,6 +13,7 @@ var _shapes: Dictionary = {}  # mouth name -> {viseme: true} of every shape it s
 func _ready() -> void:
 	DialogueTTS.line_finished.connect(_on_line_finished)
 	DialogueTTS.line_prepared.connect(_on_line_prepared)
+	DialogueTTS.line_started.connect(_on_line_started)
 	for mouth: String in MOUTHS:
 		_shapes[mouth] = {}
 
@@ -37,3 +38,8 @@ func _on_line_finished(line: int, speaker: String, status: String) -> void:
 
 func _on_line_prepared(speaker: String, text: String, _seconds: float) -> void:
 	print("DEMO_PREPARED %s %s" % [speaker, text])
+
+
+func _on_line_started(line: int, speaker: String) -> void:
+	if DialogueTTS.is_line_held(line):
+		print("DEMO_HELD %d %s" % [line, speaker])

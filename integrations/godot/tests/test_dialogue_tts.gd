@@ -55,6 +55,7 @@ var _done: bool = false
 var _events: Array[Dictionary] = []  # one per DialogueTTS signal, in order
 var _refusals: Array[Dictionary] = []  # the same, for the node the token server refuses
 var _args: Dictionary = {}
+var _streamed: Dictionary = {}  # line id -> the samples the server streamed for it
 
 
 func _ready() -> void:
@@ -76,6 +77,7 @@ func _ready() -> void:
 	await _test_addon(_port("port"))
 	await _test_timings(_port("port"))
 	await _test_prepare(_port("port"))
+	await _test_held(_port("port"))
 	await _test_token_and_low_rate(_port("token-port"))
 	await _test_malformed(_port("bad-port"))
 	await _test_origin_refused(_port("other-origin-port"))
@@ -393,11 +395,12 @@ func _test_timings(port: int) -> void:
 	_events.clear()
 
 
-## prepare(), then speak() of the same line with the same options: the server says it from
-## its cache of prepared lines (its status counts one hit more) and its audio plays, words
-## and all. Said with other options, it is not the prepared line. A lookahead list replaced
-## by a newer one prepares none of its lines that were still waiting; a line handed over
-## again once prepared is not sent again.
+## prepare(), then speak() of the same line with the same options: the line's audio, fetched
+## from the server's cache of prepared lines, is held and starts in speak() itself, and the
+## say is served from that cache too (its status counts two hits more), words and all. Said
+## with other options, it is not the prepared line. A lookahead list replaced by a newer one
+## prepares none of its lines that were still waiting; a line handed over again once
+## prepared is not sent again.
 func _test_prepare(port: int) -> void:
 	var tts: Node = await _connected_tts(port, ["word"])
 	var options: Dictionary = {"markup": "bbcode", "rate": 1.1}
@@ -412,6 +415,8 @@ func _test_prepare(port: int) -> void:
 	)
 	_check(prepared["seconds"] > 1.0, "prepare: its length: %s s" % prepared["seconds"])
 	var line: int = tts.speak("iris", MARKED_TEXT, options)
+	_check(tts.is_line_held(line), "prepare: the line starts from its held audio")
+	_check(tts._speakers["iris"].frames_pushed > 0, "prepare: pushed in speak() itself")
 	while _finished(line).is_empty():
 		await get_tree().process_frame
 	_check(_status(line) == "done", "prepare: the prepared line is voiced")
@@ -419,8 +424,8 @@ func _test_prepare(port: int) -> void:
 	_check(_named("word_reached", line).size() == MARKED_WORDS.size(), "prepare: with its words")
 	var hits_after: int = await _cache_hits(port)
 	_check(
-		hits_after == hits + 1,
-		"prepare: said from the server's cache (hits %d -> %d)" % [hits, hits_after]
+		hits_after == hits + 2,
+		"prepare: fetched and said from the server's cache (hits %d -> %d)" % [hits, hits_after]
 	)
 	var other: int = tts.speak("iris", MARKED_TEXT, {"markup": "bbcode", "rate": 1.3})
 	while _finished(other).is_empty():
@@ -438,7 +443,11 @@ func _test_prepare(port: int) -> void:
 	_check(tts._prepares_sent.size() == DialogueTTS.MAX_PREPARES, "lookahead: a few in flight")
 	var fresh: Array = [{"speaker": "iris", "text": "The path changed.", "options": options}]
 	tts.lookahead(fresh)
-	while not tts._prepares_sent.is_empty() or not tts._lookahead.is_empty():
+	while (
+		not tts._prepares_sent.is_empty()
+		or not tts._lookahead.is_empty()
+		or not tts._held.fetches.is_empty()
+	):
 		await get_tree().process_frame
 	var texts: Array[String] = []
 	for event: Dictionary in _named("line_prepared").slice(1):
@@ -454,13 +463,122 @@ func _test_prepare(port: int) -> void:
 		await get_tree().process_frame
 	_check(tts._prepares_sent.is_empty(), "lookahead: a prepared line is not sent again")
 	var said: int = tts.speak("iris", "The path changed.", options)
+	_check(tts.is_line_held(said), "lookahead: the fresh line starts from its held audio")
 	while _finished(said).is_empty():
 		await get_tree().process_frame
 	_check(_status(said) == "done", "lookahead: the fresh line is voiced")
 	var hits_fresh: int = await _cache_hits(port)
-	_check(hits_fresh == hits_other + 1, "lookahead: said from the server's cache")
+	# The audio of each line prepared was fetched from the cache (the stale ones in flight, the
+	# fresh one), and the fresh line said from it.
+	var hits_expected: int = hits_other + DialogueTTS.MAX_PREPARES + 2
+	_check(hits_fresh == hits_expected, "lookahead: fetched and said from the server's cache")
 	tts.queue_free()
 	_events.clear()
+
+
+## A prepared line's audio is held, and its speak() pushes it into the player in that call;
+## it is the very audio the server streams for the say, sample for sample. A speak() that
+## does not match the prepare (another rate), a speaker with a line playing, clear(), and a
+## lookahead() path left behind all keep held audio from playing where it does not belong:
+## those lines play the server's audio, and only it. Skip drops a held line's audio at once.
+func _test_held(port: int) -> void:
+	var tts: Node = await _connected_tts(port)
+	tts.audio_received.connect(_on_streamed)
+	var texts: Array[String] = [
+		"Keep the lantern lit until the boat is past the rocks.",
+		"Whatever you hear out there, do not answer it.",
+		"The tide turns at midnight.",
+	]
+	var fast: Dictionary = {"rate": 1.2}
+	for text: String in texts:
+		tts.prepare("nell", text, fast)
+	while _named("line_prepared").size() < texts.size():
+		await get_tree().process_frame
+	var keys: Array[String] = []
+	for text: String in texts:
+		keys.append(str(tts._line_request("prepare", "nell", text, fast)))
+	_check(tts._held.has(keys[0]) and tts._held.has(keys[1]), "held: prepared lines are held")
+	var held: PackedFloat32Array = tts._held._lines[keys[0]].samples
+	var line: int = tts.speak("nell", texts[0], fast)
+	var nell: Object = tts._speakers["nell"]
+	_check(tts.is_line_held(line), "held: the line starts from its held audio")
+	_check(
+		nell.frames_received == held.size() and nell.frames_pushed > 0,
+		"held: pushed into the player in speak() itself (%d pushed)" % nell.frames_pushed
+	)
+	_check(not tts._held.has(keys[0]), "held: a held line is said once")
+	# A speak() of another held line while this one plays waits its turn on the server.
+	var queued: int = tts.speak("nell", texts[1], fast)
+	_check(not tts.is_line_held(queued), "held: not while the speaker's line plays")
+	_check(nell.frames_received == held.size(), "held: nothing pushed for the queued line")
+	while _finished(queued).is_empty():
+		await get_tree().process_frame
+	_check(_status(line) == "done" and _status(queued) == "done", "held: both lines done")
+	_check(
+		_streamed.get(line) == held,
+		"held: its audio is the server's, sample for sample (%d samples)" % held.size()
+	)
+	_check(not tts.is_line_held(line), "held: only until the line finished")
+	print("GODOT_TEST_INFO held: %d samples played from held audio, the server's" % held.size())
+	_check(_sum_samples(queued) > 0, "held: the queued line played the server's audio")
+	# Another rate: not the prepared line, so its held audio stays out of it.
+	var before: int = nell.frames_received
+	var other: int = tts.speak("nell", texts[2], {"rate": 1.0})
+	_check(not tts.is_line_held(other), "held: another rate does not match")
+	_check(nell.frames_received == before, "held: nothing pushed for a line that does not match")
+	while _finished(other).is_empty():
+		await get_tree().process_frame
+	var streamed: PackedFloat32Array = _streamed.get(other, PackedFloat32Array())
+	_check(
+		nell.frames_received - before == streamed.size() and streamed.size() > 0,
+		"held: a line that does not match plays the server's audio, and only it"
+	)
+	_check(tts._held.has(keys[2]), "held: the prepared line stays held for its own speak()")
+	# Skip drops a held line's audio at once, as any line's.
+	var skipped: int = tts.speak("nell", texts[1], fast)
+	_check(tts.is_line_held(skipped), "held: the line left held by the busy speaker starts")
+	tts.skip("nell")
+	var after_skip: int = nell.frames_received
+	_check(
+		nell.pending.is_empty() and after_skip == nell.frames_pushed,
+		"held: skip drops its audio at once"
+	)
+	while _finished(skipped).is_empty():
+		await get_tree().process_frame
+	# (The server may end it "done": a skip read with the say, before the line started there,
+	# finds no current line. Either way, none of its audio plays here after the skip.)
+	_check(nell.frames_received == after_skip, "held: nothing of the skipped line plays after")
+	# clear() drops held audio; so does a lookahead() path left behind.
+	tts.clear()
+	_check(not tts._held.has(keys[2]), "held: clear() drops held audio")
+	before = nell.frames_received
+	var cleared: int = tts.speak("nell", texts[2], fast)
+	_check(not tts.is_line_held(cleared), "held: not after clear()")
+	_check(nell.frames_received == before, "held: nothing pushed after clear()")
+	while _finished(cleared).is_empty():
+		await get_tree().process_frame
+	_check(_status(cleared) == "done", "held: after clear(), the line plays from the server")
+	var ahead: Array = [{"speaker": "nell", "text": "Row, and do not look back.", "options": fast}]
+	var ahead_key: String = str(tts._line_request("prepare", "nell", ahead[0]["text"], fast))
+	tts.lookahead(ahead)
+	while not tts._held.has(ahead_key):
+		await get_tree().process_frame
+	tts.lookahead([{"speaker": "nell", "text": "The fog lifts."}])
+	_check(tts._held.has(ahead_key), "held: lookahead keeps the last path's lines")
+	tts.lookahead([])
+	_check(not tts._held.has(ahead_key), "held: lookahead drops lines off the path")
+	while not tts._held.fetches.is_empty() or not tts._prepares_sent.is_empty():
+		await get_tree().process_frame
+	_check(
+		(
+			tts._held.samples_held <= DialogueTTS.HeldAudio.MAX_SAMPLES
+			and tts._held._lines.size() <= DialogueTTS.HeldAudio.MAX_LINES
+		),
+		"held: bounded (%d samples)" % tts._held.samples_held
+	)
+	tts.queue_free()
+	_events.clear()
+	_streamed.clear()
 
 
 ## With the right token the server accepts the node and its styles; an 8 kHz line gets all
@@ -676,6 +794,12 @@ func _connected_tts(port: int, timings: Array[String] = []) -> Node:
 		await get_tree().process_frame
 	_check(tts.is_server_ready(), "connected to port %d" % port)
 	return tts
+
+
+func _on_streamed(line: int, _speaker: String, samples: PackedFloat32Array) -> void:
+	var streamed: PackedFloat32Array = _streamed.get(line, PackedFloat32Array())
+	streamed.append_array(samples)
+	_streamed[line] = streamed
 
 
 ## Records an event with when it happened: the wall clock and the frame.

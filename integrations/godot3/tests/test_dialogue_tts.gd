@@ -641,10 +641,11 @@ func _test_token_and_cast(port: int) -> void:
 	from_dict.queue_free()
 
 
-## prepare(), then speak() of the same line with the same options: the server says it from
-## its cache of prepared lines (its status counts one hit more) and its audio plays, words
-## and all. Said with other options, it is not the prepared line. A lookahead list replaced
-## by a newer one prepares none of its lines that were still waiting.
+## prepare(), then speak() of the same line with the same options: the line's audio, fetched
+## from the server's cache of prepared lines, is held and starts in speak() itself, and the
+## say is served from that cache too (its status counts two hits more), words and all. Said
+## with other options, it is not the prepared line. A lookahead list replaced by a newer one
+## prepares none of its lines that were still waiting.
 func _test_prepare(port: int) -> void:
 	_events.clear()
 	var tts: Node = _new_tts()
@@ -661,13 +662,15 @@ func _test_prepare(port: int) -> void:
 	_check(prepared["text"] == MARKED_TEXT, "prepare: line_prepared names the line")
 	_check(prepared["seconds"] > 1.0, "prepare: its length: %s s" % prepared["seconds"])
 	var line: int = tts.speak("iris", MARKED_TEXT, options)
+	_check(tts.is_line_held(line), "prepare: the line starts from its held audio")
+	_check(tts._speakers["iris"].frames_pushed > 0, "prepare: pushed in speak() itself")
 	while _finished(line).empty():
 		yield(self, "idle_frame")
 	_check(_status(line) == "done", "prepare: the prepared line is voiced")
 	_check(tts._speakers["iris"].frames_pushed > 0, "prepare: its audio went into the generator")
 	_check(_named("word_reached", line).size() == MARKED_WORDS.size(), "prepare: with its words")
 	var hits_after: int = yield(_cache_hits(port), "completed")
-	_check(hits_after == hits + 1, "prepare: from the cache (hits %d -> %d)" % [hits, hits_after])
+	_check(hits_after == hits + 2, "prepare: from the cache (hits %d -> %d)" % [hits, hits_after])
 	var other: int = tts.speak("iris", MARKED_TEXT, {"markup": "bbcode", "rate": 1.3})
 	while _finished(other).empty():
 		yield(self, "idle_frame")
@@ -682,7 +685,11 @@ func _test_prepare(port: int) -> void:
 		yield(self, "idle_frame")
 	_check(tts._prepares_sent.size() == DialogueTTS.MAX_PREPARES, "lookahead: a few in flight")
 	tts.lookahead([{"speaker": "iris", "text": "The path changed.", "options": options}])
-	while not tts._prepares_sent.empty() or not tts._lookahead.empty():
+	while (
+		not tts._prepares_sent.empty()
+		or not tts._lookahead.empty()
+		or not tts._held.fetches.empty()
+	):
 		yield(self, "idle_frame")
 	var texts: Array = []
 	for event in _named("line_prepared"):

@@ -16,6 +16,9 @@ extends Node
 ## Lookahead: a dialogue system that knows its next lines hands them to [method lookahead]
 ## (or one by one to [method prepare]) while the current line plays. The server synthesizes
 ## them ahead, so that their [method speak] starts playing at once instead of after synthesis.
+## The node also fetches each prepared line's audio and holds it ([member hold_prepared]):
+## speak() of it pushes that audio into the speaker's player in the same call, so it plays in
+## the next mix, with no round trip to the server.
 ## [codeblock]
 ## DialogueTTS.speak("guard", "Halt!")
 ## DialogueTTS.lookahead([
@@ -63,7 +66,8 @@ signal viseme_changed(speaker, viseme)
 signal line_finished(line, speaker, status)
 ## Emitted when the server has prepared a line given to [method prepare] or
 ## [method lookahead]: a [method speak] of it with the same options now starts with no
-## synthesis. [param seconds]: the length of its audio.
+## synthesis; with [member hold_prepared], once its audio is held here too (when it could be
+## held), so that speak() starts it at once. [param seconds]: the length of its audio.
 signal line_prepared(speaker, text, seconds)
 ## Emitted for every error the server reports, and for lines spoken while disconnected.
 signal error(code, message)
@@ -74,6 +78,7 @@ const MsgPack := preload("msgpack.gd")
 const FrameReader := preload("frame_reader.gd")
 const Transport := preload("transport.gd")
 const TcpTransport := preload("tcp_transport.gd")
+const HeldAudio := preload("held_audio.gd")
 
 const PROTOCOL_VERSION: int = 1
 const DEFAULT_HOST: String = "127.0.0.1"
@@ -103,8 +108,9 @@ const BUFFER_SECONDS: float = 0.5
 ## pieces this long, which fit its buffer at any sample rate (at 8 kHz it holds 4095).
 const PUSH_FRAMES: int = 2048
 const CONNECT_TIMEOUT_MSEC: int = 3000
-## Most prepare requests in flight at once: the server runs at most 4 synthesize or prepare
-## requests per connection and refuses more (queue_full). The others wait here, in order.
+## Most prepare requests in flight at once, with those fetching a prepared line's audio: the
+## server runs at most 4 synthesize or prepare requests per connection and refuses more
+## (queue_full). The others wait here, in order.
 const MAX_PREPARES: int = 4
 ## Most lines waiting to be prepared, from [method prepare] and from [method lookahead] each;
 ## past it, prepare() drops the oldest and lookahead() the farthest.
@@ -141,6 +147,15 @@ var client_name: String = "godot"
 ## [code]"word"[/code] for [signal word_reached], [code]"viseme"[/code] for
 ## [signal viseme_changed]. Empty (the default): none, and no signals.
 var timings: Array = []
+## When true, the audio of every line prepared by [method prepare] or [method lookahead] is
+## fetched from the server's cache and held here (at most 8 lines, 95 s at 22.05 kHz; see
+## held_audio.gd): a [method speak] that matches it exactly (speaker, text, and every option
+## but [code]interrupt[/code]) while its speaker has no line queued or playing (or with
+## [code]interrupt[/code]) pushes it into the player in that call, instead of waiting a round
+## trip for the server's first audio. The say still goes to the server, for
+## the line's signals, marks and pacing; its audio, the same samples, is not played again.
+## A line that does not match, or whose speaker is busy, plays from the server as usual.
+var hold_prepared: bool = true
 ## Audio bus of the players this node creates for speakers without their own player.
 var bus: String = "Master"
 ## When false, the node connects only when [method connect_to_server] is called.
@@ -185,6 +200,9 @@ var _prepares: Array = []  # prepare requests from prepare(), not sent yet
 var _lookahead: Array = []  # the same from lookahead(), replaced by each call
 var _prepares_sent: Dictionary = {}  # request id -> its prepare request, until answered
 var _prepared: Array = []  # keys of the lines prepared lately, oldest first
+var _held := HeldAudio.new()
+var _can_hold: bool = true  # false when the server cannot send raw audio (an older one)
+var _held_lines: Dictionary = {}  # line id -> true: started from held audio, until finished
 var _output_latency: float = 0.0  # AudioServer's, read per new player: costly to query
 var _server_pid: int = -1  # the server this node started (server_path), until it stops it
 var _server_started_msec: int = 0
@@ -279,6 +297,8 @@ func is_server_ready() -> bool:
 func speak(speaker: String, text: String, options: Dictionary = {}) -> int:
 	_next_line += 1
 	var line: int = _next_line
+	var key: String = str(_line_request("prepare", speaker, text, options))
+	var held: HeldAudio.Line = _take_held(key, speaker, options.get("interrupt", false))
 	_lines[line] = speaker
 	if _state == State.DISCONNECTED:
 		call_deferred("_fail_line", line, "not_connected", "no dialogue-tts server connection")
@@ -288,12 +308,20 @@ func speak(speaker: String, text: String, options: Dictionary = {}) -> int:
 	request["format"] = AUDIO_FORMAT
 	if options.has("interrupt"):
 		request["interrupt"] = options["interrupt"]
-	_drop_waiting(str(_line_request("prepare", speaker, text, options)))
+	_drop_waiting(key)
 	var target: Speaker = _get_speaker(speaker)  # created now, so pause() state applies
 	if options.get("interrupt", false):
 		_silence(target)
+	if held != null:
+		_play_held(target, line, held, request.has("timings"))
 	_says[_send(request)] = line
 	return line
+
+
+## Returns true if [param line] started from audio held here (see [member hold_prepared]),
+## until its [signal line_finished].
+func is_line_held(line: int) -> bool:
+	return _held_lines.has(line)
 
 
 ## Asks the server to synthesize a line ahead, so that a later [method speak] of it, with
@@ -314,9 +342,12 @@ func prepare(speaker: String, text: String, options: Dictionary = {}) -> void:
 ## [code]{"speaker": String, "text": String, "options": Dictionary}[/code] ([code]options[/code]
 ## optional, as given to [method speak]). Replaces the lines of the previous call that were
 ## not sent yet: after a choice or a jump, hand over the new path, or [code][][/code] for
-## none. Those already in flight finish, and are simply not used.
+## none. Those already in flight finish, and are simply not used. Audio held for lines of
+## earlier calls ([member hold_prepared]) that are on neither this path nor the last one is
+## dropped.
 func lookahead(lines: Array) -> void:
 	_lookahead.clear()
+	var keys: Array = []
 	for entry in lines:
 		if _lookahead.size() == MAX_WAITING_PREPARES:
 			break
@@ -331,6 +362,8 @@ func lookahead(lines: Array) -> void:
 		_lookahead.append(
 			_line_request("prepare", entry["speaker"], entry["text"], entry.get("options", {}))
 		)
+		keys.append(str(_lookahead.back()))
+	_held.set_path(keys)
 
 
 ## Ends [param speaker]'s current line at once (status "skipped"); its next line starts.
@@ -348,10 +381,13 @@ func cancel(line: int) -> void:
 	_send({"type": "cancel", "line": line})
 
 
-## Cancels the current and queued lines of [param speaker], or of everyone when empty.
+## Cancels the current and queued lines of [param speaker], or of everyone when empty, and
+## drops their held audio ([member hold_prepared]), that being fetched included: a game
+## clears on a jump or a rollback, after which lines ahead are handed over anew.
 func clear(speaker: String = "") -> void:
 	for target in _targets(speaker):
 		_silence(target)
+	_held.drop(speaker)
 	_send({"type": "clear"} if speaker.empty() else {"type": "clear", "speaker": speaker})
 
 
@@ -459,18 +495,21 @@ func _send(request: Dictionary) -> int:
 ## prepare()'s first, then the lookahead's, soonest first; lines already prepared or in flight
 ## are passed over.
 func _send_prepares() -> void:
-	while _prepares_sent.size() < MAX_PREPARES:
+	while _prepares_sent.size() + _held.fetches.size() < MAX_PREPARES:
 		var request: Dictionary = {}
+		var from_lookahead: bool = false
 		if not _prepares.empty():
 			request = _prepares.pop_front()
 		elif not _lookahead.empty():
 			request = _lookahead.pop_front()
+			from_lookahead = true
 		else:
 			return
 		var key: String = str(request)
 		if key in _prepared or _is_preparing(key):
 			continue
-		_prepares_sent[_send(request.duplicate())] = request
+		var entry: Dictionary = {"request": request, "key": key, "lookahead": from_lookahead}
+		_prepares_sent[_send(request.duplicate())] = entry
 
 
 ## Drops the line of [param key] from the lines waiting to be prepared: it is said now.
@@ -482,8 +521,8 @@ func _drop_waiting(key: String) -> void:
 
 
 func _is_preparing(key: String) -> bool:
-	for request in _prepares_sent.values():
-		if str(request) == key:
+	for entry in _prepares_sent.values() + _held.fetches.values():
+		if entry["key"] == key:
 			return true
 	return false
 
@@ -528,6 +567,8 @@ func _handle(message: Dictionary) -> void:
 			_on_finished(message)
 		"prepared":
 			_on_prepared(message)
+		"audio_file":
+			_on_audio_file(message)
 		"voices":
 			_welcome["voices"] = message["voices"]
 		"error":
@@ -575,46 +616,76 @@ func _on_audio(message: Dictionary) -> void:
 	if speaker.current != message["line"]:
 		return  # audio of a line skipped here, still in flight from the server
 	var samples: PoolRealArray = _decode_samples(message["data"])
-	if not speaker.marks.empty():
-		var marks: LineMarks = speaker.marks.back()
-		if marks.line == message["line"] and not marks.has_audio:
-			marks.has_audio = true  # the line's first sample is the next frame received
-			marks.first_frame = speaker.frames_received
-	speaker.frames_received += samples.size()
-	# The generator plays stereo frames; this loop is the only per-sample work.
-	for start in range(0, samples.size(), PUSH_FRAMES):
-		var frames := PoolVector2Array()
-		frames.resize(int(min(PUSH_FRAMES, samples.size() - start)))
-		for i in frames.size():
-			frames[i] = Vector2(samples[start + i], samples[start + i])
-		speaker.pending.append(frames)
-	_feed(speaker)
+	if speaker.held_line != message["line"]:  # a held line's samples went in at speak()
+		if not speaker.marks.empty():
+			var marks: LineMarks = speaker.marks.back()
+			if marks.line == message["line"] and not marks.has_audio:
+				marks.has_audio = true  # the line's first sample is the next frame received
+				marks.first_frame = speaker.frames_received
+		_queue_samples(speaker, message["line"], samples)
 	emit_signal("audio_received", message["line"], message["speaker"], samples)
+
+
+## Queues a line's samples for the speaker's player and pushes what its buffer has room for.
+func _queue_samples(speaker: Speaker, line: int, samples: PoolRealArray) -> void:
+	if speaker.first_line != line:
+		speaker.first_line = line
+		speaker.first_frame = speaker.frames_received
+	speaker.frames_received += samples.size()
+	speaker.pending.append(samples)
+	_feed(speaker)
 
 
 func _on_finished(message: Dictionary) -> void:
 	var speaker: Speaker = _get_speaker(message["speaker"])
 	if speaker.current == message["line"]:
 		speaker.current = -1
+		speaker.held_line = -1
 		if message["status"] == "done":
 			_finish_marks(speaker, message["line"])
 		else:
 			_silence(speaker)
 	if _lines.has(message["line"]):
 		_lines.erase(message["line"])
+		_held_lines.erase(message["line"])
 		emit_signal("line_finished", message["line"], message["speaker"], message["status"])
 
 
 func _on_prepared(message: Dictionary) -> void:
-	var request: Dictionary = _prepares_sent.get(message.get("id"), {})
-	if request.empty():
+	var entry: Dictionary = _prepares_sent.get(message.get("id"), {})
+	if entry.empty():
 		return
 	_prepares_sent.erase(message["id"])
-	_prepared.append(str(request))
+	_prepared.append(entry["key"])
 	if _prepared.size() > REMEMBERED_PREPARES:
 		_prepared.pop_front()
-	var seconds: float = message.get("duration", 0.0)
-	emit_signal("line_prepared", request["speaker"], request["text"], seconds)
+	entry["seconds"] = message.get("duration", 0.0)
+	if hold_prepared and _can_hold and entry["seconds"] <= HeldAudio.MAX_LINE_SECONDS:
+		# Fetch its audio, served from the server's cache: the samples its say will stream.
+		var fetch: Dictionary = entry["request"].duplicate()
+		fetch["type"] = "synthesize"
+		fetch["format"] = AUDIO_FORMAT
+		fetch.erase("timings")
+		_held.fetches[_send(fetch)] = entry
+		return  # line_prepared once it is held
+	_emit_prepared(entry)
+
+
+func _on_audio_file(message: Dictionary) -> void:
+	var entry: Dictionary = _held.fetches.get(message.get("id"), {})
+	if entry.empty():
+		return
+	_held.fetches.erase(message["id"])
+	if message.get("format") == AUDIO_FORMAT and _held.wants(entry):
+		var samples: PoolRealArray = _decode_samples(message["data"])
+		var speaker: String = entry["request"]["speaker"]
+		_held.hold(entry["key"], speaker, samples, message["sample_rate"], entry["lookahead"])
+	_emit_prepared(entry)
+
+
+func _emit_prepared(entry: Dictionary) -> void:
+	var request: Dictionary = entry["request"]
+	emit_signal("line_prepared", request["speaker"], request["text"], entry["seconds"])
 
 
 func _on_error(message: Dictionary) -> void:
@@ -627,12 +698,23 @@ func _on_error(message: Dictionary) -> void:
 			"the server refused this game (%s: %s); not retrying: %s" % [code, text, REFUSALS[code]]
 		)
 		return
+	var fetch: Dictionary = _held.fetches.get(message.get("id"), {})
+	if not fetch.empty():
+		# Its audio could not be fetched, so it plays from the server's cache. A server
+		# without raw audio (older than this addon) says so once, and is not asked again.
+		_held.fetches.erase(message["id"])
+		_can_hold = _can_hold and code != "invalid_field"
+		_emit_prepared(fetch)
+		return
 	push_warning("dialogue-tts: %s: %s" % [code, text])
 	emit_signal("error", code, text)
 	_prepares_sent.erase(message.get("id"))  # a line that could not be prepared
 	var line = _says.get(message.get("id"))
 	if line != null:
 		_says.erase(message["id"])
+		var speaker: Speaker = _speakers.get(_lines.get(line, ""))
+		if speaker != null and speaker.current == line:
+			_silence(speaker)  # held audio of a line the server refused
 		_finish_line(line, "error")
 
 
@@ -646,6 +728,7 @@ func _finish_line(line: int, status: String) -> void:
 	if _lines.has(line):
 		var speaker: String = _lines[line]
 		_lines.erase(line)
+		_held_lines.erase(line)
 		emit_signal("line_finished", line, speaker, status)
 
 
@@ -661,6 +744,9 @@ func _drop(reason: String) -> void:
 	# sent to the next connection.
 	_prepares_sent.clear()
 	_prepared.clear()
+	_held.drop("")  # the next server may have another cast, voices, or lexicon
+	_held.fetches.clear()
+	_can_hold = true
 	for speaker in _speakers.values():
 		speaker.current = -1
 		_silence(speaker)
@@ -940,6 +1026,7 @@ func _restart_player(speaker: Speaker) -> void:
 	# Frames are counted from this new, empty playback: what the old one held is gone.
 	for marks in speaker.marks:
 		marks.first_frame -= speaker.frames_pushed
+	speaker.first_frame -= speaker.frames_pushed
 	speaker.frames_received -= speaker.frames_pushed
 	speaker.frames_pushed = 0
 	speaker.buffer_frames = speaker.playback.get_frames_available()
@@ -949,6 +1036,7 @@ func _restart_player(speaker: Speaker) -> void:
 func _silence(speaker: Speaker) -> void:
 	_clear_pending(speaker)
 	speaker.current = -1
+	speaker.held_line = -1
 	speaker.marks.clear()
 	_close_mouth(speaker)
 	if speaker.playback != null:
@@ -957,6 +1045,7 @@ func _silence(speaker: Speaker) -> void:
 
 func _clear_pending(speaker: Speaker) -> void:
 	speaker.pending.clear()
+	speaker.pending_offset = 0
 	speaker.frames_received = speaker.frames_pushed
 
 
@@ -972,16 +1061,27 @@ func _set_paused(speaker_name: String, paused: bool) -> void:
 			speaker.player.set("stream_paused", paused)
 
 
-## Moves pending frames into the generator as far as its buffer has room.
+## Moves pending samples into the generator as far as its buffer has room, at most
+## [constant PUSH_FRAMES] at a time. The generator plays stereo frames: turning samples into
+## frames here, as they go in, is the only per-sample work, and it keeps pace with playback,
+## so a whole held line costs a frame no more than streamed audio does.
 func _feed(speaker: Speaker) -> void:
-	while (
-		not speaker.pending.empty()
-		and speaker.playback != null
-		and speaker.playback.can_push_buffer(speaker.pending[0].size())
-	):
-		var frames: PoolVector2Array = speaker.pending.pop_front()
+	while not speaker.pending.empty() and speaker.playback != null:
+		var samples: PoolRealArray = speaker.pending[0]
+		var start: int = speaker.pending_offset
+		var count: int = int(min(PUSH_FRAMES, samples.size() - start))
+		if not speaker.playback.can_push_buffer(count):
+			return
+		var frames := PoolVector2Array()
+		frames.resize(count)
+		for i in count:
+			frames[i] = Vector2(samples[start + i], samples[start + i])
 		speaker.playback.push_buffer(frames)
-		speaker.frames_pushed += frames.size()
+		speaker.frames_pushed += count
+		speaker.pending_offset += count
+		if speaker.pending_offset == samples.size():
+			speaker.pending.pop_front()
+			speaker.pending_offset = 0
 
 
 ## Returns how many frames of the speaker's playback the player has heard: the frames pushed
@@ -1053,6 +1153,42 @@ func _finish_marks(speaker: Speaker, line: int) -> void:
 		_close_mouth(speaker)
 
 
+#region Held audio of prepared lines (hold_prepared)
+
+
+## Returns the held audio of the line of [param key] and forgets it, or null unless it can
+## start now: held, connected, and its speaker with no line queued or playing (else the
+## line waits its turn on the server, and plays from there) unless [param interrupt].
+func _take_held(key: String, speaker: String, interrupt: bool) -> HeldAudio.Line:
+	if not _held.has(key) or _state != State.READY:
+		return null
+	if not interrupt and _lines.values().has(speaker):
+		return null
+	return _held.take(key)
+
+
+## Starts [param line] from its held audio: in the speaker's player at once, so that it plays
+## in the next mix. [param timed]: the line asked for marks, which come with its say.
+func _play_held(speaker: Speaker, line: int, held: HeldAudio.Line, timed: bool) -> void:
+	if speaker.playback == null or speaker.sample_rate != held.sample_rate:
+		_clear_pending(speaker)
+		speaker.sample_rate = held.sample_rate
+		_start_player(speaker)
+	speaker.current = line
+	speaker.held_line = line
+	_held_lines[line] = true
+	if timed:
+		var marks := LineMarks.new()
+		marks.line = line
+		marks.has_audio = true
+		marks.first_frame = speaker.frames_received
+		speaker.marks.append(marks)
+	_queue_samples(speaker, line, held.samples)
+
+
+#endregion
+
+
 ## One character's playback: a player fed through an AudioStreamGenerator.
 class Speaker:
 	var name: String
@@ -1062,14 +1198,22 @@ class Speaker:
 	var sample_rate: int = 0
 	## The line whose audio is accepted; -1 between lines and after a local skip.
 	var current: int = -1
-	## Stereo frames received but not yet pushed, oldest first.
+	## Samples received (or held) but not yet pushed, oldest first; the first from
+	## [member pending_offset] on.
 	var pending: Array = []
+	var pending_offset: int = 0
 	var paused: bool = false
 	## Frames received for the current playback (pushed or pending), and pushed into it.
 	var frames_received: int = 0
 	var frames_pushed: int = 0
 	## Frames the playback's buffer holds when full: measured when it is made, empty.
 	var buffer_frames: int = 0
+	## The last line whose audio was queued, and where its first sample is among the frames
+	## of the playback (as for [member LineMarks.first_frame]).
+	var first_line: int = -1
+	var first_frame: int = 0
+	## The current line when it plays from held audio: the server's audio of it is not queued.
+	var held_line: int = -1
 	## Marks of the lines still to be heard, oldest first (one line at a time, in practice:
 	## the server starts a speaker's next line after the last one's finished).
 	var marks: Array = []
