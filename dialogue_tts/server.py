@@ -64,7 +64,6 @@ from .messages import (
     VoicesRequest,
     Welcome,
 )
-from .preview import SceneLineError, SceneRenderError, ScriptLine, render_scene, scene_jobs
 from .protocol import (
     CLOSED,
     DEFAULT_HOST,
@@ -75,6 +74,7 @@ from .protocol import (
     Connection,
     Role,
 )
+from .scene import SceneLineError, SceneRenderError, ScriptLine, render_scene, scene_jobs
 from .scheduler import ConnectionQueues
 
 if TYPE_CHECKING:

@@ -29,6 +29,8 @@ from typing import Any, Final, TextIO
 
 from . import espeak
 from .app import build_engine, engine_options, load_cast_option, play_file, run_async
+from .renpy_export import HEADER, read_dialogue_tab
+from .scene import ScriptError, read_script
 
 __all__ = ["Word", "WordLine", "add_parser", "find_words", "read_lines"]
 
@@ -87,9 +89,6 @@ def add_parser(commands: Any) -> None:
 
 def read_lines(path: Path) -> list[WordLine]:
     """The lines of a script, a dialogue.tab or a text file; raises ValueError."""
-    from .preview import ScriptError, read_script
-    from .renpy_render import HEADER, read_dialogue_tab
-
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
