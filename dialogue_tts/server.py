@@ -2,7 +2,8 @@
 
 The handler moves bytes between the socket and a sans-I/O ``protocol.Connection``, answers
 requests, and is the ``Outbox`` of its connection's speaker queues. WebSocket connections
-(``websocket.py``) are served by the same handler through a reader and a writer adapter.
+(``websocket.py``) are served by the same handler through a reader and a writer adapter:
+``Server.start`` hands ``serve_connection`` to the web server.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hmac
-import ipaddress
 import logging
 import os
 import socket
@@ -19,7 +19,7 @@ import stat
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 from . import __version__, errors
 from .audio import encode_file
@@ -64,6 +64,7 @@ from .messages import (
     VoicesRequest,
     Welcome,
 )
+from .net import FrameReader, FrameWriter, Listener, is_loopback
 from .protocol import (
     CLOSED,
     DEFAULT_HOST,
@@ -85,47 +86,6 @@ __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ConnectionHandler", "Server", "Serve
 _LOGGER = logging.getLogger(__name__)
 
 _READ_SIZE: Final = 64 * 1024
-
-
-class FrameReader(Protocol):
-    """The part of ``asyncio.StreamReader`` a handler reads frames' bytes from."""
-
-    async def read(self, n: int = -1) -> bytes: ...
-
-
-class WriteBuffer(Protocol):
-    """The part of a transport a handler uses: back-pressure and dropping the client."""
-
-    def get_write_buffer_size(self) -> int: ...
-
-    def abort(self) -> None: ...
-
-
-class FrameWriter(Protocol):
-    """The part of ``asyncio.StreamWriter`` a handler writes whole frames to."""
-
-    @property
-    def transport(self) -> WriteBuffer: ...
-
-    def write(self, data: bytes) -> None: ...
-
-    async def drain(self) -> None: ...
-
-    def is_closing(self) -> bool: ...
-
-    def close(self) -> None: ...
-
-    async def wait_closed(self) -> None: ...
-
-
-class Listener(Protocol):
-    """What the server needs of a listening socket (``asyncio.Server`` and the web server)."""
-
-    def close(self) -> None: ...
-
-    async def wait_closed(self) -> None: ...
-
-    async def serve_forever(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -193,9 +153,14 @@ class Server:
         if config.unix_path is not None:
             self._servers.append(await _start_unix_server(self.serve_connection, config.unix_path))
         if config.web_port is not None:
-            from .websocket import WebServer  # optional: needs the websockets package
+            # Imported here: the websockets package is optional (the ``web`` extra).
+            from .websocket import WebServer
 
-            self.web = await WebServer.start(self, config.web_port)
+            self.web = await WebServer.start(
+                self.serve_connection, config.web_port, host=config.host or DEFAULT_HOST,
+                origins=config.web_origins, allow_remote=config.allow_remote,
+                max_frame=config.max_frame,
+            )  # fmt: skip
             self._servers.append(self.web)
 
     @property
@@ -579,16 +544,6 @@ def _client_cast(data: dict[str, Any] | str, catalog: VoiceCatalog) -> Cast:
     cast = Cast.from_toml(data, "hello") if isinstance(data, str) else Cast.from_dict(data, "hello")
     cast.check(catalog)
     return cast
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def _start_unix_server(
