@@ -3,9 +3,14 @@
 Each speaker of a connection has a ``SpeakerQueue``: lines play strictly in order, one at a
 time, while different speakers run concurrently. A line moves QUEUED -> STARTED -> FINISHED
 (or QUEUED -> FINISHED when it is cancelled or fails before its first audio); the allowed
-moves are the ``_TRANSITIONS`` table. ``Line.finish`` is the only way into FINISHED and sends
-the one finished event a line ever gets; audio goes out only through ``_send_audio``, which
-refuses a finished line. Those two places carry the ordering guarantees of PROTOCOL.md.
+moves are the ``_TRANSITIONS`` table. ``SpeakerQueue.finish`` is the only way into FINISHED
+(but for ``close``, when the peer is gone) and sends the one finished event a line ever gets;
+audio goes out only through ``_send_audio``, which refuses a finished line. Those two places
+carry the ordering guarantees of PROTOCOL.md.
+
+The queues send the events of lines (started, marks, audio, finished) themselves; the replies
+to requests are the session's (``session.py``): each request method here says what it did
+(a line's id and place, the lines a skip or clear ended) and the session builds the reply.
 
 A line becomes current ("started") as soon as it reaches the head of its speaker's queue,
 while its first audio is still being synthesized, so that a skip right after a say ends the
@@ -23,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import numpy as np
 
@@ -40,27 +45,17 @@ from .engine import (
 )
 from .errors import RemoteProtocolError
 from .jobs import DEFAULT_LIMITS, Catalog, Limits, synthesis_request
-from .messages import (
-    Audio,
-    Cancelled,
-    Cleared,
-    Event,
-    Finished,
-    LineId,
-    Marks,
-    Queued,
-    Say,
-    Skipped,
-    Started,
-)
+from .messages import Audio, Event, Finished, FinishStatus, LineId, Marks, Say, Started
 from .timings import Piece, place, viseme_units
 from .workers import Priority, PriorityKey
 
 __all__ = [
     "ConnectionQueues",
+    "Limits",
     "Line",
     "LineState",
     "Outbox",
+    "Placed",
     "SpeakerQueue",
     "Synthesizer",
     "synthesis_request",
@@ -105,6 +100,15 @@ class Synthesizer(Protocol):
     ) -> AsyncIterator[Piece]: ...
 
 
+class Placed(NamedTuple):
+    """Where ``ConnectionQueues.say`` put a line."""
+
+    line: LineId
+    speaker: str
+    position: int
+    """Lines before it in its speaker's queue, counting the current one (0: it plays next)."""
+
+
 class LineState(enum.Enum):
     QUEUED = "queued"
     STARTED = "started"
@@ -116,8 +120,6 @@ _TRANSITIONS: Final[dict[LineState, frozenset[LineState]]] = {
     LineState.STARTED: frozenset({LineState.FINISHED}),
     LineState.FINISHED: frozenset(),
 }
-
-FinishStatus = Literal["done", "skipped", "cancelled", "error"]
 
 
 class _Clock:
@@ -550,7 +552,7 @@ class ConnectionQueues:
         self._all_paused = False
         self.underruns = Underruns()
 
-    def say(self, say: Say) -> Queued:
+    def say(self, say: Say) -> Placed:
         """Queue a line (interrupting first if asked); raises RemoteProtocolError."""
         if say.timings is None and self.timings:
             say = replace(say, timings=sorted(self.timings))  # the hello's default
@@ -565,36 +567,32 @@ class ConnectionQueues:
         if say.interrupt:
             speaker.skip()
             speaker.cancel_all()
-        elif speaker.size >= self.limits.max_queue:
-            raise RemoteProtocolError(
-                errors.QUEUE_FULL,
-                f"speaker {say.speaker!r} already has {self.limits.max_queue} lines",
-                say.id,
-            )
+        else:
+            self.limits.check_queue(say.speaker, speaker.size, say.id)
         line = Line(self._new_line_id() if say.line is None else say.line, say, request, voice)
         self._lines[line.id] = line
-        # The reply goes out before the line can start: the runner needs the loop to turn.
-        return Queued(id=say.id, line=line.id, speaker=say.speaker, position=speaker.add(line))
+        return Placed(line.id, say.speaker, speaker.add(line))
 
-    def skip(self, speaker_name: str, request_id: int | str | None = None) -> Skipped:
+    def skip(self, speaker_name: str) -> LineId | None:
+        """End the speaker's current line; returns its id (None if it had none)."""
         speaker = self.speakers.get(speaker_name)
-        skipped = speaker.skip() if speaker else None
-        return Skipped(id=request_id, speaker=speaker_name, line=skipped)
+        return speaker.skip() if speaker else None
 
-    def cancel(self, line_id: LineId, request_id: int | str | None = None) -> Cancelled:
+    def cancel(self, line_id: LineId, request_id: int | str | None = None) -> None:
+        """End a queued or playing line; raises RemoteProtocolError if there is none."""
         line = self._lines.get(line_id)
         if line is None:
             raise RemoteProtocolError(
                 errors.UNKNOWN_LINE, f"no queued or playing line {line_id!r}", request_id
             )
         self.speakers[line.speaker].finish(line, "cancelled")
-        return Cancelled(id=request_id, line=line_id)
 
-    def clear(self, speaker_name: str | None, request_id: int | str | None = None) -> Cleared:
+    def clear(self, speaker_name: str | None) -> list[LineId]:
+        """Cancel every line of a speaker (of all speakers: None); returns their ids."""
         cleared: list[LineId] = []
         for speaker in self._selected(speaker_name):
             cleared += speaker.cancel_all()
-        return Cleared(id=request_id, speaker=speaker_name, lines=cleared)
+        return cleared
 
     def pause(self, speaker_name: str | None, request_id: int | str | None = None) -> None:
         if speaker_name is None:
@@ -645,14 +643,9 @@ class ConnectionQueues:
         speaker = self.speakers.get(name)
         if speaker is not None:
             return speaker
-        if len(self.speakers) >= self.limits.max_speakers:
-            idle = next((s for s in self.speakers.values() if s.idle), None)
-            if idle is None:
-                raise RemoteProtocolError(
-                    errors.TOO_MANY_SPEAKERS,
-                    f"this connection already has {self.limits.max_speakers} busy speakers",
-                    request_id,
-                )
+        idle = next((s for s in self.speakers.values() if s.idle), None)
+        if self.limits.check_speakers(len(self.speakers), idle is not None, request_id):
+            assert idle is not None
             idle.close()
             del self.speakers[idle.name]
         speaker = SpeakerQueue(name, self, paused=self._all_paused)

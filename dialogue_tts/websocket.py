@@ -1,7 +1,8 @@
 """The WebSocket transport and the preview page, both on one HTTP port (the ``web`` extra).
 
-A WebSocket connection is served by the same ``ConnectionHandler`` as a TCP connection, so
-the protocol logic, the queues and the engine are shared. Two adapters stand in for the
+A WebSocket connection is served by the same ``server.ConnectionHandler`` as a TCP
+connection (handed in as a ``net.ServeConnection``: this module does not import the server),
+so the protocol logic, the queues and the engine are shared. Two adapters stand in for the
 stream reader and writer:
 
 - ``MessageReader`` hands the handler each binary WebSocket message as one frame (the 4-byte
@@ -94,9 +95,9 @@ class WebAccess:
     """Who may use the web port: the check made on every HTTP request and WebSocket handshake.
 
     This is the hook for access rules on the WebSocket side. The shared-secret token is
-    checked at ``hello`` by ``ConnectionHandler``, so it applies to WebSocket connections
-    unchanged; browsers cannot set headers on a WebSocket, which is why it belongs in
-    ``hello`` and not here.
+    checked at ``hello`` by the connection's ``session.Session``, so it applies to
+    WebSocket connections unchanged; browsers cannot set headers on a WebSocket, which is
+    why it belongs in ``hello`` and not here.
     """
 
     hosts: frozenset[str]
