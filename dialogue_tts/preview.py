@@ -99,9 +99,8 @@ def _main(args: argparse.Namespace) -> int:
 async def _preview(
     args: argparse.Namespace, lines: list[ScriptLine], output: Path, progress: TextIO | None
 ) -> int:
-    engine = build_engine(args)
     failures: list[tuple[int, str]] = []
-    try:
+    async with build_engine(args) as engine:  # closed once its disk-cache writes are done
         cast = load_cast_option(args, engine.catalog)
         sample_rate = (
             args.sample_rate or engine.catalog.info(engine.catalog.default_voice).sample_rate
@@ -123,9 +122,6 @@ async def _preview(
             failures = exc.failures
         finally:
             bar.close()
-        await engine.finish_cache_writes()
-    finally:
-        engine.close()
     for index, why in failures:
         print(f"error: {lines[index].where}: {why}", file=sys.stderr)
     if failures:

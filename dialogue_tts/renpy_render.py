@@ -11,6 +11,9 @@ Lines are rendered in-process with the engine, not through a running server: pre
 is a batch job for a build step, so it should need no server, and the engine runs the lines
 on all its synthesis threads at once. A manifest beside the files records what each file was
 made from (text and voice settings), so a second run renders only what changed.
+
+The engine, cast and jobs are imported inside the functions, for start-up time only (the CLI
+imports this module to build its ``--help``).
 """
 
 from __future__ import annotations
@@ -245,11 +248,26 @@ async def _render_all(
 ) -> list[str]:
     from .engine import Engine
 
-    engine = Engine(catalog, disk_cache=disk_cache)
-    limit = asyncio.Semaphore(engine.parallel_lines)  # keeps every core busy, no more
     failures: list[str] = []
+    async with Engine(catalog, disk_cache=disk_cache) as engine:
+        try:
+            with (output / JOURNAL_NAME).open("a", encoding="utf-8") as journal:
+                await _render_jobs(engine, jobs, manifest, journal, bar, failures)
+        finally:
+            _write_manifest(output, manifest)  # after the journal is closed: it removes it
+    return failures
 
-    journal = (output / JOURNAL_NAME).open("a", encoding="utf-8")
+
+async def _render_jobs(
+    engine: Any,
+    jobs: list[_Job],
+    manifest: dict[str, str],
+    journal: TextIO,
+    bar: ProgressBar,
+    failures: list[str],
+) -> None:
+    """Render the jobs on every synthesis thread, each file journaled as it is written."""
+    limit = asyncio.Semaphore(engine.parallel_lines)  # keeps every core busy, no more
 
     async def render(job: _Job) -> None:
         async with limit:
@@ -265,14 +283,7 @@ async def _render_all(
                 journal.flush()  # an interrupted run keeps every file it finished
             bar.advance(job.line.identifier)
 
-    try:
-        await asyncio.gather(*(render(job) for job in jobs))
-        await engine.finish_cache_writes()
-    finally:
-        engine.close()
-        journal.close()
-        _write_manifest(output, manifest)
-    return failures
+    await asyncio.gather(*(render(job) for job in jobs))
 
 
 def _plan(

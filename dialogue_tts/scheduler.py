@@ -21,12 +21,13 @@ first audio sent, which is when playback can begin.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, Final, NamedTuple, Protocol
 
@@ -56,6 +57,7 @@ __all__ = [
     "LineState",
     "Outbox",
     "Placed",
+    "Spawn",
     "SpeakerQueue",
     "Synthesizer",
     "synthesis_request",
@@ -86,6 +88,15 @@ class Outbox(Protocol):
         """Wait while the peer is behind on reading."""
 
 
+class Spawn(Protocol):
+    """Starts a task that its owner will wait for: ``asyncio.TaskGroup.create_task``, the
+    connection's group (``asyncio.create_task`` where nothing owns the queues)."""
+
+    def __call__(
+        self, coroutine: Coroutine[Any, Any, None], *, name: str | None = None
+    ) -> asyncio.Task[None]: ...
+
+
 class Synthesizer(Protocol):
     """What the queues need of the engine (``engine.Engine``, or a fake in unit tests)."""
 
@@ -97,7 +108,7 @@ class Synthesizer(Protocol):
         cancel: CancelToken,
         priority: PriorityKey,
         on_fallback: Callable[[str], None] | None = None,
-    ) -> AsyncIterator[Piece]: ...
+    ) -> AsyncGenerator[Piece, None]: ...
 
 
 class Placed(NamedTuple):
@@ -209,7 +220,7 @@ class _LineAudio:
     ``PREFETCH_SECONDS``, and goes on when the line becomes current or is played from.
     """
 
-    def __init__(self, line: Line, engine: Synthesizer) -> None:
+    def __init__(self, line: Line, engine: Synthesizer, spawn: Spawn) -> None:
         self._line = line
         self.pieces: deque[Piece] = deque()
         self._buffered = 0
@@ -217,7 +228,7 @@ class _LineAudio:
         self._error: BaseException | None = None
         self._changed = asyncio.Event()
         self._room = asyncio.Event()
-        self._task = asyncio.create_task(self._fill(engine), name=f"synth:{line.id}")
+        self._task = spawn(self._fill(engine), name=f"synth:{line.id}")
 
     async def _fill(self, engine: Synthesizer) -> None:
         line = self._line
@@ -226,14 +237,17 @@ class _LineAudio:
             stream = engine.stream(
                 line.request, line.cancel_token, line.priority, on_fallback=line.notes.append
             )
-            async for piece in stream:
-                self.pieces.append(piece)
-                self._buffered += len(piece.audio)
-                line.samples_ready += len(piece.audio)
-                self._changed.set()
-                while self._buffered > limit and not line.finished:
-                    self._room.clear()
-                    await self._room.wait()
+            # Closed as this loop ends, however it ends, not whenever the garbage collector
+            # finds the generator: its synthesis and cache work stop with the line.
+            async with contextlib.aclosing(stream):
+                async for piece in stream:
+                    self.pieces.append(piece)
+                    self._buffered += len(piece.audio)
+                    line.samples_ready += len(piece.audio)
+                    self._changed.set()
+                    while self._buffered > limit and not line.finished:
+                        self._room.clear()
+                        await self._room.wait()
         except Exception as exc:  # handed to the player in next_piece
             self._error = exc
         finally:
@@ -275,7 +289,7 @@ class SpeakerQueue:
             self._unpaused.set()
         self._active: Line | None = None
         self._playing: asyncio.Task[None] | None = None
-        self._runner = asyncio.create_task(self._run(), name=f"speaker:{name}")
+        self._runner = owner.spawn(self._run(), name=f"speaker:{name}")
 
     # --- requests -------------------------------------------------------------------
 
@@ -377,10 +391,10 @@ class SpeakerQueue:
             line = await self._next_line()
             self._start(line)
             if line.audio is None:
-                line.audio = _LineAudio(line, self._owner.engine)
+                line.audio = _LineAudio(line, self._owner.engine, self._owner.spawn)
             self._prefetch()
             self._active = line
-            self._playing = asyncio.create_task(self._play(line), name=f"line:{line.id}")
+            self._playing = self._owner.spawn(self._play(line), name=f"line:{line.id}")
             try:
                 await asyncio.wait([self._playing])
             finally:
@@ -429,7 +443,7 @@ class SpeakerQueue:
             return  # the runner starts the head line itself, at once
         for line in itertools.islice(self.queued, PREFETCH_LINES):
             if line.audio is None and self._owner.prefetching() < MAX_PREFETCHING:
-                line.audio = _LineAudio(line, self._owner.engine)
+                line.audio = _LineAudio(line, self._owner.engine, self._owner.spawn)
 
     def _start(self, line: Line) -> None:
         line.move_to(LineState.STARTED)
@@ -537,8 +551,12 @@ class ConnectionQueues:
         chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
         cast: Cast = DEFAULT_CAST,
         timings: frozenset[str] = frozenset(),
+        spawn: Spawn = asyncio.create_task,
     ) -> None:
+        """``spawn`` starts the queues' tasks (speakers, lines, synthesis ahead): give it the
+        connection's task group, which then waits for every one of them to end."""
         self.engine = engine
+        self.spawn = spawn
         self.cast = cast
         self.timings = timings
         """Marks for every say that does not choose its own (from the hello)."""

@@ -222,15 +222,21 @@ class ConnectionHandler:
     # --- lifetime -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        session = self.session = Session(self._server.engine, self, self.config)
+        """Serve the connection until it closes. Its tasks (speakers, lines, files) belong
+        to one task group: when the connection ends they are cancelled, and waited for."""
         try:
-            await self._read_loop(session)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        except TimeoutError:
-            self.send_error(RemoteProtocolError(errors.TIMEOUT, "no hello in time"))
+            async with asyncio.TaskGroup() as tasks:
+                engine = self._server.engine
+                session = self.session = Session(engine, self, self.config, tasks.create_task)
+                try:
+                    await self._read_loop(session)
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    pass
+                except TimeoutError:
+                    self.send_error(RemoteProtocolError(errors.TIMEOUT, "no hello in time"))
+                finally:
+                    session.close()
         finally:
-            session.close()
             self.session = None
             await self.close()
 

@@ -58,7 +58,7 @@ from .messages import (
 )
 from .protocol import MAX_EVENT_FRAME, Connection
 from .scene import SceneLineError, SceneRenderError, ScriptLine, render_scene, scene_jobs
-from .scheduler import ConnectionQueues, Outbox
+from .scheduler import ConnectionQueues, Outbox, Spawn
 
 __all__ = ["Session", "SessionConfig", "token_matches"]
 
@@ -85,12 +85,17 @@ class SessionConfig(Protocol):
 
 
 class Session:
-    """One connection's requests and replies, its speaker queues and its file requests."""
+    """One connection's requests and replies, its speaker queues and its file requests.
 
-    def __init__(self, engine: Engine, outbox: Outbox, config: SessionConfig) -> None:
+    Every task the session starts, its queues' included, is started with ``spawn``: the
+    connection's ``asyncio.TaskGroup``, which waits for all of them when the connection ends.
+    """
+
+    def __init__(self, engine: Engine, outbox: Outbox, config: SessionConfig, spawn: Spawn) -> None:
         self.engine = engine
         self.outbox = outbox
         self.config = config
+        self._spawn = spawn
         self.queues: ConnectionQueues | None = None
         """Made by hello (the protocol layer lets nothing but hello through first)."""
         self._file_tasks: set[asyncio.Task[None]] = set()
@@ -115,7 +120,8 @@ class Session:
         self.outbox.send(Connection.error_for(exc))
 
     def close(self) -> None:
-        """Stop everything without sending (the peer is gone)."""
+        """Stop everything without sending (the peer is gone): cancel every task, which the
+        connection's task group then waits for."""
         if self.queues is not None:
             self.queues.close()
         for task in self._file_tasks:
@@ -145,7 +151,7 @@ class Session:
                 return False
         self.queues = ConnectionQueues(
             engine, self.outbox, pace=hello.pace and config.pace, limits=config.limits,
-            cast=cast, timings=frozenset(hello.timings or ()),
+            cast=cast, timings=frozenset(hello.timings or ()), spawn=self._spawn,
         )  # fmt: skip
         self.outbox.send(
             Welcome(
@@ -265,9 +271,22 @@ class Session:
     def _background(
         self, request: Synthesize | SynthesizeScene | Prepare, work: Coroutine[Any, Any, None]
     ) -> None:
-        task = asyncio.create_task(work, name=f"{request.TYPE}:{request.id}")
+        task = self._spawn(self._answered(request, work), name=f"{request.TYPE}:{request.id}")
         self._file_tasks.add(task)
         task.add_done_callback(self._file_tasks.discard)
+
+    async def _answered(
+        self, request: Synthesize | SynthesizeScene | Prepare, work: Coroutine[Any, Any, None]
+    ) -> None:
+        """``work``, which answers ``request``; if it fails unexpectedly the request gets an
+        internal_error (and the connection's task group, its other requests and its lines
+        go on)."""
+        try:
+            await work
+        except Exception as exc:
+            _LOGGER.exception("%s request %r failed", request.TYPE, request.id)
+            message = f"internal error: {type(exc).__name__}"
+            self.send_error(RemoteProtocolError(errors.INTERNAL_ERROR, message, request.id))
 
     async def _prepare_line(self, request: Prepare, synthesis: SynthesisRequest) -> None:
         try:

@@ -14,6 +14,9 @@ phonemes, is likely to get wrong:
 and every word the cast's lexicon covers. For each: how it will be said (phonemes), how
 often it appears, the first line it is in, and the lexicon's entry. ``--out DIR`` writes a
 short clip of each word; ``--play`` plays them.
+
+What only the clips need (the engine's jobs, audio encoding) is imported inside ``_clips``,
+for start-up time only.
 """
 
 from __future__ import annotations
@@ -216,10 +219,13 @@ def write_table(words: Sequence[Word], out: TextIO, width: int = 120) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-
     lines = read_lines(args.script)
-    engine = build_engine(args)
-    try:
+    run_async(_report(args, lines))
+    return 0
+
+
+async def _report(args: argparse.Namespace, lines: list[WordLine]) -> None:
+    async with build_engine(args) as engine:
         cast = load_cast_option(args, engine.catalog)
         if args.voice is not None:
             engine.catalog.info(args.voice)
@@ -229,10 +235,7 @@ def _main(args: argparse.Namespace) -> int:
         else:
             write_table(words, sys.stdout)
         if args.out is not None or args.play:
-            run_async(_clips(engine, cast, words, args.out, args.play))
-    finally:
-        engine.close()
-    return 0
+            await _clips(engine, cast, words, args.out, args.play)
 
 
 async def _clips(
@@ -255,6 +258,5 @@ async def _clips(
         if play:
             print(f"{word.word}: /{word.phonemes}/", flush=True)
             play_file(path)
-    await engine.finish_cache_writes()
     if out is not None:
         print(f"wrote {min(len(words), MAX_CLIPS)} clips to {out}")

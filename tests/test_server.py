@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
 import soundfile
@@ -23,6 +24,7 @@ from test_scheduler import check_invariants
 
 from dialogue_tts import errors
 from dialogue_tts.client import Client, LineResult, ServerError
+from dialogue_tts.errors import RemoteProtocolError
 from dialogue_tts.jobs import Limits
 from dialogue_tts.messages import Event, Hello, Ping, Pong, Say, Skip
 from dialogue_tts.protocol import CLOSED, NEED_DATA, Connection, Role, encode_frame
@@ -461,6 +463,31 @@ async def test_replies_piling_up_past_the_limit_drop_the_client() -> None:
         handler.send(Pong(id=1))
     assert writer.transport.aborted
     assert writer.transport.buffered <= 10_000 + len(encode_frame(Pong(id=1)))
+
+
+async def test_the_client_reports_a_server_that_breaks_the_protocol() -> None:
+    """A bad event fails the request it answers; an unreadable stream fails everything
+    waiting, and every later request, with a ConnectionError that says why."""
+    bad_event = msgpack.packb({"type": "mystery", "id": 1})
+    replies = [len(bad_event).to_bytes(4, "big") + bad_event, b"\xff\xff\xff\xff"]
+
+    async def misbehave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for reply in replies:
+            await reader.read(1024)  # a ping
+            writer.write(reply)
+        await reader.read()
+
+    fake = await asyncio.start_server(misbehave, "127.0.0.1", 0)
+    async with fake:
+        port = fake.sockets[0].getsockname()[1]
+        client = await Client.connect(port=port, hello=False)
+        with pytest.raises(RemoteProtocolError) as unknown:
+            await client.ping()
+        assert (unknown.value.code, unknown.value.request_id) == (errors.UNKNOWN_TYPE, 1)
+        for _ in range(2):  # the one waiting, then one sent after
+            with pytest.raises(ConnectionError, match="broke the protocol \\(frame_too_large\\)"):
+                await asyncio.wait_for(client.ping(), GUARD)
+        await client.close(bye=False)
 
 
 async def test_a_broken_voice_ends_its_line_with_an_error(small_server: ServerThread) -> None:
