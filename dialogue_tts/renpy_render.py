@@ -32,11 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from . import errors
 from .app import (
     disk_cache_option,
     engine_options,
     run_async,
 )
+from .errors import RemoteProtocolError
+from .messages import InvalidMessage, Synthesize
 from .progress import ProgressBar
 from .renpy_export import DialogueLine, ExportError, read_dialogue_tab
 
@@ -294,10 +297,7 @@ def _plan(
     force: bool,
     cast: Any,
 ) -> tuple[list[_Job], int, int]:
-    from . import errors
-    from .errors import RemoteProtocolError
     from .jobs import Limits, synthesis_request
-    from .messages import InvalidMessage, Synthesize
 
     limits = Limits(max_text_chars=100_000)  # a build step: no per-connection bound to keep
     manifest = _read_manifest(output)

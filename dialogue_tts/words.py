@@ -34,6 +34,8 @@ from . import espeak
 from .app import build_engine, engine_options, load_cast_option, play_file, run_async
 from .renpy_export import HEADER, read_dialogue_tab
 from .scene import ScriptError, read_script
+from .text import prepare
+from .tracked import Spoken
 
 __all__ = ["Word", "WordLine", "add_parser", "find_words", "read_lines"]
 
@@ -121,9 +123,6 @@ def find_words(
     every: bool = False,
 ) -> list[Word]:
     """The report's words, in the order they first appear."""
-    from .text import prepare
-    from .tracked import Spoken
-
     found: dict[tuple[str, str], Word] = {}
     for line in lines:
         info = catalog.info(voice or cast.resolve(line.speaker).voice or catalog.default_voice)
