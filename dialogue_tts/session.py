@@ -5,7 +5,8 @@ The I/O pump (``server.ConnectionHandler``) reads frames and hands each decoded 
 which encodes, writes and bounds what waits for the client. So every reply is built here:
 the speaker queues (``scheduler.py``) report what they did (a line's id and place, the lines
 a skip or clear ended) and send only the events of lines (started, audio, marks, finished).
-Every bound on what a client may ask for is checked by ``jobs.Limits``.
+Every bound on what a connection's requests may ask for (text, scene, queue, speakers, files
+in flight) is checked by ``jobs.Limits``; the pump bounds frames and unread output.
 """
 
 from __future__ import annotations
