@@ -374,6 +374,7 @@ class WebServer:
         finally:
             if not writer.finished:  # the handler failed before closing its writer
                 writer.abort()
+                await writer.wait_closed()  # its sender task, cancelled, has ended
 
 
 def _is_websocket(request: Request) -> bool:
