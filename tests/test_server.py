@@ -27,7 +27,16 @@ from dialogue_tts import errors
 from dialogue_tts.client import Client, LineResult, ServerError
 from dialogue_tts.errors import RemoteProtocolError
 from dialogue_tts.jobs import Limits
-from dialogue_tts.messages import PROTOCOL_VERSION, Event, Hello, Ping, Pong, Say, Skip
+from dialogue_tts.messages import (
+    PROTOCOL_VERSION,
+    Event,
+    Hello,
+    Ping,
+    Pong,
+    Say,
+    Skip,
+    Synthesize,
+)
 from dialogue_tts.protocol import CLOSED, NEED_DATA, Connection, Role, encode_frame
 from dialogue_tts.server import ConnectionHandler, ServerConfig
 
@@ -506,6 +515,36 @@ async def test_a_connection_ends_only_once_its_tasks_have() -> None:
     await asyncio.wait_for(serving, GUARD)
     left = [task.get_name() for task in asyncio.all_tasks() - before - {serving}]
     assert left == []
+
+
+async def test_a_file_request_that_fails_unexpectedly_gets_an_internal_error() -> None:
+    """A bug in a background request answers that request; the connection goes on."""
+    engine = FakeEngine(catalog=_ListedCatalog())  # has no render(): synthesize breaks
+    server_side, client_side = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=server_side)
+    peer_reader, peer_writer = await asyncio.open_connection(sock=client_side)
+    server: Any = SimpleNamespace(config=ServerConfig(), engine=engine)
+    serving = asyncio.create_task(ConnectionHandler(server, reader, writer).run())
+    requests = [
+        Hello(id=0, protocol=PROTOCOL_VERSION, client="test"),
+        Synthesize(id=1, text="Never rendered."),
+    ]
+    peer_writer.write(b"".join(encode_frame(request) for request in requests))
+    connection = Connection(Role.CLIENT)
+
+    async def reply() -> Any:
+        while (event := connection.next_message()) is NEED_DATA:
+            connection.receive_data(await peer_reader.read(65536))
+        return event
+
+    async with asyncio.timeout(GUARD):
+        assert (await reply()).TYPE == "welcome"
+        error = await reply()
+        assert (error.TYPE, error.code, error.id) == ("error", errors.INTERNAL_ERROR, 1)
+        peer_writer.write(encode_frame(Ping(id=2)))
+        assert (await reply()).TYPE == "pong"
+    peer_writer.close()
+    await asyncio.wait_for(serving, GUARD)
 
 
 async def test_the_client_reports_a_server_that_breaks_the_protocol() -> None:
