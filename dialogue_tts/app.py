@@ -2,7 +2,8 @@
 environment, the shared secret, the event loop, and playing a file.
 
 The commands (``cli``, ``preview``, ``renpy_render``, ``words``) import this; it imports none
-of them, so the command modules never import each other.
+of them, so the command modules never import each other. The engine, cache and cast are
+imported inside the functions, for start-up time only (they load ONNX Runtime).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import subprocess
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 __all__ = [
     "CAST_ENV",
@@ -76,8 +80,8 @@ def engine_options(command: argparse.ArgumentParser) -> None:
 
 def build_engine(
     args: argparse.Namespace, workers: int | None = None, threads: int | None = None
-) -> Any:
-    """The engine the options describe: voices folder and disk cache."""
+) -> Engine:
+    """The engine the options describe: voices folder and disk cache (``async with`` it)."""
     from .engine import Engine, VoiceCatalog
 
     return Engine(

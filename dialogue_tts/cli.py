@@ -1,5 +1,10 @@
 """Command line: ``dialogue-tts serve | say | voices | cast | preview | renpy-render | words |
-bundle``."""
+bundle``.
+
+Most imports here are inside the functions that need them, for start-up time only: the
+engine loads ONNX Runtime and NumPy, which ``--help`` and a client of a running server never
+use. No import is placed there to break a loop (tests/test_layers.py checks the graph).
+"""
 
 from __future__ import annotations
 
@@ -180,32 +185,32 @@ async def _serve_async(args: argparse.Namespace) -> None:
         _check_web(web_origins)
     if args.port_file is not None:
         _check_port_file(args.port_file, args.unix)
-    engine = build_engine(args, workers=args.workers, threads=args.threads)
-    config = ServerConfig(
-        host=args.host or None, port=args.port, unix_path=args.unix,
-        allow_remote=args.allow_remote, pace=not args.no_pace,
-        web_port=args.web_port if args.web else None, web_origins=web_origins,
-        cast=load_cast_option(args, engine.catalog), token=read_token(args),
-    )  # fmt: skip
-    server = Server(engine, config)
-    await server.start()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # Windows
-            loop.add_signal_handler(signum, stop.set)
-    print(f"dialogue-tts listening on {' and '.join(server.addresses)}", flush=True)
-    if args.port_file is not None:
-        _write_port_file(args.port_file, server.port)
-    if config.token is not None:
-        print("clients must send the token (from --token-file or $DIALOGUE_TTS_TOKEN)")
-    if server.web is not None:
-        print(f"preview page: {server.web.page_url(config.token)}", flush=True)
-    serving = asyncio.create_task(server.serve_forever())
-    try:
-        await stop.wait()
-    finally:
-        serving.cancel()
-        await server.close()
-        engine.close()
+    async with build_engine(args, workers=args.workers, threads=args.threads) as engine:
+        config = ServerConfig(
+            host=args.host or None, port=args.port, unix_path=args.unix,
+            allow_remote=args.allow_remote, pace=not args.no_pace,
+            web_port=args.web_port if args.web else None, web_origins=web_origins,
+            cast=load_cast_option(args, engine.catalog), token=read_token(args),
+        )  # fmt: skip
+        server = Server(engine, config)
+        await server.start()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):  # Windows
+                loop.add_signal_handler(signum, stop.set)
+        print(f"dialogue-tts listening on {' and '.join(server.addresses)}", flush=True)
+        if args.port_file is not None:
+            _write_port_file(args.port_file, server.port)
+        if config.token is not None:
+            print("clients must send the token (from --token-file or $DIALOGUE_TTS_TOKEN)")
+        if server.web is not None:
+            print(f"preview page: {server.web.page_url(config.token)}", flush=True)
+        serving = asyncio.create_task(server.serve_forever())
+        try:
+            await stop.wait()
+        finally:
+            serving.cancel()
+            await asyncio.wait([serving])
+            await server.close()
 
 
 def _watch_lifetime(args: argparse.Namespace, stop: Callable[[], None]) -> None:
@@ -300,17 +305,13 @@ async def _render_in_process(args: argparse.Namespace, request: Any) -> tuple[by
     from .errors import RemoteProtocolError
     from .jobs import DEFAULT_LIMITS, render_file, synthesis_request
 
-    engine = build_engine(args)
-    try:
+    async with build_engine(args) as engine:
         cast = load_cast_option(args, engine.catalog)
         try:
             job, _ = synthesis_request(request, cast, engine.catalog, DEFAULT_LIMITS)
         except RemoteProtocolError as exc:
             raise ValueError(exc.message) from None
         rendered = await render_file(engine, job, request.format)
-        await engine.finish_cache_writes()
-    finally:
-        engine.close()
     return rendered.data, rendered.duration, "in-process"
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from .errors import RemoteProtocolError
 from .messages import (
     PROTOCOL_VERSION,
     Audio,
@@ -94,9 +95,18 @@ class LineHandle:
         self.line: LineId = queued.line
         self.speaker = queued.speaker
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._lost: ConnectionError | None = None
 
     def _put(self, event: Event | None) -> None:
         self._events.put_nowait(event)
+
+    def _connection_lost(self, why: ConnectionError) -> None:
+        self._lost = why
+        self._events.put_nowait(None)
+
+    def _cut_off(self) -> ConnectionError:
+        why = f": {self._lost}" if self._lost is not None else ""
+        return ConnectionError(f"connection lost before line {self.line!r} finished{why}")
 
     def poll(self) -> list[Event]:
         """The events that have arrived, without waiting (for game loops); may be empty.
@@ -108,7 +118,7 @@ class LineHandle:
         while not self._events.empty():
             event = self._events.get_nowait()
             if event is None:
-                raise ConnectionError(f"connection lost before line {self.line!r} finished")
+                raise self._cut_off() from self._lost
             arrived.append(event)
         return arrived
 
@@ -118,7 +128,7 @@ class LineHandle:
         while True:
             event = await self._events.get()
             if event is None:
-                raise ConnectionError(f"connection lost before line {self.line!r} finished")
+                raise self._cut_off() from self._lost
             yield event
             if isinstance(event, Finished):
                 return
@@ -155,6 +165,9 @@ class Client:
         self.unsolicited: asyncio.Queue[Event] = asyncio.Queue()
         """Events that answer no request and belong to no known line."""
         self.welcome: Welcome | None = None
+        self.lost: ConnectionError | None = None
+        """Why the connection ended, once it has (a closed socket, or a server that broke
+        the protocol); requests sent after that fail with it."""
         self._reader_task = asyncio.create_task(self._read_loop(), name="dialogue-tts-client")
 
     @classmethod
@@ -203,6 +216,8 @@ class Client:
 
     async def request(self, message: Request) -> Event:
         """Send a request with a fresh id and return its reply (raises ServerError)."""
+        if self.lost is not None:
+            raise self.lost
         request_id = next(self._ids)
         message = replace(message, id=request_id)
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
@@ -306,19 +321,41 @@ class Client:
     # --- receiving ----------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
+        lost: ConnectionError = ConnectionError("connection closed")
         try:
             while True:
                 data = await self._reader.read(64 * 1024)
                 self._connection.receive_data(data)
-                while (event := self._connection.next_message()) is not NEED_DATA:
+                while True:
+                    try:
+                        event = self._connection.next_message()
+                    except RemoteProtocolError as exc:
+                        if exc.fatal:
+                            raise
+                        self._bad_event(exc)  # one unreadable event; the stream goes on
+                        continue
+                    if event is NEED_DATA:
+                        break
                     if event is CLOSED:
                         return
                     assert isinstance(event, Event)
                     self._dispatch(event)
         except (ConnectionError, OSError):
             pass
+        except RemoteProtocolError as exc:
+            # The stream cannot be read on: every request and line waiting is told why.
+            lost = ConnectionError(f"the server broke the protocol ({exc.code}): {exc.message}")
+            lost.__cause__ = exc
+            self._writer.close()
         finally:
-            self._connection_lost()
+            self._connection_lost(lost)
+
+    def _bad_event(self, exc: RemoteProtocolError) -> None:
+        """An event that could not be read: the request it answers (if its id could be
+        read) fails with the error; else it is dropped."""
+        future = self._pending.get(exc.request_id) if exc.request_id is not None else None
+        if future is not None and not future.done():
+            future.set_exception(exc)
 
     def _dispatch(self, event: Event) -> None:
         request_id = getattr(event, "id", None)
@@ -339,12 +376,13 @@ class Client:
             return
         self.unsolicited.put_nowait(event)
 
-    def _connection_lost(self) -> None:
+    def _connection_lost(self, why: ConnectionError) -> None:
+        self.lost = why
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(ConnectionError("connection closed"))
+                future.set_exception(why)
         for handle in self._lines.values():
-            handle._put(None)
+            handle._connection_lost(why)
         self._lines.clear()
 
 

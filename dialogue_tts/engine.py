@@ -10,14 +10,16 @@ or by more urgent work (preemption).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from types import TracebackType
+from typing import Any, Final, Self
 
 import numpy as np
 
@@ -160,7 +162,11 @@ class VoiceCatalog:
 
 
 class Engine:
-    """Shared synthesis for all connections: one inference pool, voices loaded once."""
+    """Shared synthesis for all connections: one inference pool, voices loaded once.
+
+    ``async with Engine(...) as engine:`` closes it on the way out (``aclose``), after the
+    disk-cache writes in flight.
+    """
 
     def __init__(
         self,
@@ -198,7 +204,7 @@ class Engine:
         if pending is None:
             # Not on the inference pool: a 2-second load must not hold up other lines.
             load = asyncio.to_thread(self._load, source)
-            pending = asyncio.ensure_future(load)
+            pending = asyncio.create_task(load, name=f"load:{name}")
             self._loading[name] = pending
         try:
             voice = await asyncio.shield(pending)
@@ -295,7 +301,7 @@ class Engine:
         cancel: CancelToken,
         priority: PriorityKey = _current,
         on_fallback: Callable[[str], None] | None = None,
-    ) -> AsyncIterator[Piece]:
+    ) -> AsyncGenerator[Piece, None]:
         """Yield a line's audio as pieces (clauses, and silences for pauses).
 
         Each piece is one ONNX call, run on the pool at ``priority``. A line that was
@@ -308,9 +314,12 @@ class Engine:
         try:
             voice = await self.voice(request.voice)
             to_rate = to_rate or voice.sample_rate
-            async for piece in self._pieces(voice, request, cancel, priority):
-                produced = True
-                yield piece.with_audio(resample(piece.audio, voice.sample_rate, to_rate))
+            async with contextlib.aclosing(
+                self._pieces(voice, request, cancel, priority)
+            ) as pieces:
+                async for piece in pieces:
+                    produced = True
+                    yield piece.with_audio(resample(piece.audio, voice.sample_rate, to_rate))
         except (SynthesisError, UnknownVoice) as exc:
             if produced or request.fallback_voice in (None, request.voice):
                 raise
@@ -321,8 +330,9 @@ class Engine:
                 request, voice=request.fallback_voice, fallback_voice=None,
                 sample_rate=to_rate or self.catalog.info(request.voice).sample_rate,
             )  # fmt: skip
-            async for piece in self.stream(fallback, cancel, priority):
-                yield piece
+            async with contextlib.aclosing(self.stream(fallback, cancel, priority)) as pieces:
+                async for piece in pieces:
+                    yield piece
 
     async def _pieces(
         self,
@@ -330,7 +340,7 @@ class Engine:
         request: SynthesisRequest,
         cancel: CancelToken,
         priority: PriorityKey,
-    ) -> AsyncIterator[Piece]:
+    ) -> AsyncGenerator[Piece, None]:
         """The line's pieces with gain applied, from a cache or synthesized."""
         gain = voice.gain * request.volume
         cached = await self._cached(voice, request)
@@ -344,19 +354,21 @@ class Engine:
         if preparation is not None:
             # Being prepared (lookahead came just too late): play its pieces as they come,
             # its remaining ones as urgent as ours, rather than synthesize the line twice.
-            async for piece in preparation.follow(priority):
-                cancel.raise_if_cancelled()
-                played += 1
-                yield piece.with_audio(apply_gain(piece.audio, gain))
+            async with contextlib.aclosing(preparation.follow(priority)) as followed:
+                async for piece in followed:
+                    cancel.raise_if_cancelled()
+                    played += 1
+                    yield piece.with_audio(apply_gain(piece.audio, gain))
             if not preparation.failed:
                 return
             # It was stopped (its client left): make the line here, from the next piece on
             # (pieces are made independently, so the seam is a piece boundary as always).
         made = []
-        async for piece in self._synthesize(voice, request, cancel, priority):
-            made.append(piece)
-            if len(made) > played:
-                yield piece.with_audio(apply_gain(piece.audio, gain))
+        async with contextlib.aclosing(self._synthesize(voice, request, cancel, priority)) as new:
+            async for piece in new:
+                made.append(piece)
+                if len(made) > played:
+                    yield piece.with_audio(apply_gain(piece.audio, gain))
         self._store_on_disk(voice, request, made)  # only reached when the line was whole
 
     async def _cached(self, voice: LoadedVoice, request: SynthesisRequest) -> list[Piece] | None:
@@ -383,7 +395,7 @@ class Engine:
         if key is None or len(self._disk_writes) >= _MAX_PENDING_WRITES:
             return
         assert self.disk_cache is not None
-        task = asyncio.ensure_future(asyncio.to_thread(self.disk_cache.put, key, pieces))
+        task = asyncio.create_task(asyncio.to_thread(self.disk_cache.put, key, pieces))
         self._disk_writes.add(task)
         task.add_done_callback(self._disk_writes.discard)
 
@@ -394,13 +406,15 @@ class Engine:
         key, words = _memory_key(request), request.words and voice.timed
         pieces = await self._cached(voice, request)
         if pieces is None and (under_way := self.preparing.get(key, words)) is not None:
-            followed = [piece async for piece in under_way.follow(_background)]
+            async with contextlib.aclosing(under_way.follow(_background)) as following:
+                followed = [piece async for piece in following]
             pieces = None if under_way.failed else followed
         if pieces is None:
             async with self.preparing.start(key, _background, words) as preparation:
-                cancel = CancelToken()
-                async for piece in self._synthesize(voice, request, cancel, preparation.priority):
-                    preparation.add(piece)
+                made = self._synthesize(voice, request, CancelToken(), preparation.priority)
+                async with contextlib.aclosing(made):
+                    async for piece in made:
+                        preparation.add(piece)
             pieces = preparation.pieces
             self._store_on_disk(voice, request, pieces)
         self.cache.put(key, pieces)
@@ -413,7 +427,8 @@ class Engine:
 
     async def render_timed(self, request: SynthesisRequest) -> tuple[np.ndarray, int, list[Piece]]:
         """``render``, and the pieces it was made of (with their timings)."""
-        pieces = [piece async for piece in self.stream(request, CancelToken(), _background)]
+        async with contextlib.aclosing(self.stream(request, CancelToken(), _background)) as made:
+            pieces = [piece async for piece in made]
         sample_rate = request.sample_rate or self.catalog.info(request.voice).sample_rate
         audio = np.concatenate([p.audio for p in pieces]) if pieces else np.zeros(0, np.float32)
         return audio, sample_rate, pieces
@@ -424,7 +439,7 @@ class Engine:
         request: SynthesisRequest,
         cancel: CancelToken,
         priority: PriorityKey,
-    ) -> AsyncIterator[Piece]:
+    ) -> AsyncGenerator[Piece, None]:
         first = True
         for part in request.parts:
             cancel.raise_if_cancelled()
@@ -460,9 +475,31 @@ class Engine:
             voice.release_memory(lease)
 
     def close(self) -> None:
+        """Stop at once: queued calls are dropped (for synchronous callers; ``aclose`` also
+        waits for what was cancelled and for the disk-cache writes)."""
         for task in (*self._extra_sessions, *self._loads):
             task.cancel()
         self._pool.close()
+
+    async def aclose(self) -> None:
+        """Close once the disk-cache writes in flight are done, waiting for every task the
+        engine started to end (sessions still opening are cancelled)."""
+        try:
+            await self.finish_cache_writes()
+        finally:
+            extra = {*self._extra_sessions, *self._loads}
+            self.close()
+            if extra:
+                await asyncio.wait(extra)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        await self.aclose()
 
 
 def _piece(part: str, timed: Timed, spans: list[WordSpan]) -> tuple[Piece, list[WordSpan]]:

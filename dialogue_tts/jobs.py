@@ -35,7 +35,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds on what one connection may ask for."""
+    """Bounds on what one connection may ask for, and the one place each is checked: every
+    ``check_*`` raises RemoteProtocolError (naming the request) when a request is over."""
 
     max_text_chars: int = 5000
     """Per line; far below what fits in a 1 MiB frame."""
@@ -46,6 +47,54 @@ class Limits:
     max_scene_chars: int = 10_000
     """Text of one synthesize_scene, all lines together: about 12 minutes of speech, whose
     WAV (32 MiB at 22.05 kHz) fits in one audio_file frame."""
+    max_file_requests: int = 4
+    """synthesize, synthesize_scene and prepare requests in flight per connection."""
+
+    def check_text(self, text: str, request_id: LineId | None) -> None:
+        if len(text) > self.max_text_chars:
+            raise RemoteProtocolError(
+                errors.TEXT_TOO_LONG,
+                f"text has {len(text)} characters; the limit is {self.max_text_chars}",
+                request_id,
+            )
+
+    def check_scene(self, chars: int, request_id: LineId | None) -> None:
+        if chars > self.max_scene_chars:
+            raise RemoteProtocolError(
+                errors.TEXT_TOO_LONG,
+                f"the scene has {chars} characters of text; the limit is {self.max_scene_chars}",
+                request_id,
+            )
+
+    def check_queue(self, speaker: str, lines: int, request_id: LineId | None) -> None:
+        """``lines``: the speaker's lines now, counting the current one."""
+        if lines >= self.max_queue:
+            raise RemoteProtocolError(
+                errors.QUEUE_FULL,
+                f"speaker {speaker!r} already has {self.max_queue} lines",
+                request_id,
+            )
+
+    def check_speakers(self, speakers: int, any_idle: bool, request_id: LineId | None) -> bool:
+        """Whether a new speaker needs an idle one forgotten to make room (``any_idle``:
+        one can be); raises when none can be."""
+        if speakers < self.max_speakers:
+            return False
+        if not any_idle:
+            raise RemoteProtocolError(
+                errors.TOO_MANY_SPEAKERS,
+                f"this connection already has {self.max_speakers} busy speakers",
+                request_id,
+            )
+        return True
+
+    def check_file_requests(self, running: int, request_id: LineId | None) -> None:
+        if running >= self.max_file_requests:
+            raise RemoteProtocolError(
+                errors.QUEUE_FULL,
+                f"{self.max_file_requests} synthesize/prepare requests are already running",
+                request_id,
+            )
 
 
 DEFAULT_LIMITS: Final = Limits()
@@ -63,12 +112,7 @@ def synthesis_request(
     """Resolve a say, synthesize or prepare through the cast, check it against the limits
     and prepare its text; returns the job and its voice. Raises RemoteProtocolError."""
     text, request_id = request.text, request.id
-    if len(text) > limits.max_text_chars:
-        raise RemoteProtocolError(
-            errors.TEXT_TOO_LONG,
-            f"text has {len(text)} characters; the limit is {limits.max_text_chars}",
-            request_id,
-        )
+    limits.check_text(text, request_id)
     try:
         casting = cast.resolve(
             request.speaker, request.style, voice=request.voice,

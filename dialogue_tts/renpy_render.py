@@ -11,6 +11,9 @@ Lines are rendered in-process with the engine, not through a running server: pre
 is a batch job for a build step, so it should need no server, and the engine runs the lines
 on all its synthesis threads at once. A manifest beside the files records what each file was
 made from (text and voice settings), so a second run renders only what changed.
+
+The engine, cast and jobs are imported inside the functions, for start-up time only (the CLI
+imports this module to build its ``--help``).
 """
 
 from __future__ import annotations
@@ -29,16 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from . import errors
 from .app import (
     disk_cache_option,
     engine_options,
     run_async,
 )
+from .errors import RemoteProtocolError
+from .messages import InvalidMessage, Synthesize
 from .progress import ProgressBar
+from .renpy_export import DialogueLine, ExportError, read_dialogue_tab
 
 __all__ = ["DialogueLine", "ExportError", "add_parser", "read_dialogue_tab", "render_lines"]
 
-HEADER: Final = ("Identifier", "Character", "Dialogue", "Filename", "Line Number", "Ren'Py Script")
 MANIFEST_NAME: Final = ".dialogue-tts-render.json"
 JOURNAL_NAME: Final = ".dialogue-tts-render.journal"
 """Lines finished since the manifest was last written, one JSON object each, appended as each
@@ -53,20 +59,7 @@ _SETTING_TYPES: Final = {
     "voice": str, "style": str, "rate": (int, float), "pitch": (int, float),
     "volume": (int, float),
 }  # fmt: skip
-_IDENTIFIER = re.compile(r"^[A-Za-z0-9_.-]+$")
 _INTERPOLATION = re.compile(r"(?<!\[)\[[^\[\]]+\]")
-
-
-class ExportError(ValueError):
-    """The dialogue export or the voice mapping cannot be used."""
-
-
-@dataclass(frozen=True)
-class DialogueLine:
-    identifier: str
-    character: str
-    text: str
-    where: str  # "game/script.rpy:24", for messages
 
 
 @dataclass(frozen=True)
@@ -108,45 +101,6 @@ def add_parser(commands: Any) -> None:
 
 
 # --- reading the export and the mapping ------------------------------------------------------
-
-
-def read_dialogue_tab(path: Path) -> list[DialogueLine]:
-    """The rows of a Ren'Py dialogue export; raises ExportError naming the bad line."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ExportError(f"{path}: not UTF-8 text ({exc.reason})") from None
-    rows = text.splitlines()
-    if not rows or tuple(rows[0].split("\t")) != HEADER:
-        found = rows[0][:80] if rows else "an empty file"
-        raise ExportError(
-            f"{path}: not a Ren'Py dialogue export: the first line should be the header "
-            f"{' | '.join(HEADER)} (tab-separated), found {found!r}. Export it with the "
-            "launcher's Extract Dialogue (tab-delimited, not plain text), or "
-            "`renpy GAMEDIR dialogue None`."
-        )
-    lines: list[DialogueLine] = []
-    seen: dict[str, int] = {}
-    for number, row in enumerate(rows[1:], start=2):
-        if not row.strip():
-            continue
-        fields = row.split("\t")
-        if len(fields) != len(HEADER):
-            raise ExportError(
-                f"{path}:{number}: expected {len(HEADER)} tab-separated columns, found "
-                f"{len(fields)}"
-            )
-        identifier, character, dialogue, filename, line_number = fields[:5]
-        if not _IDENTIFIER.match(identifier):
-            raise ExportError(f"{path}:{number}: bad Identifier {identifier!r}")
-        if identifier in seen:
-            raise ExportError(
-                f"{path}:{number}: Identifier {identifier} already on line {seen[identifier]}"
-            )
-        seen[identifier] = number
-        where = f"{filename}:{line_number}"
-        lines.append(DialogueLine(identifier, character.strip(), dialogue, where))
-    return lines
 
 
 def read_mapping(path: Path | None) -> dict[str, dict[str, Any] | None]:
@@ -297,11 +251,26 @@ async def _render_all(
 ) -> list[str]:
     from .engine import Engine
 
-    engine = Engine(catalog, disk_cache=disk_cache)
-    limit = asyncio.Semaphore(engine.parallel_lines)  # keeps every core busy, no more
     failures: list[str] = []
+    async with Engine(catalog, disk_cache=disk_cache) as engine:
+        try:
+            with (output / JOURNAL_NAME).open("a", encoding="utf-8") as journal:
+                await _render_jobs(engine, jobs, manifest, journal, bar, failures)
+        finally:
+            _write_manifest(output, manifest)  # after the journal is closed: it removes it
+    return failures
 
-    journal = (output / JOURNAL_NAME).open("a", encoding="utf-8")
+
+async def _render_jobs(
+    engine: Any,
+    jobs: list[_Job],
+    manifest: dict[str, str],
+    journal: TextIO,
+    bar: ProgressBar,
+    failures: list[str],
+) -> None:
+    """Render the jobs on every synthesis thread, each file journaled as it is written."""
+    limit = asyncio.Semaphore(engine.parallel_lines)  # keeps every core busy, no more
 
     async def render(job: _Job) -> None:
         async with limit:
@@ -317,14 +286,7 @@ async def _render_all(
                 journal.flush()  # an interrupted run keeps every file it finished
             bar.advance(job.line.identifier)
 
-    try:
-        await asyncio.gather(*(render(job) for job in jobs))
-        await engine.finish_cache_writes()
-    finally:
-        engine.close()
-        journal.close()
-        _write_manifest(output, manifest)
-    return failures
+    await asyncio.gather(*(render(job) for job in jobs))
 
 
 def _plan(
@@ -335,10 +297,7 @@ def _plan(
     force: bool,
     cast: Any,
 ) -> tuple[list[_Job], int, int]:
-    from . import errors
-    from .errors import RemoteProtocolError
     from .jobs import Limits, synthesis_request
-    from .messages import InvalidMessage, Synthesize
 
     limits = Limits(max_text_chars=100_000)  # a build step: no per-connection bound to keep
     manifest = _read_manifest(output)

@@ -3,9 +3,14 @@
 Each speaker of a connection has a ``SpeakerQueue``: lines play strictly in order, one at a
 time, while different speakers run concurrently. A line moves QUEUED -> STARTED -> FINISHED
 (or QUEUED -> FINISHED when it is cancelled or fails before its first audio); the allowed
-moves are the ``_TRANSITIONS`` table. ``Line.finish`` is the only way into FINISHED and sends
-the one finished event a line ever gets; audio goes out only through ``_send_audio``, which
-refuses a finished line. Those two places carry the ordering guarantees of PROTOCOL.md.
+moves are the ``_TRANSITIONS`` table. ``SpeakerQueue.finish`` is the only way into FINISHED
+(but for ``close``, when the peer is gone) and sends the one finished event a line ever gets;
+audio goes out only through ``_send_audio``, which refuses a finished line. Those two places
+carry the ordering guarantees of PROTOCOL.md.
+
+The queues send the events of lines (started, marks, audio, finished) themselves; the replies
+to requests are the session's (``session.py``): each request method here says what it did
+(a line's id and place, the lines a skip or clear ended) and the session builds the reply.
 
 A line becomes current ("started") as soon as it reaches the head of its speaker's queue,
 while its first audio is still being synthesized, so that a skip right after a say ends the
@@ -16,14 +21,15 @@ first audio sent, which is when playback can begin.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass, replace
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import numpy as np
 
@@ -40,27 +46,18 @@ from .engine import (
 )
 from .errors import RemoteProtocolError
 from .jobs import DEFAULT_LIMITS, Catalog, Limits, synthesis_request
-from .messages import (
-    Audio,
-    Cancelled,
-    Cleared,
-    Event,
-    Finished,
-    LineId,
-    Marks,
-    Queued,
-    Say,
-    Skipped,
-    Started,
-)
+from .messages import Audio, Event, Finished, FinishStatus, LineId, Marks, Say, Started
 from .timings import Piece, place, viseme_units
 from .workers import Priority, PriorityKey
 
 __all__ = [
     "ConnectionQueues",
+    "Limits",
     "Line",
     "LineState",
     "Outbox",
+    "Placed",
+    "Spawn",
     "SpeakerQueue",
     "Synthesizer",
     "synthesis_request",
@@ -91,6 +88,15 @@ class Outbox(Protocol):
         """Wait while the peer is behind on reading."""
 
 
+class Spawn(Protocol):
+    """Starts a task that its owner will wait for: ``asyncio.TaskGroup.create_task``, the
+    connection's group (``asyncio.create_task`` where nothing owns the queues)."""
+
+    def __call__(
+        self, coroutine: Coroutine[Any, Any, None], *, name: str | None = None
+    ) -> asyncio.Task[None]: ...
+
+
 class Synthesizer(Protocol):
     """What the queues need of the engine (``engine.Engine``, or a fake in unit tests)."""
 
@@ -102,7 +108,16 @@ class Synthesizer(Protocol):
         cancel: CancelToken,
         priority: PriorityKey,
         on_fallback: Callable[[str], None] | None = None,
-    ) -> AsyncIterator[Piece]: ...
+    ) -> AsyncGenerator[Piece, None]: ...
+
+
+class Placed(NamedTuple):
+    """Where ``ConnectionQueues.say`` put a line."""
+
+    line: LineId
+    speaker: str
+    position: int
+    """Lines before it in its speaker's queue, counting the current one (0: it plays next)."""
 
 
 class LineState(enum.Enum):
@@ -116,8 +131,6 @@ _TRANSITIONS: Final[dict[LineState, frozenset[LineState]]] = {
     LineState.STARTED: frozenset({LineState.FINISHED}),
     LineState.FINISHED: frozenset(),
 }
-
-FinishStatus = Literal["done", "skipped", "cancelled", "error"]
 
 
 class _Clock:
@@ -207,7 +220,7 @@ class _LineAudio:
     ``PREFETCH_SECONDS``, and goes on when the line becomes current or is played from.
     """
 
-    def __init__(self, line: Line, engine: Synthesizer) -> None:
+    def __init__(self, line: Line, engine: Synthesizer, spawn: Spawn) -> None:
         self._line = line
         self.pieces: deque[Piece] = deque()
         self._buffered = 0
@@ -215,7 +228,7 @@ class _LineAudio:
         self._error: BaseException | None = None
         self._changed = asyncio.Event()
         self._room = asyncio.Event()
-        self._task = asyncio.create_task(self._fill(engine), name=f"synth:{line.id}")
+        self._task = spawn(self._fill(engine), name=f"synth:{line.id}")
 
     async def _fill(self, engine: Synthesizer) -> None:
         line = self._line
@@ -224,14 +237,17 @@ class _LineAudio:
             stream = engine.stream(
                 line.request, line.cancel_token, line.priority, on_fallback=line.notes.append
             )
-            async for piece in stream:
-                self.pieces.append(piece)
-                self._buffered += len(piece.audio)
-                line.samples_ready += len(piece.audio)
-                self._changed.set()
-                while self._buffered > limit and not line.finished:
-                    self._room.clear()
-                    await self._room.wait()
+            # Closed as this loop ends, however it ends, not whenever the garbage collector
+            # finds the generator: its synthesis and cache work stop with the line.
+            async with contextlib.aclosing(stream):
+                async for piece in stream:
+                    self.pieces.append(piece)
+                    self._buffered += len(piece.audio)
+                    line.samples_ready += len(piece.audio)
+                    self._changed.set()
+                    while self._buffered > limit and not line.finished:
+                        self._room.clear()
+                        await self._room.wait()
         except Exception as exc:  # handed to the player in next_piece
             self._error = exc
         finally:
@@ -273,7 +289,7 @@ class SpeakerQueue:
             self._unpaused.set()
         self._active: Line | None = None
         self._playing: asyncio.Task[None] | None = None
-        self._runner = asyncio.create_task(self._run(), name=f"speaker:{name}")
+        self._runner = owner.spawn(self._run(), name=f"speaker:{name}")
 
     # --- requests -------------------------------------------------------------------
 
@@ -380,10 +396,10 @@ class SpeakerQueue:
             line = await self._next_line()
             self._start(line)
             if line.audio is None:
-                line.audio = _LineAudio(line, self._owner.engine)
+                line.audio = _LineAudio(line, self._owner.engine, self._owner.spawn)
             self._prefetch()
             self._active = line
-            self._playing = asyncio.create_task(self._play(line), name=f"line:{line.id}")
+            self._playing = self._owner.spawn(self._play(line), name=f"line:{line.id}")
             try:
                 await asyncio.wait([self._playing])
             finally:
@@ -432,7 +448,7 @@ class SpeakerQueue:
             return  # the runner starts the head line itself, at once
         for line in itertools.islice(self.queued, PREFETCH_LINES):
             if line.audio is None and self._owner.prefetching() < MAX_PREFETCHING:
-                line.audio = _LineAudio(line, self._owner.engine)
+                line.audio = _LineAudio(line, self._owner.engine, self._owner.spawn)
 
     def _start(self, line: Line) -> None:
         line.move_to(LineState.STARTED)
@@ -540,8 +556,12 @@ class ConnectionQueues:
         chunk_samples: int = DEFAULT_CHUNK_SAMPLES,
         cast: Cast = DEFAULT_CAST,
         timings: frozenset[str] = frozenset(),
+        spawn: Spawn = asyncio.create_task,
     ) -> None:
+        """``spawn`` starts the queues' tasks (speakers, lines, synthesis ahead): give it the
+        connection's task group, which then waits for every one of them to end."""
         self.engine = engine
+        self.spawn = spawn
         self.cast = cast
         self.timings = timings
         """Marks for every say that does not choose its own (from the hello)."""
@@ -555,7 +575,7 @@ class ConnectionQueues:
         self._all_paused = False
         self.underruns = Underruns()
 
-    def say(self, say: Say) -> Queued:
+    def say(self, say: Say) -> Placed:
         """Queue a line (interrupting first if asked); raises RemoteProtocolError."""
         if say.timings is None and self.timings:
             say = replace(say, timings=sorted(self.timings))  # the hello's default
@@ -570,36 +590,32 @@ class ConnectionQueues:
         if say.interrupt:
             speaker.skip()
             speaker.cancel_all()
-        elif speaker.size >= self.limits.max_queue:
-            raise RemoteProtocolError(
-                errors.QUEUE_FULL,
-                f"speaker {say.speaker!r} already has {self.limits.max_queue} lines",
-                say.id,
-            )
+        else:
+            self.limits.check_queue(say.speaker, speaker.size, say.id)
         line = Line(self._new_line_id() if say.line is None else say.line, say, request, voice)
         self._lines[line.id] = line
-        # The reply goes out before the line can start: the runner needs the loop to turn.
-        return Queued(id=say.id, line=line.id, speaker=say.speaker, position=speaker.add(line))
+        return Placed(line.id, say.speaker, speaker.add(line))
 
-    def skip(self, speaker_name: str, request_id: int | str | None = None) -> Skipped:
+    def skip(self, speaker_name: str) -> LineId | None:
+        """End the speaker's current line; returns its id (None if it had none)."""
         speaker = self.speakers.get(speaker_name)
-        skipped = speaker.skip() if speaker else None
-        return Skipped(id=request_id, speaker=speaker_name, line=skipped)
+        return speaker.skip() if speaker else None
 
-    def cancel(self, line_id: LineId, request_id: int | str | None = None) -> Cancelled:
+    def cancel(self, line_id: LineId, request_id: int | str | None = None) -> None:
+        """End a queued or playing line; raises RemoteProtocolError if there is none."""
         line = self._lines.get(line_id)
         if line is None:
             raise RemoteProtocolError(
                 errors.UNKNOWN_LINE, f"no queued or playing line {line_id!r}", request_id
             )
         self.speakers[line.speaker].finish(line, "cancelled")
-        return Cancelled(id=request_id, line=line_id)
 
-    def clear(self, speaker_name: str | None, request_id: int | str | None = None) -> Cleared:
+    def clear(self, speaker_name: str | None) -> list[LineId]:
+        """Cancel every line of a speaker (of all speakers: None); returns their ids."""
         cleared: list[LineId] = []
         for speaker in self._selected(speaker_name):
             cleared += speaker.cancel_all()
-        return Cleared(id=request_id, speaker=speaker_name, lines=cleared)
+        return cleared
 
     def pause(self, speaker_name: str | None, request_id: int | str | None = None) -> None:
         if speaker_name is None:
@@ -650,14 +666,9 @@ class ConnectionQueues:
         speaker = self.speakers.get(name)
         if speaker is not None:
             return speaker
-        if len(self.speakers) >= self.limits.max_speakers:
-            idle = next((s for s in self.speakers.values() if s.idle), None)
-            if idle is None:
-                raise RemoteProtocolError(
-                    errors.TOO_MANY_SPEAKERS,
-                    f"this connection already has {self.limits.max_speakers} busy speakers",
-                    request_id,
-                )
+        idle = next((s for s in self.speakers.values() if s.idle), None)
+        if self.limits.check_speakers(len(self.speakers), idle is not None, request_id):
+            assert idle is not None
             idle.close()
             del self.speakers[idle.name]
         speaker = SpeakerQueue(name, self, paused=self._all_paused)

@@ -1,7 +1,8 @@
 """The WebSocket transport and the preview page, both on one HTTP port (the ``web`` extra).
 
-A WebSocket connection is served by the same ``ConnectionHandler`` as a TCP connection, so
-the protocol logic, the queues and the engine are shared. Two adapters stand in for the
+A WebSocket connection is served by the same ``server.ConnectionHandler`` as a TCP
+connection (handed in as a ``net.ServeConnection``: this module does not import the server),
+so the protocol logic, the queues and the engine are shared. Two adapters stand in for the
 stream reader and writer:
 
 - ``MessageReader`` hands the handler each binary WebSocket message as one frame (the 4-byte
@@ -41,13 +42,11 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from .net import ServeConnection, is_loopback
 from .protocol import DEFAULT_HOST, HEADER_SIZE
-from .server import is_loopback
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import Server as WebSocketServer
-
-    from .server import Server
 
 __all__ = [
     "DEFAULT_WEB_PORT",
@@ -96,9 +95,9 @@ class WebAccess:
     """Who may use the web port: the check made on every HTTP request and WebSocket handshake.
 
     This is the hook for access rules on the WebSocket side. The shared-secret token is
-    checked at ``hello`` by ``ConnectionHandler``, so it applies to WebSocket connections
-    unchanged; browsers cannot set headers on a WebSocket, which is why it belongs in
-    ``hello`` and not here.
+    checked at ``hello`` by the connection's ``session.Session``, so it applies to
+    WebSocket connections unchanged; browsers cannot set headers on a WebSocket, which is
+    why it belongs in ``hello`` and not here.
     """
 
     hosts: frozenset[str]
@@ -275,8 +274,10 @@ class MessageReader:
 class WebServer:
     """Serves WebSocket connections and the preview page's files on one port."""
 
-    def __init__(self, server: Server, websockets: WebSocketServer, access: WebAccess) -> None:
-        self._server = server
+    def __init__(
+        self, serve_connection: ServeConnection, websockets: WebSocketServer, access: WebAccess
+    ) -> None:
+        self._serve_connection = serve_connection
         self._websockets = websockets
         self.access = access
         host, self.port = websockets.sockets[0].getsockname()[:2]
@@ -289,11 +290,20 @@ class WebServer:
         return self.url if token is None else f"{self.url}#token={quote(token, safe='')}"
 
     @classmethod
-    async def start(cls, server: Server, port: int) -> WebServer:
-        """Listen on ``port`` at the TCP host's address (loopback unless allow_remote)."""
-        config = server.config
-        host = config.host or DEFAULT_HOST
-        extra_origins = [parse_origin(origin) for origin in config.web_origins]  # before binding
+    async def start(
+        cls,
+        serve_connection: ServeConnection,
+        port: int,
+        *,
+        host: str = DEFAULT_HOST,
+        origins: Iterable[str] = (),
+        allow_remote: bool = False,
+        max_frame: int,
+    ) -> WebServer:
+        """Listen on ``port`` at ``host`` (the TCP listener's: loopback unless allow_remote)
+        and hand each WebSocket connection to ``serve_connection``. ``origins`` are the page
+        origins allowed besides the preview page's own."""
+        extra_origins = [parse_origin(origin) for origin in origins]  # before binding
         started = asyncio.get_running_loop().create_future()  # the WebServer, once built
 
         async def handle(websocket: ServerConnection) -> None:
@@ -305,13 +315,13 @@ class WebServer:
         websockets = await serve(
             handle, host, port,
             process_request=process_request,
-            max_size=config.max_frame,  # over it: close 1009, nothing buffered
+            max_size=max_frame,  # over it: close 1009, nothing buffered
             compression=None,  # speech does not deflate; spare the CPU for inference
             server_header=None,
         )  # fmt: skip
         bound_port = websockets.sockets[0].getsockname()[1]
-        access = WebAccess.for_port(bound_port, host, extra_origins, config.allow_remote)
-        web = cls(server, websockets, access)
+        access = WebAccess.for_port(bound_port, host, extra_origins, allow_remote)
+        web = cls(serve_connection, websockets, access)
         started.set_result(web)
         return web
 
@@ -360,10 +370,11 @@ class WebServer:
     async def _serve_websocket(self, websocket: ServerConnection) -> None:
         writer = MessageWriter(websocket)
         try:
-            await self._server.serve_connection(MessageReader(websocket, writer), writer)
+            await self._serve_connection(MessageReader(websocket, writer), writer)
         finally:
             if not writer.finished:  # the handler failed before closing its writer
                 writer.abort()
+                await writer.wait_closed()  # its sender task, cancelled, has ended
 
 
 def _is_websocket(request: Request) -> bool:

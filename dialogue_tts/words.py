@@ -14,6 +14,9 @@ phonemes, is likely to get wrong:
 and every word the cast's lexicon covers. For each: how it will be said (phonemes), how
 often it appears, the first line it is in, and the lexicon's entry. ``--out DIR`` writes a
 short clip of each word; ``--play`` plays them.
+
+What only the clips need (the engine's jobs, audio encoding) is imported inside ``_clips``,
+for start-up time only.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ from typing import Any, Final, TextIO
 
 from . import espeak
 from .app import build_engine, engine_options, load_cast_option, play_file, run_async
+from .renpy_export import HEADER, read_dialogue_tab
+from .scene import ScriptError, read_script
+from .text import prepare
+from .tracked import Spoken
 
 __all__ = ["Word", "WordLine", "add_parser", "find_words", "read_lines"]
 
@@ -87,9 +94,6 @@ def add_parser(commands: Any) -> None:
 
 def read_lines(path: Path) -> list[WordLine]:
     """The lines of a script, a dialogue.tab or a text file; raises ValueError."""
-    from .preview import ScriptError, read_script
-    from .renpy_render import HEADER, read_dialogue_tab
-
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -119,9 +123,6 @@ def find_words(
     every: bool = False,
 ) -> list[Word]:
     """The report's words, in the order they first appear."""
-    from .text import prepare
-    from .tracked import Spoken
-
     found: dict[tuple[str, str], Word] = {}
     for line in lines:
         info = catalog.info(voice or cast.resolve(line.speaker).voice or catalog.default_voice)
@@ -217,10 +218,13 @@ def write_table(words: Sequence[Word], out: TextIO, width: int = 120) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-
     lines = read_lines(args.script)
-    engine = build_engine(args)
-    try:
+    run_async(_report(args, lines))
+    return 0
+
+
+async def _report(args: argparse.Namespace, lines: list[WordLine]) -> None:
+    async with build_engine(args) as engine:
         cast = load_cast_option(args, engine.catalog)
         if args.voice is not None:
             engine.catalog.info(args.voice)
@@ -230,10 +234,7 @@ def _main(args: argparse.Namespace) -> int:
         else:
             write_table(words, sys.stdout)
         if args.out is not None or args.play:
-            run_async(_clips(engine, cast, words, args.out, args.play))
-    finally:
-        engine.close()
-    return 0
+            await _clips(engine, cast, words, args.out, args.play)
 
 
 async def _clips(
@@ -256,6 +257,5 @@ async def _clips(
         if play:
             print(f"{word.word}: /{word.phonemes}/", flush=True)
             play_file(path)
-    await engine.finish_cache_writes()
     if out is not None:
         print(f"wrote {min(len(words), MAX_CLIPS)} clips to {out}")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tone_family
 
+from dialogue_tts.cache import DiskCache
 from dialogue_tts.engine import (
     DEFAULT_VOICE_NAME,
     CancelToken,
@@ -84,6 +85,15 @@ async def test_voices_load_once_and_a_corrupt_one_fails_clearly(voices_dir: Path
         assert min(energies) < 0.01 < max(energies)
     finally:
         engine.close()
+
+
+async def test_async_with_closes_the_engine_after_its_cache_writes(tmp_path: Path) -> None:
+    disk = DiskCache(tmp_path)
+    async with Engine(VoiceCatalog(), workers=1, disk_cache=disk) as engine:
+        await engine.render(SynthesisRequest(parts=["Written to disk."], voice=DEFAULT_VOICE_NAME))
+    assert disk.counters()["writes"] == 1  # aclose waited for the write in flight
+    with pytest.raises(RuntimeError, match="closed"):
+        await engine.render(SynthesisRequest(parts=["Too late."], voice=DEFAULT_VOICE_NAME))
 
 
 async def test_cancel_aborts_a_running_inference(engine: Engine) -> None:

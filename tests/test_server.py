@@ -9,22 +9,34 @@ import json
 import os
 import random
 import shutil
+import socket
 import stat
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
 import soundfile
-from helpers import CORPUS, REPO, ServerThread
+from helpers import CORPUS, REPO, FakeCatalog, FakeEngine, ServerThread
 from test_scheduler import check_invariants
 
 from dialogue_tts import errors
 from dialogue_tts.client import Client, LineResult, ServerError
+from dialogue_tts.errors import RemoteProtocolError
 from dialogue_tts.jobs import Limits
-from dialogue_tts.messages import Event, Hello, Ping, Pong, Say, Skip
+from dialogue_tts.messages import (
+    PROTOCOL_VERSION,
+    Event,
+    Hello,
+    Ping,
+    Pong,
+    Say,
+    Skip,
+    Synthesize,
+)
 from dialogue_tts.protocol import CLOSED, NEED_DATA, Connection, Role, encode_frame
 from dialogue_tts.server import ConnectionHandler, ServerConfig
 
@@ -461,6 +473,103 @@ async def test_replies_piling_up_past_the_limit_drop_the_client() -> None:
         handler.send(Pong(id=1))
     assert writer.transport.aborted
     assert writer.transport.buffered <= 10_000 + len(encode_frame(Pong(id=1)))
+
+
+class _ListedCatalog(FakeCatalog):
+    def infos(self) -> list[Any]:
+        return [self.info(self.default_voice)]
+
+
+class _SlowToStopEngine(FakeEngine):
+    """A stream whose cleanup takes a while once its line is cancelled."""
+
+    async def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        try:
+            async for piece in super().stream(*args, **kwargs):
+                yield piece
+        finally:
+            await asyncio.sleep(0.2)
+
+
+async def test_a_connection_ends_only_once_its_tasks_have() -> None:
+    """The connection's task group: when ``run`` returns, every task the connection started
+    (speakers, playing lines, synthesis ahead) has ended, not merely been asked to: even
+    synthesis that takes its time to stop."""
+    engine = _SlowToStopEngine(delay=0.2, catalog=_ListedCatalog())
+    server_side, client_side = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=server_side)
+    peer_reader, peer_writer = await asyncio.open_connection(sock=client_side)
+    server: Any = SimpleNamespace(config=ServerConfig(), engine=engine)
+    before = asyncio.all_tasks()
+    serving = asyncio.create_task(ConnectionHandler(server, reader, writer).run())
+    hello = Hello(id=0, protocol=PROTOCOL_VERSION, client="test")
+    says = [Say(id=n, speaker=s, text="One. Two. Three.") for n, s in enumerate("aabb", 1)]
+    peer_writer.write(b"".join(encode_frame(request) for request in [hello, *says]))
+    connection, seen = Connection(Role.CLIENT), []
+    async with asyncio.timeout(GUARD):
+        while "audio" not in seen:  # lines are playing, and the next ones synthesizing
+            connection.receive_data(await peer_reader.read(65536))
+            while (event := connection.next_message()) not in (NEED_DATA, CLOSED):
+                seen.append(event.TYPE)
+    peer_writer.close()
+    await asyncio.wait_for(serving, GUARD)
+    left = [task.get_name() for task in asyncio.all_tasks() - before - {serving}]
+    assert left == []
+
+
+async def test_a_file_request_that_fails_unexpectedly_gets_an_internal_error() -> None:
+    """A bug in a background request answers that request; the connection goes on."""
+    engine = FakeEngine(catalog=_ListedCatalog())  # has no render(): synthesize breaks
+    server_side, client_side = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=server_side)
+    peer_reader, peer_writer = await asyncio.open_connection(sock=client_side)
+    server: Any = SimpleNamespace(config=ServerConfig(), engine=engine)
+    serving = asyncio.create_task(ConnectionHandler(server, reader, writer).run())
+    requests = [
+        Hello(id=0, protocol=PROTOCOL_VERSION, client="test"),
+        Synthesize(id=1, text="Never rendered."),
+    ]
+    peer_writer.write(b"".join(encode_frame(request) for request in requests))
+    connection = Connection(Role.CLIENT)
+
+    async def reply() -> Any:
+        while (event := connection.next_message()) is NEED_DATA:
+            connection.receive_data(await peer_reader.read(65536))
+        return event
+
+    async with asyncio.timeout(GUARD):
+        assert (await reply()).TYPE == "welcome"
+        error = await reply()
+        assert (error.TYPE, error.code, error.id) == ("error", errors.INTERNAL_ERROR, 1)
+        peer_writer.write(encode_frame(Ping(id=2)))
+        assert (await reply()).TYPE == "pong"
+    peer_writer.close()
+    await asyncio.wait_for(serving, GUARD)
+
+
+async def test_the_client_reports_a_server_that_breaks_the_protocol() -> None:
+    """A bad event fails the request it answers; an unreadable stream fails everything
+    waiting, and every later request, with a ConnectionError that says why."""
+    bad_event = msgpack.packb({"type": "mystery", "id": 1})
+    replies = [len(bad_event).to_bytes(4, "big") + bad_event, b"\xff\xff\xff\xff"]
+
+    async def misbehave(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for reply in replies:
+            await reader.read(1024)  # a ping
+            writer.write(reply)
+        await reader.read()
+
+    fake = await asyncio.start_server(misbehave, "127.0.0.1", 0)
+    async with fake:
+        port = fake.sockets[0].getsockname()[1]
+        client = await Client.connect(port=port, hello=False)
+        with pytest.raises(RemoteProtocolError) as unknown:
+            await client.ping()
+        assert (unknown.value.code, unknown.value.request_id) == (errors.UNKNOWN_TYPE, 1)
+        for _ in range(2):  # the one waiting, then one sent after
+            with pytest.raises(ConnectionError, match="broke the protocol \\(frame_too_large\\)"):
+                await asyncio.wait_for(client.ping(), GUARD)
+        await client.close(bye=False)
 
 
 async def test_a_broken_voice_ends_its_line_with_an_error(small_server: ServerThread) -> None:
