@@ -105,13 +105,13 @@ async def test_a_line_said_and_skipped_in_one_read_is_skipped() -> None:
     (finished with no started), not left to play; a paused speaker's queued line is not."""
     queues, outbox = make(delay=0.05)
     line = queues.say(Say(speaker="a", text="Skipped before it started."))
-    assert queues.skip("a").line == line.line
+    assert queues.skip("a") == line.line
     done = await finished(outbox, line.line)
     assert (done.status, done.samples) == ("skipped", 0)
     assert not [e for e in outbox.events if e.TYPE == "started"]
     queues.pause("a")
     held = queues.say(Say(speaker="a", text="Waits for resume."))
-    assert queues.skip("a").line is None
+    assert queues.skip("a") is None
     queues.resume("a")
     assert (await finished(outbox, held.line)).status == "done"
     check_invariants(outbox.events, {line.line, held.line})
