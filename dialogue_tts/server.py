@@ -92,15 +92,15 @@ class Server:
 
     async def start(self) -> None:
         """Load and warm up the default voice and the voices of the cast, then listen."""
-        await self.engine.voice()
-        await self.engine.load_voices(self.config.cast.voices())
         config = self.config
+        if config.host is not None and not is_loopback(config.host) and not config.allow_remote:
+            raise ValueError(  # before seconds of loading voices
+                f"refusing to listen on {config.host}: not a loopback address "
+                "(pass allow_remote / --allow-remote to do it anyway)"
+            )
+        await self.engine.voice()
+        await self.engine.load_voices(config.cast.voices())
         if config.host is not None:
-            if not is_loopback(config.host) and not config.allow_remote:
-                raise ValueError(
-                    f"refusing to listen on {config.host}: not a loopback address "
-                    "(pass allow_remote / --allow-remote to do it anyway)"
-                )
             if not is_loopback(config.host):
                 _LOGGER.warning(
                     "LISTENING ON %s: any machine that can reach it can use this server",

@@ -359,9 +359,12 @@ async def test_bye_finishes_every_line_then_closes(live_server: ServerThread) ->
 
 
 class NoVoice:
-    """Enough of an engine for Server.start, which only warms up the default voice."""
+    """Enough of an engine for Server.start, which only loads voices."""
 
     async def voice(self, name: str | None = None) -> None:
+        return None
+
+    async def load_voices(self, names: object) -> None:
         return None
 
 
