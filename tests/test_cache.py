@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 from dialogue_tts import cache as cache_module
-from dialogue_tts.cache import DiskCache, line_key
+from dialogue_tts.cache import DiskCache, LinesInPreparation, line_key
 from dialogue_tts.engine import (
     DEFAULT_VOICE_NAME,
     CancelToken,
@@ -31,6 +32,7 @@ from dialogue_tts.text import prepare
 from dialogue_tts.timings import PhonemeUnit, Piece, WordUnit
 from dialogue_tts.voices.piper import PiperVoice as Voice
 from dialogue_tts.voices.piper import valid_duration_curve
+from dialogue_tts.workers import Priority
 
 LINE = "The lanterns are lit, and the road is clear."
 
@@ -251,3 +253,47 @@ def test_only_a_measured_shape_counts_as_a_duration_curve() -> None:
                 [0.9, 0.8, 1.0, 1.35, 1.7], [0.61, 0.8, 1.0, 1.35, float("nan")],
                 [0, 0.8, 1.0, 1.35, 1.7], [0.61, 0.8, True, 1.35, 1.7]):  # fmt: skip
         assert not valid_duration_curve(bad), bad
+
+
+# --- Lines being prepared -----------------------------------------------------------------
+
+
+async def test_a_followed_preparation_is_as_urgent_as_its_most_urgent_follower() -> None:
+    lines = LinesInPreparation()
+    background = lambda: (Priority.BACKGROUND, 0.0)  # noqa: E731
+    async with lines.start("line", background, words=False) as preparation:
+        assert lines.get("line", words=True) is None  # its pieces carry no word timings
+        assert lines.get("other", words=False) is None
+        assert preparation.priority() == (Priority.BACKGROUND, 0.0)
+        joined = lines.get("line", words=False)
+        assert joined is preparation
+        follower = joined.follow(lambda: (Priority.FIRST, 5.0))
+        preparation.add(Piece(np.ones(3, np.float32)))
+        assert len((await anext(follower)).audio) == 3
+        assert preparation.priority() == (Priority.FIRST, 5.0)
+        waiting = asyncio.create_task(anext(follower))
+        await asyncio.sleep(0)
+        assert not waiting.done()  # no piece yet: it waits for the next one
+        preparation.add(Piece(np.zeros(2, np.float32)))
+        assert len((await waiting).audio) == 2
+        await follower.aclose()
+        assert preparation.priority() == (Priority.BACKGROUND, 0.0)  # nobody follows now
+    assert preparation.done and not preparation.failed and len(lines) == 0
+    assert lines.joined == 1
+
+
+async def test_a_preparation_that_fails_ends_its_followers() -> None:
+    lines = LinesInPreparation()
+    with pytest.raises(RuntimeError):
+        async with lines.start("line", lambda: (Priority.BACKGROUND, 0.0), words=True) as made:
+            follower = asyncio.create_task(
+                asyncio.wait_for(_collect(made.follow(lambda: (Priority.FIRST, 0.0))), 30)
+            )
+            made.add(Piece(np.ones(1, np.float32)))
+            await asyncio.sleep(0)
+            raise RuntimeError("its client left")
+    assert len(await follower) == 1 and made.failed and len(lines) == 0
+
+
+async def _collect(pieces: AsyncIterator[Piece]) -> list[Piece]:
+    return [piece async for piece in pieces]
