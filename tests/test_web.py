@@ -368,8 +368,13 @@ async def test_allowed_origins_are_accepted(web_server: ServerThread) -> None:
     port = web_port(web_server)
     own = [f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"http://[::1]:{port}"]
     for origin in [*own, GAME_ORIGIN, None]:  # None: a native program sends no Origin
-        peer = await WsPeer.open(web_server, origin=origin)  # fails unless welcomed
+        peer = await WsPeer.open(web_server, origin=origin, hello=False)
+        await peer.send(Hello(protocol=1, client="ws-test", id="h"))
+        welcome = await peer.next_event()
+        await peer.send(Ping(id="p"))
+        pong = await peer.next_event()
         await peer.close()
+        assert (welcome.TYPE, welcome.id, pong.TYPE, pong.id) == ("welcome", "h", "pong", "p")
 
 
 async def test_token_server_refuses_a_websocket_hello_without_it(
