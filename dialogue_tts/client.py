@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from .errors import RemoteProtocolError
 from .messages import (
     PROTOCOL_VERSION,
     Audio,
@@ -214,7 +215,10 @@ class Client:
             self._pending.pop(request_id, None)
 
     def send(self, message: Request) -> None:
-        """Send without waiting for a reply."""
+        """Send without waiting for a reply; raises ConnectionError once the connection is
+        closed or lost (no reply could ever come)."""
+        if self._reader_task.done():
+            raise ConnectionError("connection closed")
         self._writer.write(self._connection.send(message))
 
     async def hello(
@@ -317,6 +321,9 @@ class Client:
                     self._dispatch(event)
         except (ConnectionError, OSError):
             pass
+        except RemoteProtocolError:
+            # The server sent bytes this client cannot read: nothing after them can be trusted.
+            self._writer.close()
         finally:
             self._connection_lost()
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 from helpers import CORPUS, ServerThread
+from peers import RawPeer
 from test_scheduler import check_invariants
-from test_server import RawPeer
 
 from dialogue_tts import errors
 from dialogue_tts.client import Client, ServerError

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import os
 import re
 import subprocess
@@ -28,8 +27,9 @@ import msgpack
 import numpy as np
 import pytest
 import soundfile
-from helpers import REPO, ServerThread, engine_missing
-from websockets.asyncio.client import ClientConnection, connect
+from helpers import VECTORS, ServerThread, engine_missing
+from peers import WsPeer, web_port
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.protocol import State
 from websockets.typing import Origin
@@ -38,7 +38,6 @@ from dialogue_tts import errors
 from dialogue_tts.cast import Cast
 from dialogue_tts.messages import (
     Hello,
-    Message,
     Ping,
     Prepare,
     Say,
@@ -46,11 +45,10 @@ from dialogue_tts.messages import (
     Synthesize,
     SynthesizeScene,
 )
-from dialogue_tts.protocol import HEADER_SIZE, NEED_DATA, Connection, Role, encode_frame
+from dialogue_tts.protocol import HEADER_SIZE, encode_frame
 from dialogue_tts.server import ServerConfig
 from dialogue_tts.websocket import MessageWriter, WebAccess, parse_origin
 
-VECTORS = json.loads((REPO / "protocol" / "vectors.json").read_text(encoding="utf-8"))
 CHROMIUM = Path("/usr/bin/chromium")
 GAME_ORIGIN = "http://localhost:8060"  # where Godot's web export serves a game by default
 SAMPLE_RATE = 22050
@@ -84,55 +82,6 @@ def token_server() -> Iterator[ServerThread]:
     server = ServerThread(ServerConfig(port=0, web_port=0, token=TOKEN)).start()
     yield server
     server.stop()
-
-
-def web_port(server: ServerThread) -> int:
-    assert server.server is not None and server.server.web is not None
-    return server.server.web.port
-
-
-class WsPeer:
-    """A WebSocket client speaking the protocol: one msgpack map per binary message."""
-
-    def __init__(self, websocket: ClientConnection) -> None:
-        self.websocket = websocket
-        self.connection = Connection(Role.CLIENT)
-
-    @classmethod
-    async def open(
-        cls,
-        server: ServerThread,
-        *,
-        origin: str | None = None,
-        hello: bool = True,
-        token: str | None = None,
-    ) -> WsPeer:
-        websocket = await connect(
-            f"ws://127.0.0.1:{web_port(server)}/",
-            origin=None if origin is None else Origin(origin),
-            open_timeout=GUARD,
-        )
-        peer = cls(websocket)
-        if hello:
-            await peer.send(Hello(protocol=1, client="ws-test", id=0, token=token))
-            assert (await peer.next_event()).TYPE == "welcome"
-        return peer
-
-    async def send(self, message: Message) -> None:
-        await self.websocket.send(encode_frame(message)[HEADER_SIZE:])
-
-    async def next_event(self) -> Any:
-        """The next event; each binary message must hold exactly one whole message."""
-        async with asyncio.timeout(GUARD):
-            data = await self.websocket.recv()
-        assert isinstance(data, bytes), "the server sends binary messages only"
-        self.connection.receive_data(len(data).to_bytes(HEADER_SIZE, "big") + data)
-        event = self.connection.next_message()
-        assert event is not NEED_DATA and self.connection.next_message() is NEED_DATA
-        return event
-
-    async def close(self) -> None:
-        await self.websocket.close()
 
 
 @pytest.fixture
@@ -234,7 +183,7 @@ async def test_text_message_closes_with_1003(peer: WsPeer) -> None:
 
 
 async def test_connection_limit_counts_websocket_and_tcp(web_server: ServerThread) -> None:
-    await wait_for_no_connections(web_server)
+    await web_server.wait_for_connections(at_most=0)
     tcp = await asyncio.open_connection("127.0.0.1", web_server.port)
     peers = [await WsPeer.open(web_server) for _ in range(7)]  # 8 with the TCP one
     extra = await WsPeer.open(web_server, hello=False)
@@ -246,20 +195,9 @@ async def test_connection_limit_counts_websocket_and_tcp(web_server: ServerThrea
     for peer in peers:
         await peer.close()
     tcp[1].close()
-    await wait_for_no_connections(web_server)
+    await web_server.wait_for_connections(at_most=0)
     again = await WsPeer.open(web_server)  # room again
     await again.close()
-
-
-async def wait_for_no_connections(server: ServerThread) -> None:
-    running = server.server
-    assert running is not None
-    async with asyncio.timeout(GUARD):
-        # The count lives on the server's thread: poll it (no event crosses the threads).
-        while True:
-            if not server.call(lambda: len(running.handlers)):
-                return
-            await asyncio.sleep(0.05)
 
 
 # --- whole scenes: synthesize_scene ---------------------------------------------------------
