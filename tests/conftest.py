@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from helpers import ServerThread, engine_missing
+
+from dialogue_tts.client import Client
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,6 +24,13 @@ def live_server() -> Iterator[ServerThread]:
     server = ServerThread().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def client(live_server: ServerThread) -> AsyncIterator[Client]:
+    """A client of the session's server, connected and welcomed, closed after the test."""
+    async with await Client.connect(port=live_server.port, client_name="test") as connected:
+        yield connected
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

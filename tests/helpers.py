@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -49,6 +50,20 @@ def needs_engine(available: bool, reason: str) -> pytest.MarkDecorator:
     """Marks a test that needs an engine: conftest.py skips it, or fails it where engines
     are required, when ``available`` is false."""
     return pytest.mark.engine(available=available, reason=reason)
+
+
+COMMAND = [sys.executable, "-m", "dialogue_tts"]
+"""The dialogue-tts command, as the tests run it."""
+
+
+def run_command(
+    *args: str | Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """``dialogue-tts ARGS`` to its end; its output as text."""
+    return subprocess.run(
+        [*COMMAND, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
 
 
 CORPUS = REPO / "tests" / "data"
@@ -163,7 +178,7 @@ def server_process(
             log_path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "server.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "dialogue_tts", "serve", "--port", "0", *args],
+                [*COMMAND, "serve", "--port", "0", *args],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
             )  # fmt: skip
         try:
@@ -179,6 +194,22 @@ def server_process(
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+RENPY_CLIENT = REPO / "integrations" / "renpy" / "game" / "dialogue_tts" / "dialogue_tts_client.py"
+
+
+def load_renpy_client(module_name: str = "dialogue_tts_client") -> Any:
+    """The Ren'Py binding's pure-Python client module (it imports nothing of Ren'Py)."""
+    spec = importlib.util.spec_from_file_location(module_name, RENPY_CLIENT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    dont_write, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # keep the binding clean
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = dont_write
+    return module
 
 
 # --- fakes for unit tests of the queues -----------------------------------------------------

@@ -35,12 +35,6 @@ LONG_LINE = (
 )
 
 
-@pytest.fixture
-async def client(live_server: ServerThread) -> AsyncIterator[Client]:
-    async with await Client.connect(port=live_server.port, client_name="test-client") as connected:
-        yield connected
-
-
 # --- against the real server -----------------------------------------------------------------
 
 

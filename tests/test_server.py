@@ -9,7 +9,7 @@ import os
 import random
 import shutil
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -32,12 +32,6 @@ CORPUS_LINES = [json.loads(line) for line in (CORPUS / "dialogue-lines.jsonl").o
 LONG = next(line["text"] for line in CORPUS_LINES if line["kind"] == "long")
 SAMPLE_RATE = 22050
 GUARD = 120  # seconds: only to turn a hang into a failure, never a performance check
-
-
-@pytest.fixture
-async def client(live_server: ServerThread) -> AsyncIterator[Client]:
-    async with await Client.connect(port=live_server.port, client_name="test") as connected:
-        yield connected
 
 
 def pcm(result: LineResult) -> np.ndarray:

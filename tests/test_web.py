@@ -568,8 +568,7 @@ def test_preview_page_plays_skips_and_downloads(
     web_server: ServerThread, tmp_path: Path, record_property: Any
 ) -> None:
     with chromium_page() as page:
-        page.goto(f"http://127.0.0.1:{web_port(web_server)}/")
-        wait_for(page, "() => window.dialoguePreview?.ready === true")
+        open_preview(page, web_port(web_server))
         page.fill("#scene", TWO_LINE_SCENE)
         assert page.locator("#cast tbody th").all_inner_texts() == ["INNKEEPER", "TRAVELER"]
         page.fill("#cast tbody tr:nth-child(2) input.rate", "1.2")  # the traveler speaks faster
@@ -644,14 +643,9 @@ def test_preview_page_offers_the_cast_styles_and_pitch(
     """The page asks for the cast: each character gets the styles the cast defines for it (its
     own and the shared ones) and a pitch; a line's own (style) wins; say requests and the
     scene download carry speaker, style and pitch; the OGG scene decodes."""
-    sent: list[dict[str, Any]] = []
     with chromium_page() as page:
-        page.on(
-            "websocket",
-            lambda ws: ws.on("framesent", lambda data: sent.append(msgpack.unpackb(data))),
-        )
-        page.goto(f"http://127.0.0.1:{web_port(web_server)}/")
-        wait_for(page, "() => window.dialoguePreview?.ready === true")
+        sent = frames_sent(page)
+        open_preview(page, web_port(web_server))
         page.fill("#scene", STYLED_SCENE)
         assert page.locator("#cast tbody th").all_inner_texts() == ["GUARD", "innkeeper"]
         assert page.locator("#lines .speaker").all_inner_texts() == [
@@ -674,7 +668,7 @@ def test_preview_page_offers_the_cast_styles_and_pitch(
         scene_ogg = download(page, "#download-scene-ogg")
 
         page.reload()  # the choices are kept
-        wait_for(page, "() => window.dialoguePreview?.ready === true")
+        wait_for(page, PAGE_READY)
         assert page.input_value("#cast tbody tr:nth-child(1) select.style") == "angry"
         assert page.input_value("#cast tbody tr:nth-child(1) input.pitch") == "1.2"
 
@@ -700,13 +694,9 @@ def test_preview_page_offers_the_cast_styles_and_pitch(
 
 def test_preview_page_sends_the_token_from_its_address(token_server: ServerThread) -> None:
     """Without the token in its address the page says so; with it, the page works."""
-    sent: list[dict[str, Any]] = []
     port = web_port(token_server)
     with chromium_page() as page:
-        page.on(
-            "websocket",
-            lambda ws: ws.on("framesent", lambda data: sent.append(msgpack.unpackb(data))),
-        )
+        sent = frames_sent(page)
         page.goto(f"http://127.0.0.1:{port}/")
         wait_for(page, "() => document.querySelector('#connection').textContent"
                        ".includes('needs a token')")  # fmt: skip
@@ -714,9 +704,9 @@ def test_preview_page_sends_the_token_from_its_address(token_server: ServerThrea
         assert page.is_disabled("#play") and page.is_disabled("#download-scene-ogg")
         # The address that serve printed: the page connects again at once.
         page.goto(f"http://127.0.0.1:{port}/#token={quote(TOKEN, safe='')}")
-        wait_for(page, "() => window.dialoguePreview?.ready === true")
+        wait_for(page, PAGE_READY)
         page.reload()  # and opened with the token from the start
-        wait_for(page, "() => window.dialoguePreview?.ready === true")
+        wait_for(page, PAGE_READY)
         line = decode(download(page, "#lines li[data-index='0'] .download-wav"))
     hellos = [message for message in sent if message["type"] == "hello"]
     assert [hello.get("token") for hello in hellos] == [None, TOKEN, TOKEN]
@@ -732,16 +722,11 @@ def test_preview_page_shows_the_lexicons_words_and_tries_a_respelling(tmp_path: 
     every line until cleared; a bad one is refused with the server's reason."""
     cast = Cast.from_dict({"lexicon": {"Aelindra": "ay-LIN-dra", "Nggh": "ung"}}, "names.toml")
     server = ServerThread(ServerConfig(port=0, web_port=0, cast=cast)).start()
-    sent: list[dict[str, Any]] = []
     chips = "#lines li[data-index='0'] .words button"
     try:
         with chromium_page() as page:
-            page.on(
-                "websocket",
-                lambda ws: ws.on("framesent", lambda data: sent.append(msgpack.unpackb(data))),
-            )
-            page.goto(f"http://127.0.0.1:{web_port(server)}/")
-            wait_for(page, "() => window.dialoguePreview?.ready === true")
+            sent = frames_sent(page)
+            open_preview(page, web_port(server))
             page.fill("#scene", LEXICON_SCENE)
             page.wait_for_function(
                 "(n) => document.querySelectorAll(n).length === 2", arg=chips, timeout=GUARD_MS
@@ -783,6 +768,25 @@ def test_preview_page_shows_the_lexicons_words_and_tries_a_respelling(tmp_path: 
     assert [(m["text"], m.get("lexicon")) for m in says] == [
         ("Halt, Aelindra! Nggh.", {"Aelindra": "EL-in-dra"})
     ]  # fmt: skip
+
+
+PAGE_READY = "() => window.dialoguePreview?.ready === true"
+
+
+def open_preview(page: Any, port: int) -> None:
+    """Open the preview page of the server on ``port`` and wait until it is connected."""
+    page.goto(f"http://127.0.0.1:{port}/")
+    wait_for(page, PAGE_READY)
+
+
+def frames_sent(page: Any) -> list[dict[str, Any]]:
+    """Every message the page sends over a WebSocket from now on, decoded, as it goes."""
+    sent: list[dict[str, Any]] = []
+    page.on(
+        "websocket",
+        lambda ws: ws.on("framesent", lambda data: sent.append(msgpack.unpackb(data))),
+    )
+    return sent
 
 
 def wait_for(page: Any, predicate: str, argument: Any = None) -> None:
