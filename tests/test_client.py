@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from helpers import ServerThread
 
 from dialogue_tts import errors
 from dialogue_tts.client import Client, ServerError
@@ -97,15 +96,6 @@ async def test_an_error_reply_is_a_server_error_and_the_client_goes_on(client: C
     assert caught.value.code == errors.UNKNOWN_VOICE == caught.value.error.code
     assert "no-such-voice" in caught.value.message and caught.value.error.id is not None
     assert await client.ping() >= 0
-
-
-async def test_close_says_bye_and_can_be_repeated(live_server: ServerThread) -> None:
-    client = await Client.connect(port=live_server.port)
-    await client.close()
-    await client.close()
-    async with asyncio.timeout(GUARD):  # no reply can come: it must not wait for one
-        with pytest.raises(ConnectionError):
-            await client.ping()
 
 
 # --- against a scripted peer ------------------------------------------------------------------
@@ -248,3 +238,21 @@ async def test_requests_are_sent_with_fresh_ids() -> None:
             stray = await client.unsolicited.get()
     assert stray == Pong(id="mine")
     assert len(set(seen[:3])) == 3 and seen[3] == "mine"
+
+
+async def test_close_says_bye_and_can_be_repeated() -> None:
+    seen: list[str] = []
+    ended = asyncio.Event()
+
+    def script(request: Request, connection: Connection) -> None:
+        seen.append(request.TYPE)  # then the server hangs up
+
+    async with scripted_server(script, on_end=ended.set) as port:
+        client = await Client.connect(port=port)
+        await client.close()
+        await client.close()
+        async with asyncio.timeout(GUARD):
+            with pytest.raises(ConnectionError):  # no reply can come: it must not wait for one
+                await client.ping()
+            await ended.wait()
+    assert seen == ["bye"]
