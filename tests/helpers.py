@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,6 +211,30 @@ def load_renpy_client(module_name: str = "dialogue_tts_client") -> Any:
     finally:
         sys.dont_write_bytecode = dont_write
     return module
+
+
+def check_invariants(events: list[Any], queued_lines: set[Any]) -> None:
+    """The guarantees of PROTOCOL.md that hold for any sequence of requests."""
+    finished_count: dict[Any, int] = defaultdict(int)
+    started: set[Any] = set()
+    seqs: dict[Any, list[int]] = defaultdict(list)
+    samples: dict[Any, int] = defaultdict(int)
+    for event in events:
+        if event.TYPE == "started":
+            assert event.line not in started and finished_count[event.line] == 0
+            started.add(event.line)
+        elif event.TYPE == "audio":
+            assert event.line in started, "audio before started"
+            assert finished_count[event.line] == 0, "audio after finished"
+            seqs[event.line].append(event.seq)
+            samples[event.line] += len(event.data) // 2
+        elif event.TYPE == "finished":
+            finished_count[event.line] += 1
+            assert event.samples == samples[event.line]
+            assert event.complete or event.status != "done"
+    assert set(finished_count) == queued_lines
+    assert all(count == 1 for count in finished_count.values())
+    assert all(seq == list(range(len(seq))) for seq in seqs.values())
 
 
 # --- fakes for unit tests of the queues -----------------------------------------------------

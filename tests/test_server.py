@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile
-from helpers import CORPUS, VECTORS, ServerThread
+from helpers import CORPUS, VECTORS, ServerThread, check_invariants
 from peers import RawPeer
-from test_scheduler import check_invariants
 
 from dialogue_tts import errors
 from dialogue_tts.client import Client, LineResult, ServerError
