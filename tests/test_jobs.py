@@ -35,6 +35,9 @@ from dialogue_tts.protocol import DEFAULT_MAX_FRAME, Connection, Role
 
 CAST = Cast.from_toml(
     """
+[default]
+fallback = true
+
 [speakers.Guard]
 pitch = 0.8
 rate = 1.2
@@ -43,7 +46,10 @@ styles.angry = { volume = 1.5 }
 [speakers.Bard]
 voice = "chorus"
 speaker = "alto"
-fallback = true
+
+[speakers.Stubborn]
+voice = "chorus"
+fallback = false
 
 [speakers.Ghost]
 voice = "chorus"
@@ -97,7 +103,7 @@ def test_a_line_is_the_same_job_however_it_is_asked_for() -> None:
     assert job.delivery.rate == pytest.approx(1.2 * 1.5)  # the cast's, times the request's
     assert job.delivery.pitch == pytest.approx(0.8)
     assert job.volume == pytest.approx(1.5)
-    assert job.fallback_voice is None  # the default voice has nothing to fall back to
+    assert job.fallback_voice is None  # fallback is on, but the default voice has no other
     assert "".join(part for part in job.parts if isinstance(part, str)).startswith("Halt!")
 
 
@@ -112,7 +118,11 @@ def test_a_named_voice_its_speaker_and_its_fallback() -> None:
     by_request, _ = synthesis_request(
         Say(speaker="Guard", voice="chorus", text="Hm."), CAST, CATALOG, DEFAULT_LIMITS
     )
-    assert by_request.voice == "chorus" and by_request.fallback_voice is None
+    assert by_request.voice == "chorus" and by_request.fallback_voice == DEFAULT_VOICE_NAME
+    stubborn, _ = synthesis_request(
+        Say(speaker="Stubborn", text="No."), CAST, CATALOG, DEFAULT_LIMITS
+    )
+    assert stubborn.voice == "chorus" and stubborn.fallback_voice is None
 
 
 def test_text_over_the_limit_is_refused_at_the_limit_it_is_not() -> None:
