@@ -229,7 +229,10 @@ class Client:
             self._pending.pop(request_id, None)
 
     def send(self, message: Request) -> None:
-        """Send without waiting for a reply."""
+        """Send without waiting for a reply; raises ConnectionError once the connection is
+        closed or lost (no reply could ever come)."""
+        if self._reader_task.done():
+            raise ConnectionError("connection closed")
         self._writer.write(self._connection.send(message))
 
     async def hello(

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from helpers import ServerThread, engine_missing
 from helpers import kokoro_dir as find_kokoro_dir
+
+from dialogue_tts.client import Client
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -30,6 +32,13 @@ def live_server() -> Iterator[ServerThread]:
 def kokoro_dir() -> Path:
     """Kokoro-82M's model and voice packs (tests/test_kokoro.py, a Ren'Py and a web test)."""
     return find_kokoro_dir()
+
+
+@pytest.fixture
+async def client(live_server: ServerThread) -> AsyncIterator[Client]:
+    """A client of the session's server, connected and welcomed, closed after the test."""
+    async with await Client.connect(port=live_server.port, client_name="test") as connected:
+        yield connected
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +63,20 @@ def kokoro_dir() -> Path:
     if not folder or not Path(folder).is_dir():
         engine_missing(f"no Kokoro files: run .ci/kokoro-assets and set {KOKORO_DIR_ENV}")
     return Path(str(folder))
+
+
+COMMAND = [sys.executable, "-m", "dialogue_tts"]
+"""The dialogue-tts command, as the tests run it."""
+
+
+def run_command(
+    *args: str | Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """``dialogue-tts ARGS`` to its end; its output as text."""
+    return subprocess.run(
+        [*COMMAND, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
 
 
 CORPUS = REPO / "tests" / "data"
@@ -175,7 +191,7 @@ def server_process(
             log_path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "server.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "dialogue_tts", "serve", "--port", "0", *args],
+                [*COMMAND, "serve", "--port", "0", *args],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
             )  # fmt: skip
         try:
@@ -191,6 +207,46 @@ def server_process(
                 process.wait(10)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+RENPY_CLIENT = REPO / "integrations" / "renpy" / "game" / "dialogue_tts" / "dialogue_tts_client.py"
+
+
+def load_renpy_client(module_name: str = "dialogue_tts_client") -> Any:
+    """The Ren'Py binding's pure-Python client module (it imports nothing of Ren'Py)."""
+    spec = importlib.util.spec_from_file_location(module_name, RENPY_CLIENT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    dont_write, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # keep the binding clean
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = dont_write
+    return module
+
+
+def check_invariants(events: list[Any], queued_lines: set[Any]) -> None:
+    """The guarantees of PROTOCOL.md that hold for any sequence of requests."""
+    finished_count: dict[Any, int] = defaultdict(int)
+    started: set[Any] = set()
+    seqs: dict[Any, list[int]] = defaultdict(list)
+    samples: dict[Any, int] = defaultdict(int)
+    for event in events:
+        if event.TYPE == "started":
+            assert event.line not in started and finished_count[event.line] == 0
+            started.add(event.line)
+        elif event.TYPE == "audio":
+            assert event.line in started, "audio before started"
+            assert finished_count[event.line] == 0, "audio after finished"
+            seqs[event.line].append(event.seq)
+            samples[event.line] += len(event.data) // 2
+        elif event.TYPE == "finished":
+            finished_count[event.line] += 1
+            assert event.samples == samples[event.line]
+            assert event.complete or event.status != "done"
+    assert set(finished_count) == queued_lines
+    assert all(count == 1 for count in finished_count.values())
+    assert all(seq == list(range(len(seq))) for seq in seqs.values())
 
 
 # --- fakes for unit tests of the queues -----------------------------------------------------

@@ -14,7 +14,6 @@ bundle rather than a venv launcher: it is what a game ships, and it is built her
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -31,7 +30,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from helpers import REPO, VECTORS, from_json, needs_engine
+from helpers import REPO, VECTORS, from_json, load_renpy_client, needs_engine
 from test_lifetime import GONE_WITHIN, check_server_ends_with_game, process_gone
 
 from dialogue_tts.bundle import CAST_NAME, VOICES_NAME, build_bundle, executable_name
@@ -255,6 +254,14 @@ def wait_gone(bundle: Path, at_most: float = 30.0) -> float:
     return time.monotonic() - start
 
 
+def kill_and_wait_gone(game: subprocess.Popen[Any], bundle: Path) -> None:
+    """Kill the game outright: its server must still end within GONE_WITHIN."""
+    game.send_signal(signal.SIGKILL)
+    game.wait()
+    took = wait_gone(bundle)
+    assert took < GONE_WITHIN, f"the server ran {took:.2f} s after the game was killed"
+
+
 # A main menu that starts the server and waits for it, as a game's splash screen would.
 WAIT_FOR_VOICE = """
 label main_menu:
@@ -339,10 +346,7 @@ def test_renpy_killed_leaves_no_server(tmp_path: Path, bundle: Path) -> None:
         assert played, "the game played nothing"
         servers = bundle_pids(bundle)
         assert len(servers) == 1, servers
-        game.send_signal(signal.SIGKILL)
-        game.wait()
-        took = wait_gone(bundle)
-        assert took < GONE_WITHIN, f"the server ran {took:.2f} s after the game was killed"
+        kill_and_wait_gone(game, bundle)
     finally:
         if game.poll() is None:
             game.kill()
@@ -401,17 +405,7 @@ def test_bundle_with_web_serves_the_preview_page(tmp_path: Path) -> None:
 
 
 def renpy_client() -> Any:
-    """The binding's pure-Python client module (it imports nothing of Ren'Py)."""
-    path = REPO / "integrations" / "renpy" / "game" / "dialogue_tts" / "dialogue_tts_client.py"
-    spec = importlib.util.spec_from_file_location("dialogue_tts_client_for_bundle", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    dont_write, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # keep the binding clean
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = dont_write
-    return module
+    return load_renpy_client("dialogue_tts_client_for_bundle")
 
 
 @pytest.mark.parametrize(
@@ -552,10 +546,7 @@ def test_godot3_killed_leaves_no_server_and_its_server_wants_the_token(
         finally:
             wire.close()
         assert server_files_left(tmp_path) == []  # the token file is gone once it listens
-        game.send_signal(signal.SIGKILL)
-        game.wait()
-        took = wait_gone(bundle)
-        assert took < GONE_WITHIN, f"the server ran {took:.2f} s after the game was killed"
+        kill_and_wait_gone(game, bundle)
     finally:
         if game.poll() is None:
             game.kill()

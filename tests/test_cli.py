@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import soundfile
+from helpers import run_command as run
 from helpers import server_process
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dialogue_tts", *args], capture_output=True, text=True,
-        timeout=300, env={**os.environ, **(env or {})},
-    )  # fmt: skip
 
 
 def test_say_in_process_writes_a_wav(tmp_path: Path) -> None:

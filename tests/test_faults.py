@@ -21,9 +21,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-from helpers import CORPUS, ServerThread
-from test_scheduler import check_invariants
-from test_server import RawPeer
+from helpers import CORPUS, ServerThread, check_invariants
+from peers import RawPeer
 
 from dialogue_tts import errors
 from dialogue_tts.client import Client, ServerError

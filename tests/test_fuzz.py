@@ -1,8 +1,9 @@
 """Property tests of the frame and message layer on generated input, and garbage over a socket.
 
-The pure properties (``test_frame_decoder_*``, ``test_connection_*``, ``test_valid_*``,
-``test_wrong_*``) are also what ``benchmarks/fuzz.py`` runs for minutes; here each runs a
-modest number of examples so the suite stays quick.
+The pure properties (``PURE_PROPERTIES``: ``test_frame_decoder_*``, ``test_connection_*``,
+``test_valid_*``, ``test_wrong_*``, ``test_any_request_map_*``) are also what
+``benchmarks/fuzz.py`` runs for minutes; here each runs a modest number of examples so the
+suite stays quick. test_protocol.py holds the protocol's vectors and edge cases.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from strategies import (
     frame,
     hints,
     messages,
+    msgpack_values,
     request_streams,
     valid_events,
     valid_requests,
@@ -126,10 +128,14 @@ def decode(connection: Connection, chunks: list[bytes]) -> list[Outcome]:
     st.lists(st.integers(0, 2000), max_size=10),
 )
 def test_frame_decoder_on_any_bytes(data: bytes, cuts: list[int]) -> None:
-    """Only frame_too_large (fatal) and invalid_frame; never holds more than one frame."""
+    """Only frame_too_large (fatal) and invalid_frame; never holds more than one frame; a
+    fatal error is raised for a length really over the limit, and nothing gets past it."""
     decoder = FrameDecoder(max_frame=SMALL_FRAME)
-    for chunk in cut(data, cuts):
+    chunks = cut(data, cuts)
+    fed = 0
+    for index, chunk in enumerate(chunks):
         decoder.feed(chunk)
+        fed += len(chunk)
         while True:
             try:
                 payload = decoder.next_payload()
@@ -139,12 +145,25 @@ def test_frame_decoder_on_any_bytes(data: bytes, cuts: list[int]) -> None:
                     (errors.INVALID_FRAME, False),
                 }
                 if exc.fatal:
+                    check_fatal_sticks(decoder, data, fed, chunks[index + 1 :])
                     return
                 continue
             if payload is None:
                 break
             assert 0 < len(payload) <= SMALL_FRAME
         assert decoder.buffered < HEADER_SIZE + SMALL_FRAME
+
+
+def check_fatal_sticks(decoder: FrameDecoder, data: bytes, fed: int, rest: list[bytes]) -> None:
+    """The frame at fault announces more than the limit, and however many bytes follow,
+    the decoder never reads past it (the stream position after it cannot be trusted)."""
+    at = fed - decoder.buffered
+    assert int.from_bytes(data[at : at + HEADER_SIZE], "big") > SMALL_FRAME
+    for chunk in [*rest, b"\0\0\0\1x"]:  # one more, so that something always follows
+        decoder.feed(chunk)
+        with pytest.raises(RemoteProtocolError) as again:
+            decoder.next_payload()
+        assert again.value.code == errors.FRAME_TOO_LARGE and again.value.fatal
 
 
 @FUZZ
@@ -202,40 +221,55 @@ def test_valid_messages_round_trip(message: Message) -> None:
     assert receiver.next_message() is NEED_DATA
 
 
-MESSAGE_CLASSES = [(Role.SERVER, cls) for cls in REQUEST_TYPES.values()] + [
-    (Role.CLIENT, cls) for cls in EVENT_TYPES.values()
+def mutations_of(cls: type[Message], name: str) -> list[str]:
+    """The ways field ``name`` of ``cls`` can be made invalid on the wire."""
+    spec = next(f for f in dataclasses.fields(cls) if f.name == name)
+    hint = hints(cls)[name]
+    found = []
+    if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+        found.append("missing")
+    if not fits(object(), hint):  # a field of type Any takes anything
+        found.append("wrong type")
+    if spec.metadata.get("max_chars") and fits("", hint):
+        found.append("too long")
+    return found
+
+
+MESSAGE_FIELDS = [
+    (role, cls, name)
+    for role, types in ((Role.SERVER, REQUEST_TYPES), (Role.CLIENT, EVENT_TYPES))
+    for cls in types.values()
+    for name in sorted(hints(cls))
 ]
+BREAKABLE_FIELDS = [field for field in MESSAGE_FIELDS if mutations_of(*field[1:])]
+
+
+def test_every_field_can_be_made_invalid() -> None:
+    """A field that is optional and takes any value has nothing for the property below to
+    check: a new one is a decision (a narrower type, or a place in this list)."""
+    unbreakable = sorted(f"{cls.TYPE}.{name}" for _, cls, name in MESSAGE_FIELDS
+                         if not mutations_of(cls, name))  # fmt: skip
+    assert unbreakable == []
+    assert len(BREAKABLE_FIELDS) == len(MESSAGE_FIELDS) > 100
 
 
 @FUZZ
-@given(st.sampled_from(MESSAGE_CLASSES), st.data())
+@given(st.sampled_from(BREAKABLE_FIELDS), st.data())
 def test_wrong_or_missing_field_is_a_clear_invalid_field(
-    role_and_class: tuple[Role, type[Message]], data: st.DataObject
+    field: tuple[Role, type[Message], str], data: st.DataObject
 ) -> None:
     """A field missing, of the wrong type or too long gives invalid_field naming the field,
     echoes the request's id, and leaves the connection usable."""
-    role, cls = role_and_class
-    message = data.draw(messages(cls))
-    fields = message.to_dict()
-    field_hints = hints(cls)
-    name = data.draw(st.sampled_from(sorted(field_hints)))
-    spec = next(f for f in dataclasses.fields(cls) if f.name == name)
-    mutations = []
-    if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
-        mutations.append("missing")
-    if not fits(object(), field_hints[name]):  # a field of type Any takes anything
-        mutations.append("wrong type")
-    if spec.metadata.get("max_chars") and fits("", field_hints[name]):
-        mutations.append("too long")
-    if not mutations:
-        return
-    mutation = data.draw(st.sampled_from(mutations))
+    role, cls, name = field
+    fields = data.draw(messages(cls)).to_dict()
+    mutation = data.draw(st.sampled_from(mutations_of(cls, name)))
     if mutation == "missing":
         fields.pop(name, None)
     elif mutation == "wrong type":
-        fields[name] = data.draw(wrong_values(field_hints[name]))
+        fields[name] = data.draw(wrong_values(hints(cls)[name]))
     else:
-        fields[name] = "x" * (spec.metadata["max_chars"] + 1)
+        max_chars = next(f for f in dataclasses.fields(cls) if f.name == name).metadata["max_chars"]
+        fields[name] = "x" * (max_chars + 1)
 
     connection = Connection(role)
     if role is Role.SERVER and cls is not Hello:
@@ -257,12 +291,51 @@ def test_wrong_or_missing_field_is_a_clear_invalid_field(
     assert connection.next_message() == after
 
 
+REQUEST_FIELD_NAMES = sorted(
+    {"type", *(name for cls in REQUEST_TYPES.values() for name in hints(cls))}
+)
+
+
+@FUZZ
+@given(
+    st.sampled_from(sorted(REQUEST_TYPES)),
+    st.dictionaries(st.sampled_from(REQUEST_FIELD_NAMES), msgpack_values, max_size=6),
+)
+def test_any_request_map_is_a_message_or_a_recoverable_error(
+    type_name: str, fields: dict[str, Any]
+) -> None:
+    """A well-delimited map of request fields with any values decodes to its request or gives
+    a documented error that echoes its id; the next frame is read after it (only a hello of
+    another protocol version ends the connection)."""
+    fields.setdefault("type", type_name)
+    connection = Connection(Role.SERVER)
+    connection.receive_data(HELLO_FRAME)
+    assert isinstance(connection.next_message(), Hello)
+    connection.receive_data(
+        frame(msgpack.packb(fields, use_bin_type=True)) + encode_frame(Ping(id="next"))
+    )
+    try:
+        message = connection.next_message()
+    except RemoteProtocolError as exc:
+        assert exc.code in PROTOCOL_CODES, exc
+        assert exc.fatal == (exc.code == errors.UNSUPPORTED_PROTOCOL), exc
+        request_id = fields.get("id")
+        if isinstance(request_id, int | str) and not isinstance(request_id, bool):
+            assert exc.request_id == request_id, "the error echoes the request's id"
+        if exc.fatal:
+            return
+    else:
+        assert isinstance(message, Message) and fields["type"] == message.TYPE
+    assert connection.next_message() == Ping(id="next")
+
+
 PURE_PROPERTIES = (
     test_frame_decoder_on_any_bytes,
     test_connection_on_any_bytes,
     test_valid_streams_decode_the_same_however_split,
     test_valid_messages_round_trip,
     test_wrong_or_missing_field_is_a_clear_invalid_field,
+    test_any_request_map_is_a_message_or_a_recoverable_error,
 )
 """The properties that ``benchmarks/fuzz.py`` runs for as long as it is told to."""
 

@@ -1,15 +1,16 @@
-"""The sans-I/O protocol layer against the shared vectors, split streams and garbage."""
+"""The sans-I/O protocol layer against the shared vectors, split streams and its edge cases.
+
+Its properties on generated input (any bytes, any split, any wrong field) are in
+test_fuzz.py, which ``benchmarks/fuzz.py`` also runs for as long as it is told to.
+"""
 
 from __future__ import annotations
 
 import itertools
 from typing import Any
 
-import msgpack
 import pytest
 from helpers import REPO, VECTORS, from_json
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from dialogue_tts import errors
 from dialogue_tts.errors import LocalProtocolError, RemoteProtocolError
@@ -119,6 +120,18 @@ def test_oversized_length_is_refused_before_buffering() -> None:
     assert decoder.buffered == 14  # nothing was allocated for the announced size
 
 
+@pytest.mark.parametrize("max_frame", [1, 1024])
+def test_a_frame_of_exactly_max_frame_is_read(max_frame: int) -> None:
+    decoder = FrameDecoder(max_frame=max_frame)
+    decoder.feed(max_frame.to_bytes(4, "big") + b"x" * max_frame + b"\0\0")
+    assert decoder.next_payload() == b"x" * max_frame
+    assert decoder.next_payload() is None and decoder.buffered == 2
+    decoder.feed((max_frame + 1).to_bytes(4, "big")[2:])
+    with pytest.raises(RemoteProtocolError) as caught:
+        decoder.next_payload()
+    assert caught.value.code == errors.FRAME_TOO_LARGE and caught.value.fatal
+
+
 def test_end_of_stream() -> None:
     connection = server_connection()
     connection.receive_data(encode_frame(Ping(id=1))[:5])
@@ -144,96 +157,3 @@ def test_send_checks_direction_and_fields() -> None:
     with pytest.raises(LocalProtocolError) as caught:
         Connection(Role.CLIENT).send(Say(speaker="a", text=" "))
     assert caught.value.code == errors.EMPTY_TEXT
-
-
-# --- properties ----------------------------------------------------------------------------
-
-names = st.text(min_size=1, max_size=20)
-line_ids = st.one_of(st.integers(-(2**63), 2**64 - 1), names)
-requests = st.one_of(
-    st.builds(Say, id=st.one_of(st.none(), line_ids), speaker=names,
-              text=st.text(min_size=1).filter(str.strip), line=st.one_of(st.none(), line_ids),
-              interrupt=st.booleans(), rate=st.floats(0.1, 10), volume=st.floats(0, 10),
-              format=st.sampled_from(["s16le", "f32le", "wav"])),
-    st.builds(Skip, id=st.one_of(st.none(), line_ids), speaker=names),
-    st.builds(Ping, id=st.one_of(st.none(), line_ids)),
-)  # fmt: skip
-
-
-@settings(max_examples=150, deadline=None)
-@given(st.lists(requests, min_size=1, max_size=6), st.data())
-def test_any_split_decodes_the_same(messages: list[Message], data: st.DataObject) -> None:
-    stream = HELLO + b"".join(encode_frame(m) for m in messages)
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
-    connection = Connection(Role.SERVER)
-    got: list[Message] = []
-    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
-        if start == end:
-            continue  # b"" would mean end of stream
-        connection.receive_data(stream[start:end])
-        got += messages_from(connection)
-    assert got[1:] == messages
-
-
-json_like = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(),
-              st.text(max_size=8), st.binary(max_size=8)),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
-    ),
-    max_leaves=12,
-)  # fmt: skip
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=300))
-def test_garbage_only_raises_protocol_errors(garbage: bytes) -> None:
-    connection = server_connection()
-    connection.receive_data(garbage)
-    for _ in range(len(garbage) + 2):
-        try:
-            if connection.next_message() is NEED_DATA:
-                break
-        except RemoteProtocolError as exc:
-            if exc.fatal:
-                break
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.dictionaries(
-        st.sampled_from(
-            [
-                "type",
-                "id",
-                "speaker",
-                "text",
-                "line",
-                "rate",
-                "format",
-                "volume",
-                "interrupt",
-                "protocol",
-                "client",
-            ]
-        ),
-        json_like,
-        max_size=6,
-    ),
-    st.sampled_from(sorted(REQUEST_TYPES)),
-)
-def test_random_maps_raise_only_protocol_errors(fields: dict[str, Any], type_name: str) -> None:
-    fields.setdefault("type", type_name)
-    payload = msgpack.packb(fields, use_bin_type=True)
-    connection = server_connection()
-    connection.receive_data(
-        len(payload).to_bytes(4, "big") + payload + encode_frame(Ping(id="next"))
-    )
-    try:
-        message = connection.next_message()
-        assert isinstance(message, Message)
-    except RemoteProtocolError as exc:
-        assert exc.code in vars(errors).values()
-    # Whatever the first frame was, the connection goes on (only hello can end it).
-    if fields.get("type") != "hello":
-        assert connection.next_message() == Ping(id="next")

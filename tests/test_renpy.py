@@ -1,11 +1,10 @@
-"""The Ren'Py binding and the renpy-render command.
+"""The Ren'Py binding; the renpy-render command is tested in test_renpy_render.py.
 
 (a) the binding's own msgpack codec and frame reader against protocol/vectors.json;
 (b) its client against a real server, also one started with a token (accepted with it,
-refused once and never retried without it) with a cast, styles and pitch; (c) ``dialogue-tts
-renpy-render`` on a dialogue export written like the launcher's; (d) with Ren'Py installed
-(/usr/games/renpy, Debian's 8.0.3), the example game played headless against a real server
-with a token through a recording proxy, refused with a wrong token, and lint; (e) the
+refused once and never retried without it) with a cast, styles and pitch; (c) with Ren'Py
+installed (/usr/games/renpy, Debian's 8.0.3), the example game played headless against a real
+server with a token through a recording proxy, refused with a wrong token, and lint; (d) the
 lookahead: its script walk on stand-in nodes, its prepares against a fake connection, and in
 Ren'Py the example played with it, and a scene with a menu and a rollback at the fastest
 auto-forward (tests/data/renpy_harness).
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import io
 import itertools
 import json
@@ -25,7 +23,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +33,16 @@ import msgpack
 import numpy as np
 import pytest
 import soundfile
-from helpers import REPO, VECTORS, ServerThread, from_json, needs_engine, server_process
+from helpers import (
+    REPO,
+    VECTORS,
+    ServerThread,
+    from_json,
+    load_renpy_client,
+    needs_engine,
+    run_command,
+    server_process,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -49,21 +55,7 @@ EXAMPLE = REPO / "examples" / "renpy"
 RENPY = Path("/usr/games/renpy")
 
 
-def _load_client() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "dialogue_tts_client", BINDING / "dialogue_tts_client.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    dont_write, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # keep the binding clean
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = dont_write
-    return module
-
-
-client = _load_client()
+client = load_renpy_client()
 
 
 def _same(decoded: Any, expected: Any) -> bool:
@@ -947,127 +939,7 @@ def test_client_runs_on_other_pythons(python: str, server_port: int) -> None:
     assert "events" in result.stdout
 
 
-# --- (c) renpy-render --------------------------------------------------------------------------
-
-HEADER = "Identifier\tCharacter\tDialogue\tFilename\tLine Number\tRen'Py Script"
-EXPORT_ROWS = [
-    ("start_dae2eec0", "", "The tavern is quiet tonight.", 24, '"[what]"'),
-    ("start_1d74fc79", "e", "Welcome back, {b}friend{/b}.{w=0.5} Stew again?", 26, 'e "[what]"'),
-    ("start_01e9ee3a", "l", "Yes, please. And some bread, if there is any left.", 28,
-     'l "[what]"'),
-    ("start_12a510bc", "e", "There is always bread for you, [player_name].", 30, 'e "[what]"'),
-    ("start_5df5b90c", "l", "The road was cold, the rain never stopped, and the bridge at the "
-     "ford was gone, so we walked the long way round the hills.", 32, 'l "[what]"'),
-    ("start_49c31aba", "g", "Move along.", 36, 'g "[what]"'),
-    ("start_00000000", "e", "{w=1.0}{nw}", 38, 'e "[what]"'),
-]  # fmt: skip
-
-
-def _write_export(path: Path, rows: list[tuple[Any, ...]] = EXPORT_ROWS) -> Path:
-    lines = [HEADER] + [
-        f"{ident}\t{who}\t{what}\tgame/script.rpy\t{number}\t{script}"
-        for ident, who, what, number, script in rows
-    ]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def _render(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dialogue_tts", "renpy-render", *map(str, args)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-
-
-def test_renpy_render(tmp_path: Path) -> None:
-    export = _write_export(tmp_path / "dialogue.tab")
-    mapping = tmp_path / "voices.json"
-    mapping.write_text(json.dumps({"l": {"rate": 1.2}, "g": None, "narrator": {"rate": 0.9}}))
-    result = _render(export, "--map", mapping)
-    assert result.returncode == 0, result.stderr
-    voice_dir = tmp_path / "game" / "voice"
-    written = sorted(p.name for p in voice_dir.glob("*.ogg"))
-    # The guard is mapped to null and the last line has no words: neither gets a file.
-    assert written == sorted(f"{row[0]}.ogg" for row in EXPORT_ROWS[:5])
-    assert "5 to render" in result.stderr + result.stdout
-    assert "5/5" in result.stderr  # the progress bar reached the end
-    durations = {}
-    for path in voice_dir.glob("*.ogg"):
-        audio, rate = soundfile.read(path)
-        assert rate == 22050 and audio.ndim == 1
-        assert np.abs(audio).max() > 0.05  # speech, not silence
-        durations[path.stem] = len(audio) / rate
-    assert all(0.8 < seconds < 20 for seconds in durations.values()), durations
-    assert durations["start_5df5b90c"] > 2 * durations["start_dae2eec0"]  # longer line, longer
-    # The {w=0.5} became half a second of silence inside the line.
-    audio, rate = soundfile.read(voice_dir / "start_1d74fc79.ogg")
-    quiet = np.convolve(np.abs(audio) < 0.01, np.ones(int(0.4 * rate)), "valid")
-    assert quiet.max() >= int(0.4 * rate)
-
-    # A second run renders nothing; files are left alone.
-    mtimes = {p.name: p.stat().st_mtime_ns for p in voice_dir.glob("*.ogg")}
-    again = _render(export, "--map", mapping, "--quiet")
-    assert again.returncode == 0, again.stderr
-    assert "0 to render, 5 up to date" in again.stdout
-    assert {p.name: p.stat().st_mtime_ns for p in voice_dir.glob("*.ogg")} == mtimes
-
-    # Changing Lucy's settings and one of Eileen's lines renders exactly those files again.
-    mapping.write_text(json.dumps({"l": {"rate": 1.0}, "g": None, "narrator": {"rate": 0.9}}))
-    rows = list(EXPORT_ROWS)
-    rows[1] = ("start_1d74fc79", "e", "Welcome back, friend. Soup again?", 26, 'e "[what]"')
-    _write_export(export, rows)
-    third = _render(export, "--map", mapping, "--quiet")
-    assert third.returncode == 0, third.stderr
-    assert "3 to render, 2 up to date" in third.stdout
-    changed = {
-        name for name, mtime in mtimes.items() if (voice_dir / name).stat().st_mtime_ns != mtime
-    }
-    assert changed == {"start_1d74fc79.ogg", "start_01e9ee3a.ogg", "start_5df5b90c.ogg"}
-    assert not list(voice_dir.glob(".*.ogg.*")), "temporary files left behind"
-
-
-def test_renpy_render_output_option_and_default_mapping(tmp_path: Path) -> None:
-    export = _write_export(tmp_path / "dialogue.tab", EXPORT_ROWS[:1] + EXPORT_ROWS[5:6])
-    result = _render(export, "-o", tmp_path / "out", "--quiet")
-    assert result.returncode == 0, result.stderr
-    # Without a mapping, narration and every character are voiced with the default voice.
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.ogg")) == [
-        "start_49c31aba.ogg", "start_dae2eec0.ogg"
-    ]  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        ("", "not a Ren'Py dialogue export"),
-        ("e\tHello.\n", "not a Ren'Py dialogue export"),
-        ("e: Hello.\n", "not a Ren'Py dialogue export"),  # the launcher's plain-text export
-        (HEADER + "\nstart_1\te\tHello.\tgame/script.rpy\t3\n", "dialogue.tab:2: expected 6"),
-        (HEADER + '\nbad id\te\tHello.\tgame/script.rpy\t3\te "[what]"\n', "bad Identifier"),
-        (HEADER + "\na\te\tHi.\tg.rpy\t3\tx\na\te\tHi.\tg.rpy\t4\tx\n", "already on line 2"),
-    ],
-)
-def test_renpy_render_malformed_export(tmp_path: Path, content: str, message: str) -> None:
-    export = tmp_path / "dialogue.tab"
-    export.write_text(content, encoding="utf-8")
-    result = _render(export, "--quiet")
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert not (tmp_path / "game").exists()
-
-
-def test_renpy_render_bad_mapping(tmp_path: Path) -> None:
-    export = _write_export(tmp_path / "dialogue.tab", EXPORT_ROWS[:1])
-    mapping = tmp_path / "voices.json"
-    mapping.write_text(json.dumps({"e": {"speed": 2}}))
-    result = _render(export, "--map", mapping)
-    assert result.returncode == 2 and "unknown setting 'speed'" in result.stderr
-    mapping.write_text(json.dumps({"narrator": {"voice": "nobody"}}))
-    result = _render(export, "--map", mapping)
-    assert result.returncode == 1 and "no voice named 'nobody'" in result.stderr
-
-
-# --- (d) the example game in real Ren'Py ----------------------------------------------------
+# --- (c) the example game in real Ren'Py ----------------------------------------------------
 
 needs_renpy = needs_engine(
     RENPY.exists(), "Ren'Py is not installed (CI runs `apt-get install renpy`: /usr/games/renpy)"
@@ -1355,7 +1227,9 @@ def test_example_game_plays_prerendered_files(tmp_path: Path) -> None:
     rows = (game / "dialogue.tab").read_text(encoding="utf-8").splitlines()[1:]
     identifiers = [row.split("\t")[0] for row in rows]
     assert len(identifiers) == 7
-    render = _render(game / "dialogue.tab", "--map", EXAMPLE / "voices.json", "--quiet")
+    render = run_command(
+        "renpy-render", game / "dialogue.tab", "--map", EXAMPLE / "voices.json", "--quiet"
+    )
     assert render.returncode == 0, render.stderr
     assert "7 to render" in render.stdout
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import defaultdict
 from typing import Any
 
 import pytest
-from helpers import FakeEngine, RecordingOutbox
+from helpers import FakeEngine, RecordingOutbox, check_invariants
 
 from dialogue_tts import errors
 from dialogue_tts.errors import RemoteProtocolError
@@ -29,30 +28,6 @@ def make(
 
 def finished(outbox: RecordingOutbox, line: Any) -> Any:
     return outbox.wait_for(lambda e: e.TYPE == "finished" and e.line == line)
-
-
-def check_invariants(events: list[Any], queued_lines: set[Any]) -> None:
-    """The guarantees of PROTOCOL.md that hold for any sequence of requests."""
-    finished_count: dict[Any, int] = defaultdict(int)
-    started: set[Any] = set()
-    seqs: dict[Any, list[int]] = defaultdict(list)
-    samples: dict[Any, int] = defaultdict(int)
-    for event in events:
-        if event.TYPE == "started":
-            assert event.line not in started and finished_count[event.line] == 0
-            started.add(event.line)
-        elif event.TYPE == "audio":
-            assert event.line in started, "audio before started"
-            assert finished_count[event.line] == 0, "audio after finished"
-            seqs[event.line].append(event.seq)
-            samples[event.line] += len(event.data) // 2
-        elif event.TYPE == "finished":
-            finished_count[event.line] += 1
-            assert event.samples == samples[event.line]
-            assert event.complete or event.status != "done"
-    assert set(finished_count) == queued_lines
-    assert all(count == 1 for count in finished_count.values())
-    assert all(seq == list(range(len(seq))) for seq in seqs.values())
 
 
 async def test_lines_play_in_order_per_speaker_and_interleave() -> None:

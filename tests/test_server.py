@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import os
@@ -20,8 +19,8 @@ import msgpack
 import numpy as np
 import pytest
 import soundfile
-from helpers import CORPUS, REPO, FakeCatalog, FakeEngine, ServerThread
-from test_scheduler import check_invariants
+from helpers import CORPUS, VECTORS, FakeCatalog, FakeEngine, ServerThread, check_invariants
+from peers import RawPeer
 
 from dialogue_tts import errors
 from dialogue_tts.client import Client, LineResult, ServerError
@@ -40,50 +39,10 @@ from dialogue_tts.messages import (
 from dialogue_tts.protocol import CLOSED, NEED_DATA, Connection, Role, encode_frame
 from dialogue_tts.server import ConnectionHandler, ServerConfig
 
-VECTORS = json.loads((REPO / "protocol" / "vectors.json").read_text(encoding="utf-8"))
 CORPUS_LINES = [json.loads(line) for line in (CORPUS / "dialogue-lines.jsonl").open()]
 LONG = next(line["text"] for line in CORPUS_LINES if line["kind"] == "long")
 SAMPLE_RATE = 22050
 GUARD = 120  # seconds: only to turn a hang into a failure, never a performance check
-
-
-@pytest.fixture
-async def client(live_server: ServerThread) -> AsyncIterator[Client]:
-    async with await Client.connect(port=live_server.port, client_name="test") as connected:
-        yield connected
-
-
-class RawPeer:
-    """A bare socket speaking frames, for malformed input."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.connection = Connection(Role.CLIENT)
-
-    @classmethod
-    async def open(cls, port: int, *, hello: bool = True) -> RawPeer:
-        peer = cls(*await asyncio.open_connection("127.0.0.1", port))
-        if hello:
-            peer.send(encode_frame(Hello(protocol=1, client="raw", id=0)))
-            assert (await peer.next_event()).TYPE == "welcome"
-        return peer
-
-    def send(self, data: bytes) -> None:
-        self.writer.write(data)
-
-    async def next_event(self) -> Any:
-        """The next event, or CLOSED."""
-        async with asyncio.timeout(GUARD):
-            while True:
-                event = self.connection.next_message()
-                if event is not NEED_DATA:
-                    return event
-                self.connection.receive_data(await self.reader.read(65536))
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(ConnectionError):
-            await self.writer.wait_closed()
 
 
 def pcm(result: LineResult) -> np.ndarray:

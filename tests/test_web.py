@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import os
 import re
 import subprocess
@@ -28,8 +27,9 @@ import msgpack
 import numpy as np
 import pytest
 import soundfile
-from helpers import REPO, ServerThread, engine_missing
-from websockets.asyncio.client import ClientConnection, connect
+from helpers import VECTORS, ServerThread, engine_missing
+from peers import WsPeer, web_port
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.protocol import State
 from websockets.typing import Origin
@@ -38,7 +38,6 @@ from dialogue_tts import errors
 from dialogue_tts.cast import Cast
 from dialogue_tts.messages import (
     Hello,
-    Message,
     Ping,
     Prepare,
     Say,
@@ -46,11 +45,10 @@ from dialogue_tts.messages import (
     Synthesize,
     SynthesizeScene,
 )
-from dialogue_tts.protocol import HEADER_SIZE, NEED_DATA, Connection, Role, encode_frame
+from dialogue_tts.protocol import HEADER_SIZE, encode_frame
 from dialogue_tts.server import ServerConfig
 from dialogue_tts.websocket import MessageWriter, WebAccess, parse_origin
 
-VECTORS = json.loads((REPO / "protocol" / "vectors.json").read_text(encoding="utf-8"))
 CHROMIUM = Path("/usr/bin/chromium")
 GAME_ORIGIN = "http://localhost:8060"  # where Godot's web export serves a game by default
 SAMPLE_RATE = 22050
@@ -84,55 +82,6 @@ def token_server() -> Iterator[ServerThread]:
     server = ServerThread(ServerConfig(port=0, web_port=0, token=TOKEN)).start()
     yield server
     server.stop()
-
-
-def web_port(server: ServerThread) -> int:
-    assert server.server is not None and server.server.web is not None
-    return server.server.web.port
-
-
-class WsPeer:
-    """A WebSocket client speaking the protocol: one msgpack map per binary message."""
-
-    def __init__(self, websocket: ClientConnection) -> None:
-        self.websocket = websocket
-        self.connection = Connection(Role.CLIENT)
-
-    @classmethod
-    async def open(
-        cls,
-        server: ServerThread,
-        *,
-        origin: str | None = None,
-        hello: bool = True,
-        token: str | None = None,
-    ) -> WsPeer:
-        websocket = await connect(
-            f"ws://127.0.0.1:{web_port(server)}/",
-            origin=None if origin is None else Origin(origin),
-            open_timeout=GUARD,
-        )
-        peer = cls(websocket)
-        if hello:
-            await peer.send(Hello(protocol=1, client="ws-test", id=0, token=token))
-            assert (await peer.next_event()).TYPE == "welcome"
-        return peer
-
-    async def send(self, message: Message) -> None:
-        await self.websocket.send(encode_frame(message)[HEADER_SIZE:])
-
-    async def next_event(self) -> Any:
-        """The next event; each binary message must hold exactly one whole message."""
-        async with asyncio.timeout(GUARD):
-            data = await self.websocket.recv()
-        assert isinstance(data, bytes), "the server sends binary messages only"
-        self.connection.receive_data(len(data).to_bytes(HEADER_SIZE, "big") + data)
-        event = self.connection.next_message()
-        assert event is not NEED_DATA and self.connection.next_message() is NEED_DATA
-        return event
-
-    async def close(self) -> None:
-        await self.websocket.close()
 
 
 @pytest.fixture
@@ -234,7 +183,7 @@ async def test_text_message_closes_with_1003(peer: WsPeer) -> None:
 
 
 async def test_connection_limit_counts_websocket_and_tcp(web_server: ServerThread) -> None:
-    await wait_for_no_connections(web_server)
+    await web_server.wait_for_connections(at_most=0)
     tcp = await asyncio.open_connection("127.0.0.1", web_server.port)
     peers = [await WsPeer.open(web_server) for _ in range(7)]  # 8 with the TCP one
     extra = await WsPeer.open(web_server, hello=False)
@@ -246,20 +195,9 @@ async def test_connection_limit_counts_websocket_and_tcp(web_server: ServerThrea
     for peer in peers:
         await peer.close()
     tcp[1].close()
-    await wait_for_no_connections(web_server)
+    await web_server.wait_for_connections(at_most=0)
     again = await WsPeer.open(web_server)  # room again
     await again.close()
-
-
-async def wait_for_no_connections(server: ServerThread) -> None:
-    running = server.server
-    assert running is not None
-    async with asyncio.timeout(GUARD):
-        # The count lives on the server's thread: poll it (no event crosses the threads).
-        while True:
-            if not server.call(lambda: len(running.handlers)):
-                return
-            await asyncio.sleep(0.05)
 
 
 # --- whole scenes: synthesize_scene ---------------------------------------------------------
@@ -368,8 +306,13 @@ async def test_allowed_origins_are_accepted(web_server: ServerThread) -> None:
     port = web_port(web_server)
     own = [f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"http://[::1]:{port}"]
     for origin in [*own, GAME_ORIGIN, None]:  # None: a native program sends no Origin
-        peer = await WsPeer.open(web_server, origin=origin)  # fails unless welcomed
+        peer = await WsPeer.open(web_server, origin=origin, hello=False)
+        await peer.send(Hello(protocol=1, client="ws-test", id="h"))
+        welcome = await peer.next_event()
+        await peer.send(Ping(id="p"))
+        pong = await peer.next_event()
         await peer.close()
+        assert (welcome.TYPE, welcome.id, pong.TYPE, pong.id) == ("welcome", "h", "pong", "p")
 
 
 async def test_token_server_refuses_a_websocket_hello_without_it(
@@ -625,8 +568,7 @@ def test_preview_page_plays_skips_and_downloads(
     web_server: ServerThread, tmp_path: Path, record_property: Any
 ) -> None:
     with chromium_page() as page:
-        page.goto(f"http://127.0.0.1:{web_port(web_server)}/")
-        wait_for(page, "() => window.dialoguePreview?.ready === true")
+        open_preview(page, web_port(web_server))
         page.fill("#scene", TWO_LINE_SCENE)
         assert page.locator("#cast tbody th").all_inner_texts() == ["INNKEEPER", "TRAVELER"]
         page.fill("#cast tbody tr:nth-child(2) input.rate", "1.2")  # the traveler speaks faster
@@ -701,14 +643,9 @@ def test_preview_page_offers_the_cast_styles_and_pitch(
     """The page asks for the cast: each character gets the styles the cast defines for it (its
     own and the shared ones) and a pitch; a line's own (style) wins; say requests and the
     scene download carry speaker, style and pitch; the OGG scene decodes."""
-    sent: list[dict[str, Any]] = []
     with chromium_page() as page:
-        page.on(
-            "websocket",
-            lambda ws: ws.on("framesent", lambda data: sent.append(msgpack.unpackb(data))),
-        )
-        page.goto(f"http://127.0.0.1:{web_port(web_server)}/")
-        wait_for(page, "() => window.dialoguePreview?.ready === true")
+        sent = frames_sent(page)
+        open_preview(page, web_port(web_server))
         page.fill("#scene", STYLED_SCENE)
         assert page.locator("#cast tbody th").all_inner_texts() == ["GUARD", "innkeeper"]
         assert page.locator("#lines .speaker").all_inner_texts() == [
@@ -731,7 +668,7 @@ def test_preview_page_offers_the_cast_styles_and_pitch(
         scene_ogg = download(page, "#download-scene-ogg")
 
         page.reload()  # the choices are kept
-        wait_for(page, "() => window.dialoguePreview?.ready === true")
+        wait_for(page, PAGE_READY)
         assert page.input_value("#cast tbody tr:nth-child(1) select.style") == "angry"
         assert page.input_value("#cast tbody tr:nth-child(1) input.pitch") == "1.2"
 
@@ -757,13 +694,9 @@ def test_preview_page_offers_the_cast_styles_and_pitch(
 
 def test_preview_page_sends_the_token_from_its_address(token_server: ServerThread) -> None:
     """Without the token in its address the page says so; with it, the page works."""
-    sent: list[dict[str, Any]] = []
     port = web_port(token_server)
     with chromium_page() as page:
-        page.on(
-            "websocket",
-            lambda ws: ws.on("framesent", lambda data: sent.append(msgpack.unpackb(data))),
-        )
+        sent = frames_sent(page)
         page.goto(f"http://127.0.0.1:{port}/")
         wait_for(page, "() => document.querySelector('#connection').textContent"
                        ".includes('needs a token')")  # fmt: skip
@@ -771,9 +704,9 @@ def test_preview_page_sends_the_token_from_its_address(token_server: ServerThrea
         assert page.is_disabled("#play") and page.is_disabled("#download-scene-ogg")
         # The address that serve printed: the page connects again at once.
         page.goto(f"http://127.0.0.1:{port}/#token={quote(TOKEN, safe='')}")
-        wait_for(page, "() => window.dialoguePreview?.ready === true")
+        wait_for(page, PAGE_READY)
         page.reload()  # and opened with the token from the start
-        wait_for(page, "() => window.dialoguePreview?.ready === true")
+        wait_for(page, PAGE_READY)
         line = decode(download(page, "#lines li[data-index='0'] .download-wav"))
     hellos = [message for message in sent if message["type"] == "hello"]
     assert [hello.get("token") for hello in hellos] == [None, TOKEN, TOKEN]
@@ -789,16 +722,11 @@ def test_preview_page_shows_the_lexicons_words_and_tries_a_respelling(tmp_path: 
     every line until cleared; a bad one is refused with the server's reason."""
     cast = Cast.from_dict({"lexicon": {"Aelindra": "ay-LIN-dra", "Nggh": "ung"}}, "names.toml")
     server = ServerThread(ServerConfig(port=0, web_port=0, cast=cast)).start()
-    sent: list[dict[str, Any]] = []
     chips = "#lines li[data-index='0'] .words button"
     try:
         with chromium_page() as page:
-            page.on(
-                "websocket",
-                lambda ws: ws.on("framesent", lambda data: sent.append(msgpack.unpackb(data))),
-            )
-            page.goto(f"http://127.0.0.1:{web_port(server)}/")
-            wait_for(page, "() => window.dialoguePreview?.ready === true")
+            sent = frames_sent(page)
+            open_preview(page, web_port(server))
             page.fill("#scene", LEXICON_SCENE)
             page.wait_for_function(
                 "(n) => document.querySelectorAll(n).length === 2", arg=chips, timeout=GUARD_MS
@@ -862,8 +790,7 @@ def test_preview_page_offers_and_plays_kokoro_voices(kokoro_dir: Path) -> None:
                     "framereceived", lambda data: received.append(msgpack.unpackb(data))
                 ),
             )
-            page.goto(f"http://127.0.0.1:{web_port(server)}/")
-            wait_for(page, "() => window.dialoguePreview?.ready === true")
+            open_preview(page, web_port(server))
             page.fill("#scene", "MIRA: Only us, friend.\nAIKO: こんにちは。\n")
             options = page.locator("#cast tbody tr:nth-child(2) select.voice option")
             labels = options.all_inner_texts()
@@ -901,6 +828,25 @@ def test_preview_page_offers_and_plays_kokoro_voices(kokoro_dir: Path) -> None:
     audio, rate = soundfile.read(io.BytesIO(scene), dtype="float32")
     assert rate == KOKORO_RATE and np.sqrt(np.mean(audio**2)) > 0.02
     assert len(audio) == pytest.approx(sum(samples) + 0.45 * KOKORO_RATE, rel=0.02)
+
+
+PAGE_READY = "() => window.dialoguePreview?.ready === true"
+
+
+def open_preview(page: Any, port: int) -> None:
+    """Open the preview page of the server on ``port`` and wait until it is connected."""
+    page.goto(f"http://127.0.0.1:{port}/")
+    wait_for(page, PAGE_READY)
+
+
+def frames_sent(page: Any) -> list[dict[str, Any]]:
+    """Every message the page sends over a WebSocket from now on, decoded, as it goes."""
+    sent: list[dict[str, Any]] = []
+    page.on(
+        "websocket",
+        lambda ws: ws.on("framesent", lambda data: sent.append(msgpack.unpackb(data))),
+    )
+    return sent
 
 
 def wait_for(page: Any, predicate: str, argument: Any = None) -> None:
