@@ -11,7 +11,7 @@ For each core count (the server and the baselines are pinned with ``taskset``):
   a render running (4 ``synthesize`` requests in flight); idle again. Underruns of the
   talking speakers come from the server's ``status`` (pieces that reached the connection
   after its audio had played out).
-- **Throughput** with as many speakers as cores, pace off, against raw Piper in N processes
+- **Throughput** with as many speakers as cores, pace off (in rounds, interleaved), against raw Piper in N processes
   with cores/N threads each (the practical ceiling), on the same texts.
 - **Batch commands**: ``renpy-render`` and ``preview`` of the same lines, start to finish,
   against the same N raw processes started, loaded and run to the end; in interleaved
@@ -265,17 +265,24 @@ async def idle_first_audio(cores: int) -> tuple[float, float]:
 
 async def measure(cores: int, rows: list[str], values: dict[str, float]) -> None:
     rows.append(f"| **{cores} core(s)** | | | |")
+    measured: list[tuple[float, float, float, float]] = []
     with server(cores) as (port, pid):
         await latency_under_load(port, rows, values)
-        rate, per_cpu = await throughput(port, pid, cores)
+        for _ in range(OPTIONS.rounds):  # interleaved with the baseline, as the batches
+            rate, per_cpu = await throughput(port, pid, cores)
+            seconds, samples, cpu = raw_processes(cores, BATCH, include_start=False)
+            audio = samples / SAMPLE_RATE
+            measured.append((rate, per_cpu, audio / seconds, audio / cpu))
         rss = rss_mib(pid)
-    seconds, samples, cpu = raw_processes(cores, BATCH, include_start=False)
-    ceiling, ceiling_per_cpu = samples / SAMPLE_RATE / seconds, samples / SAMPLE_RATE / cpu
-    values[f"throughput {cores}"] = rate / ceiling
-    values[f"throughput per cpu {cores}"] = per_cpu / ceiling_per_cpu
+    columns = zip(*measured, strict=True)
+    rate, per_cpu, ceiling, ceiling_per_cpu = (median(list(column)) for column in columns)
+    each = ", ".join(f"{ours / raw:.2f}" for ours, _, raw, _ in measured)
+    values[f"throughput {cores}"] = median([ours / raw for ours, _, raw, _ in measured])
+    values[f"throughput per cpu {cores}"] = median([ours / raw for _, ours, _, raw in measured])
     rows += [
-        f"| throughput, {cores} speakers at once, pace off | {rate:.1f} audio s/s | "
-        f"raw Piper {cores} process(es) x 1 thread: {ceiling:.1f} | {ratio(rate, ceiling)} |",
+        f"| throughput, {cores} speakers at once, pace off, median of {len(measured)} rounds "
+        f"({each}) | {rate:.1f} audio s/s | raw Piper {cores} process(es) x 1 thread: "
+        f"{ceiling:.1f} | {values[f'throughput {cores}']:.2f}x |",
         f"| the same, audio seconds per CPU second | {per_cpu:.1f} | {ceiling_per_cpu:.1f} | "
         f"{ratio(per_cpu, ceiling_per_cpu)} |",
         f"| server RSS after these sections | {rss:.0f} MiB | | |",
