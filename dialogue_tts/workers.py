@@ -44,6 +44,7 @@ giving its memory back and taking it again call after call cost 12% more CPU.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import enum
 import functools
@@ -53,6 +54,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -77,6 +79,8 @@ PRIORITY_RECHECK_SECONDS: Final = 0.05
 """How often idle workers re-read priorities while jobs wait (they change with playback)."""
 IDLE_RELEASE_SECONDS: Final = 1.0
 """Idle time after which the pool hands back the working memory its calls took."""
+CLOSE_WAIT_SECONDS: Final = 5.0
+"""How long ``close`` waits for an aborted memory hand-back to return (about 2 ms)."""
 
 
 class Priority(enum.IntEnum):
@@ -212,6 +216,7 @@ class InferencePool:
         )
         for thread in self._threads:
             thread.start()
+        _OPEN_POOLS.add(self)
 
     @property
     def thread_counts(self) -> set[int]:
@@ -249,13 +254,21 @@ class InferencePool:
             return len(self._running)
 
     def close(self) -> None:
+        """Drop queued jobs and stop; a memory hand-back under way is aborted and waited for
+        (an ONNX call still running as the interpreter exits aborts the process)."""
         with self._lock:
             self._closed = True
             for job in self._jobs:
                 if job.loop is not None and job.future is not None:
                     job.loop.call_soon_threadsafe(_cancel, job.future)
             self._jobs.clear()
+            for running in self._running:
+                if running.job.future is None:  # the pool's own idle call
+                    running.lease.preempt()
             self._lock.notify_all()
+        watcher = self._threads[-1]
+        if watcher is not threading.current_thread():
+            watcher.join(CLOSE_WAIT_SECONDS)
 
     # --- scheduling (all under self._lock) ------------------------------------------------
 
@@ -391,6 +404,17 @@ class InferencePool:
             # Only now: what the caller submits next must find this call gone.
             if outcome is not None:
                 loop.call_soon_threadsafe(outcome)
+
+
+_OPEN_POOLS: weakref.WeakSet[InferencePool] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_pools() -> None:
+    """Close every pool before the interpreter goes: their threads are daemons, and one of
+    them inside an ONNX call while the interpreter is torn down aborts the process."""
+    for pool in list(_OPEN_POOLS):
+        pool.close()
 
 
 def run_niced(function: Callable[[], _T]) -> _T:

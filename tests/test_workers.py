@@ -8,6 +8,9 @@ without a model. Timeouts only guard against a hang.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Callable
 
@@ -386,3 +389,31 @@ async def test_a_new_job_preempts_the_idle_memory_hand_back(
         assert hand_back.runs == 2
     finally:
         pool.close()
+
+
+def test_a_process_exits_cleanly_while_memory_is_being_handed_back() -> None:
+    """The pool's threads are daemons: at exit, a hand-back under way is aborted and waited
+    for, not left inside an ONNX call while the interpreter is torn down."""
+    script = textwrap.dedent(
+        """
+        import threading, time
+        from dialogue_tts import workers
+        workers.IDLE_RELEASE_SECONDS = 0.01
+        inside, aborted = threading.Event(), threading.Event()
+        def release(lease):
+            lease.on_preempt(aborted.set)
+            inside.set()
+            aborted.wait(30)
+            time.sleep(0.2)  # still unwinding when exit begins
+            print("aborted" if aborted.is_set() else "not aborted", flush=True)
+        pool = workers.InferencePool(1, release_memory=release)
+        pool._idle_since = time.monotonic()  # as after a call
+        with pool._lock:
+            pool._lock.notify_all()
+        assert inside.wait(30)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "aborted"
