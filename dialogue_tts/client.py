@@ -333,10 +333,9 @@ class Client:
                     try:
                         event = self._connection.next_message()
                     except RemoteProtocolError as exc:
-                        if exc.fatal:
-                            raise
-                        self._bad_event(exc)  # one unreadable event; the stream goes on
-                        continue
+                        if exc.fatal or not self._bad_event(exc):
+                            raise  # nothing can be told which reply it was: give up
+                        continue  # one request's unreadable reply; the stream goes on
                     if event is NEED_DATA:
                         break
                     if event is CLOSED:
@@ -353,12 +352,15 @@ class Client:
         finally:
             self._connection_lost(lost)
 
-    def _bad_event(self, exc: RemoteProtocolError) -> None:
-        """An event that could not be read: the request it answers (if its id could be
-        read) fails with the error; else it is dropped."""
+    def _bad_event(self, exc: RemoteProtocolError) -> bool:
+        """An event that could not be read: the request it answers fails with the error.
+        False if no waiting request can be told (its id unreadable or unknown): a reply
+        lost that way would leave its caller waiting for ever."""
         future = self._pending.get(exc.request_id) if exc.request_id is not None else None
-        if future is not None and not future.done():
-            future.set_exception(exc)
+        if future is None or future.done():
+            return False
+        future.set_exception(exc)
+        return True
 
     def _dispatch(self, event: Event) -> None:
         request_id = getattr(event, "id", None)
