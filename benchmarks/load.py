@@ -11,8 +11,9 @@ For each core count (the server and the baselines are pinned with ``taskset``):
   a render running (4 ``synthesize`` requests in flight); idle again. Underruns of the
   talking speakers come from the server's ``status`` (pieces that reached the connection
   after its audio had played out).
-- **Throughput** with as many speakers as cores, pace off (in rounds, interleaved), against raw Piper in N processes
-  with cores/N threads each (the practical ceiling), on the same texts.
+- **Throughput** with as many speakers as cores, pace off (in interleaved rounds), against
+  raw Piper in N processes with cores/N threads each (the practical ceiling), on the same
+  texts.
 - **Batch commands**: ``renpy-render`` and ``preview`` of the same lines, start to finish,
   against the same N raw processes started, loaded and run to the end; in interleaved
   rounds (``--rounds``), the median ratio counts.
