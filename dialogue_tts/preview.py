@@ -1,13 +1,6 @@
 """``dialogue-tts preview SCRIPT``: hear a scripted scene before any actor records it.
 
-A script is one of:
-
-- text (any other extension): ``NAME: line`` per line, ``NAME (style): line`` to pick a
-  style of the cast, ``(pause 1.5)`` for a longer silence, blank lines and ``# comments``
-  ignored;
-- ``.json``: a list of ``{"speaker": ..., "text": ..., "style": ...}`` objects (style
-  optional; ``{"pause": 1.5}`` for a silence);
-- ``.csv``: a header row with ``speaker`` and ``text`` columns (and optionally ``style``).
+The script is text (``NAME: line``), ``.json`` or ``.csv``: see ``scene.py`` for the formats.
 
 The output folder gets the whole scene as one file with natural gaps between lines
 (``scene.wav``), each line on its own (``lines/001-NAME.wav``), and subtitles with each
@@ -53,7 +46,7 @@ def add_parser(commands: Any) -> None:
     command = commands.add_parser(
         "preview",
         help="render a scripted scene: one mixed file, per-line files and subtitles",
-        description=__doc__.split("\n\n")[1].replace("\n", " "),
+        description=" ".join(__doc__.split("\n\n")[1].split()),
     )
     command.add_argument("script", type=Path, help="the scene: NAME: line text, .json or .csv")
     command.add_argument(
