@@ -1,6 +1,7 @@
 """``dialogue-tts preview SCRIPT``: hear a scripted scene before any actor records it.
 
-The script is text (``NAME: line``), ``.json`` or ``.csv``: see ``scene.py`` for the formats.
+The script is text (``NAME: line`` or ``NAME (style): line``, ``(pause 1.5)``, ``# comments``),
+JSON (a list of speaker/text/style objects) or CSV (speaker, text, style columns).
 
 The output folder gets the whole scene as one file with natural gaps between lines
 (``scene.wav``), each line on its own (``lines/001-NAME.wav``), and subtitles with each
