@@ -10,14 +10,18 @@ fastest auto-forward, three ways per run, interleaved so that machine noise hits
 
 - **files**: the lines pre-rendered by `dialogue-tts renpy-render` from Ren'Py's own dialogue
   export, played by `config.auto_voice`, no server: the baseline a recorded voice-over gets;
-- **live**: the binding without lookahead (`dialogue_tts.lookahead = 0`), a fresh server;
+- **live**: the binding without lookahead (`dialogue_tts.lookahead = 0`), a fresh server:
+  each line's interaction waits for its first audio (`voice_start_wait`, 0.3 s at most);
+- **live-no-wait**: the same with `voice_start_wait = 0`: the line shows at once and its
+  voice follows;
 - **lookahead**: the binding as shipped (2 lines ahead), a fresh server.
 
 Each line's time runs from the say's "begin" character callback to
 `renpy.music.get_playing("voice")` naming that line's audio, read 200 times a second by a
 thread and on the main thread as each interaction starts and 20 times a second (whichever
 sees it first), and to Ren'Py's audio thread handing it to the mixer
-(`renpysound.playing_name`), which is nearer to what is heard. A line whose voice never
+(`renpysound.playing_name`), which is nearer to what is heard, and to the line's first
+frame being drawn (its text showing). A line whose voice never
 played while it was shown is *dropped*. Servers run
 with `--no-cache`, so nothing comes from an earlier run. The server's own first audio for
 the same lines (a client's say to the first audio event) is measured once, apart.
@@ -54,7 +58,7 @@ PY311_FIX = REPO / "examples" / "renpy" / "game" / "00python311_fix.rpy"
 CHARACTERS = (("e", "eileen", 1.0), ("l", "lucy", 1.2))
 """(variable, voice_tag, rate): the same settings live and pre-rendered (renpy-render's map
 knows voice, rate and volume only, so no pitch)."""
-WAYS = ("files", "live", "lookahead")
+WAYS = ("files", "live", "live-no-wait", "lookahead")
 FASTEST_AFM = 0.1
 """The fastest auto-forward the preferences slider gives (its range starts at 0.1)."""
 
@@ -139,7 +143,9 @@ def play(folder: Path, way: str) -> dict:
             env |= {"DIALOGUE_TTS_AUTO_VOICE": "voice/{id}.ogg", "DIALOGUE_TTS_PORT": "1"}
         else:
             env["DIALOGUE_TTS_PORT"] = str(stack.enter_context(server()))
-            env["DIALOGUE_TTS_LOOKAHEAD"] = "0" if way == "live" else "2"
+            env["DIALOGUE_TTS_LOOKAHEAD"] = "2" if way == "lookahead" else "0"
+            if way == "live-no-wait":
+                env["DIALOGUE_TTS_VOICE_START_WAIT"] = "0"
         result = subprocess.run([str(RENPY), str(folder)], env=_renpy_env(folder, **env),
                                 capture_output=True, text=True, timeout=900)  # fmt: skip
     report = json.loads(report_path.read_text())
@@ -152,6 +158,8 @@ def latencies(report: dict, key: str = "played") -> tuple[list[float], int]:
     """Milliseconds from each line's begin to its voice on the channel (``played``: what
     get_playing says) or started by the audio thread (``started``), and lines dropped."""
     times, dropped = [], 0
+    if key == "drawn":
+        return [1000 * (line["drawn"] - line["begin"]) for line in report["lines"]], 0
     for index, line in enumerate(report["lines"]):
         heard = [p["t"] for p in report[key] if p["line"] == index]
         if heard:
@@ -189,7 +197,9 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="print the RESULTS.md section")
     args = parser.parse_args()
     lines = corpus_lines()
-    results: dict[str, dict] = {way: {"times": [], "started": [], "dropped": []} for way in WAYS}
+    results: dict[str, dict] = {
+        way: {"times": [], "started": [], "drawn": [], "dropped": []} for way in WAYS
+    }
     with tempfile.TemporaryDirectory() as scratch:
         folder = build_game(Path(scratch) / "scene", lines)
         prerender(folder)
@@ -199,6 +209,7 @@ def main() -> None:
                 times, dropped = latencies(report)
                 results[way]["times"] += times
                 results[way]["started"] += latencies(report, "started")[0]
+                results[way]["drawn"] += latencies(report, "drawn")[0]
                 results[way]["dropped"].append(dropped)
                 print(f"run {run + 1} {way}: median {statistics.median(times):.0f} ms, "
                       f"dropped {dropped} of {len(lines)}", flush=True)  # fmt: skip
@@ -206,18 +217,20 @@ def main() -> None:
     rows = []
     for way in WAYS:
         times, started = results[way]["times"], results[way]["started"]
+        drawn = results[way]["drawn"]
         rows.append(f"| {way} | {statistics.median(times):.0f} | {_p95(times):.0f} | "
                     f"{statistics.median(started):.0f} | {_p95(started):.0f} | "
+                    f"{statistics.median(drawn):.0f} | {_p95(drawn):.0f} | "
                     f"{' + '.join(map(str, results[way]['dropped']))} |")  # fmt: skip
     rows.append(f"| server first audio (client say → first audio event) | "
                 f"{statistics.median(first_audio):.0f} | {_p95(first_audio):.0f} "
-                "| | | |")  # fmt: skip
+                "| | | | | |")  # fmt: skip
     table = "\n".join([
         f"{len(lines)} lines x {args.runs} runs per way; milliseconds from the say's begin",
         "",
         "| way | on the channel, median | p95 | started by the audio thread, median | p95 "
-        "| dropped per run |",
-        "|---|---|---|---|---|---|",
+        "| first frame drawn, median | p95 | dropped per run |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
     ])  # fmt: skip
     print(table)

@@ -348,6 +348,8 @@ class FakeConnection:
         self.closed = False
         self.welcome: dict[str, Any] | None = {"type": "welcome"}
         self.host, self.port = "127.0.0.1", 0
+        self.arrivals: list[list[dict[str, Any]]] = []
+        self.waits = 0
 
     def send(self, message: dict[str, Any]) -> bool:
         self.sent.append(message)
@@ -356,6 +358,14 @@ class FakeConnection:
     def poll(self) -> list[dict[str, Any]]:
         events, self.events = self.events, []
         return events
+
+    def wait(self, timeout: float) -> bool:
+        """Each call delivers the next batch of ``arrivals`` (none left: a wait that timed
+        out)."""
+        self.waits += 1
+        if self.arrivals:
+            self.events += self.arrivals.pop(0)
+        return bool(self.events)
 
     def close(self) -> None:
         self.closed = True
@@ -672,6 +682,47 @@ def test_speech_holds_auto_forward_until_the_voice_is_handed_out() -> None:
     assert not speech.holds_voice
 
 
+def test_speech_waits_once_for_a_live_lines_first_audio() -> None:
+    fake = FakeConnection()
+    speech = client.Speech(lambda: fake, log=lambda message: None)
+    assert speech.wait_for_voice(5.0) == 0.0 and fake.waits == 0  # nothing is said
+    speech.say("lucy", "Wait for me.")
+    line = fake.sent[-1]["line"]
+    fake.arrivals = [
+        [{"type": "queued", "id": fake.sent[-1]["id"]}],
+        [{"type": "started", "line": line, "speaker": "lucy", "sample_rate": 22050}],
+        [{"type": "audio", "line": line, "speaker": "lucy", "seq": 0, "data": _pcm(800)}],
+        [{"type": "finished", "line": line, "speaker": "lucy", "status": "done"}],
+    ]
+    assert speech.wait_for_voice(5.0) < 5.0
+    assert fake.waits == 3 and len(fake.arrivals) == 1  # up to the first audio, no further
+    (chunk,) = speech.poll()
+    assert chunk.first and chunk.line == line
+    assert speech.wait_for_voice(5.0) == 0.0 and fake.waits == 3  # playing: no wait
+    fake.events = fake.arrivals.pop()  # finished: the line is cached
+    assert speech.poll() == []
+
+    speech.say("lucy", "Nobody answers.")  # nothing comes in time: it plays when it comes
+    fake.arrivals = []
+    speech.wait_for_voice(0.01)
+    assert fake.waits == 4 and speech.poll() == [] and speech.holds_voice
+    speech.wait_for_voice(5.0)
+    assert fake.waits == 4  # once per line
+
+    speech.say("lucy", "An error ends it.")
+    fake.arrivals = [[{"type": "error", "id": fake.sent[-1]["id"], "code": "unknown_voice",
+                       "message": "no such voice"}]]  # fmt: skip
+    speech.wait_for_voice(5.0)
+    assert fake.waits == 5 and not speech.holds_voice
+
+    speech.say("lucy", "Wait for me.")  # cached: plays from memory, nothing to wait for
+    assert speech.wait_for_voice(5.0) == 0.0 and fake.waits == 5
+    speech.poll()
+    speech.say("lucy", "Closed.")
+    fake.closed = True
+    assert speech.wait_for_voice(5.0) == 0.0 and fake.waits == 5
+
+
 # --- (b) the client against a real server -------------------------------------------------
 
 
@@ -739,6 +790,20 @@ def test_speech_voices_skips_and_caches(server_port: int) -> None:
     assert replay.first and replay.line.startswith("cache-")
     assert len(replay.audio) - 24 == sum(len(c.audio) - 24 for c in heard)
     assert logs == []
+    speech.close()
+
+
+def test_speech_waits_for_the_first_audio_of_a_real_voice(server_port: int) -> None:
+    """The wait a live line's interaction makes: on a new connection (it connects, says
+    hello, then the line), it returns once the first audio is there for ``poll``."""
+    speech = client.Speech(
+        lambda: client.Connection(port=server_port, client_name="pytest").start(),
+        log=lambda message: None,
+    )
+    assert speech.say("guard", "Halt! Who goes there?") == "sent"
+    speech.wait_for_voice(60.0)  # a generous guard, not a time limit
+    chunks = speech.poll()
+    assert chunks and chunks[0].first and chunks[0].audio[:4] == b".snd"
     speech.close()
 
 
@@ -1363,15 +1428,28 @@ def test_lookahead_through_a_menu_and_a_rollback_plays_no_wrong_line(tmp_path: P
 
 @needs_renpy
 def test_fastest_auto_forward_waits_for_live_voices(tmp_path: Path) -> None:
-    """Without lookahead every line is synthesized as it begins; auto-forward at its fastest
-    waits for each voice to arrive and play: no line is dropped, none plays another's."""
+    """Without lookahead every line is synthesized as it begins; its interaction waits for
+    its first audio, and auto-forward at its fastest waits for each voice to play: no line
+    is dropped, none plays another's, each starts before its text shows."""
     game = _harness_game(tmp_path)
     with server_process("--no-cache") as (port, _server):
         report, proxy = _play_harness(
-            game, port, {"DIALOGUE_TTS_CHOICES": "0", "DIALOGUE_TTS_LOOKAHEAD": "0"}
+            game,
+            port,
+            {
+                "DIALOGUE_TTS_CHOICES": "0",
+                "DIALOGUE_TTS_LOOKAHEAD": "0",
+                # Each interaction waits for its line's first audio (a bound never reached).
+                "DIALOGUE_TTS_VOICE_START_WAIT": "60",
+            },
         )
     lines = [*MENU_LINES[:3], MENU_LINES[4], MENU_LINES[5]]
     _check_every_line_heard_and_no_other(report, lines)
+    # Each line's voice was on the channel before its first frame was drawn: it started
+    # with its text, as a voice file does.
+    for index, line in enumerate(report["lines"]):
+        first = min(p["t"] for p in report["played"] if p["line"] == index)
+        assert first < line["drawn"], (index, line, first)
     from_game = [m for who, m in proxy.records if who == "game"]
     assert not any(m["type"] == "prepare" for m in from_game)
     assert [m["text"] for m in from_game if m["type"] == "say"] == lines

@@ -2,11 +2,13 @@ extends Node
 ## Measures, inside Godot 4, when the player hears each line of a linear scene, for
 ## benchmarks/godot4_lookahead.py: from speak() to the playback of the line's audio
 ## advancing. Each line of res://bench/lines.json is spoken when the one before has finished
-## (played to its end, as a player listening would), first without lookahead, then with it:
-## as each line begins, the next LOOKAHEAD_LINES go to lookahead(), and the scene's first
-## lines are prepared before it starts, as a game would while the scene loads. A prepared
-## line whose audio the addon holds (hold_prepared) starts from it in speak() itself.
-## Prints one BENCH line per line, then sets window.done.
+## (played to its end, as a player listening would): first as pre-rendered voice files (the
+## baseline a recorded voice-over gets: each line's "voice" file, loaded before the line as
+## a game preloads its voice files, played by an AudioStreamPlayer), then live without
+## lookahead, then with it: as each line begins, the next LOOKAHEAD_LINES go to lookahead(),
+## and the scene's first lines are prepared before it starts, as a game would while the
+## scene loads. A prepared line whose audio the addon holds (hold_prepared) starts from it in
+## speak() itself. Prints one BENCH line per line, then sets window.done.
 
 const DialogueTTS := preload("res://addons/dialogue_tts/dialogue_tts.gd")
 const LINES_PATH: String = "res://bench/lines.json"
@@ -37,6 +39,8 @@ func _ready() -> void:
 	_started_usec = Time.get_ticks_usec()
 	_started_frame = Engine.get_process_frames()
 	for index: int in _lines.size():
+		await _measure_file(index)
+	for index: int in _lines.size():
 		await _measure("live", index)
 	_tts.lookahead(_ahead(0))
 	while not _prepared.has(_lines[0]["text"]):
@@ -55,7 +59,8 @@ func _ready() -> void:
 ## passed the line's first frame (the generator's frames consumed by the mixer: the issue's
 ## "playback position advancing") and when the addon counts it played (that, less the output
 ## latency not yet elapsed), in ms from speak(); waits for its line_finished. Also the game
-## frames until the line's first audio was in the addon (0: held, pushed in speak() itself).
+## frames and ms until the line's first audio was in the addon (0: held, pushed in speak()
+## itself; else received from the server, checked once per frame).
 func _measure(mode: String, index: int) -> void:
 	var entry: Dictionary = _lines[index]
 	var was_prepared: bool = _prepared.has(entry["text"])
@@ -66,6 +71,7 @@ func _measure(mode: String, index: int) -> void:
 	var audio_frames: int = -1
 	_line = _tts.speak(entry["speaker"], entry["text"])
 	var held: bool = _tts.is_line_held(_line)
+	var audio_usec: int = 0
 	var mixed_usec: int = 0
 	var heard_usec: int = 0
 	while heard_usec == 0 and not _done:
@@ -73,6 +79,7 @@ func _measure(mode: String, index: int) -> void:
 		if speaker.first_line == _line:
 			if audio_frames < 0:
 				audio_frames = Engine.get_process_frames() - spoken_frame
+				audio_usec = Time.get_ticks_usec()
 			var buffered: int = speaker.buffer_frames - speaker.playback.get_frames_available()
 			if mixed_usec == 0 and speaker.frames_pushed - buffered > speaker.first_frame:
 				mixed_usec = Time.get_ticks_usec()
@@ -85,7 +92,10 @@ func _measure(mode: String, index: int) -> void:
 		await get_tree().process_frame
 	print(
 		(
-			"BENCH mode=%s prepared=%s held=%s mixed_ms=%.2f heard_ms=%.2f frames=%d audio_frames=%d"
+			(
+				"BENCH mode=%s prepared=%s held=%s mixed_ms=%.2f heard_ms=%.2f frames=%d"
+				+ " audio_frames=%d audio_ms=%.2f"
+			)
 			% [
 				mode,
 				was_prepared,
@@ -94,7 +104,38 @@ func _measure(mode: String, index: int) -> void:
 				(heard_usec - spoken) / 1000.0,
 				mixed_frames,
 				audio_frames,
+				(audio_usec - spoken) / 1000.0,
 			]
+		)
+	)
+
+
+## Plays line [param index]'s pre-rendered voice file; prints when the player's playback
+## position advanced, in ms from play(), and waits for it to finish.
+func _measure_file(index: int) -> void:
+	var stream := AudioStreamWAV.load_from_buffer(
+		FileAccess.get_file_as_bytes(_lines[index]["voice"])
+	)
+	var player := AudioStreamPlayer.new()
+	player.stream = stream
+	add_child(player)
+	var spoken: int = Time.get_ticks_usec()
+	var spoken_frame: int = Engine.get_process_frames()
+	player.play()
+	while player.get_playback_position() <= 0.0 and player.playing:
+		await get_tree().process_frame
+	var mixed_usec: int = Time.get_ticks_usec()
+	var mixed_frames: int = Engine.get_process_frames() - spoken_frame
+	if player.playing:
+		await player.finished
+	player.queue_free()
+	print(
+		(
+			(
+				"BENCH mode=files prepared=true held=false mixed_ms=%.2f heard_ms=-1 frames=%d"
+				+ " audio_frames=0 audio_ms=0"
+			)
+			% [(mixed_usec - spoken) / 1000.0, mixed_frames]
 		)
 	)
 

@@ -13,9 +13,11 @@
 # started each file (handed it to the mixer). A thread reads
 # renpy.music.get_playing("voice") 200 times a second, and the main thread as
 # each interaction starts and 20 times a second. DIALOGUE_TTS_PORT,
-# DIALOGUE_TTS_LOOKAHEAD, DIALOGUE_TTS_VOICE_WAIT and DIALOGUE_TTS_AUTO_VOICE set
-# the binding's port, its lookahead, how long auto-forward waits for a voice on
-# its way, and config.auto_voice.
+# DIALOGUE_TTS_LOOKAHEAD, DIALOGUE_TTS_VOICE_WAIT, DIALOGUE_TTS_VOICE_START_WAIT
+# and DIALOGUE_TTS_AUTO_VOICE set the binding's port, its lookahead, how long
+# auto-forward waits for a voice on its way, how long an interaction waits for a
+# live line's first audio, and config.auto_voice. Each line also records when
+# its first frame was drawn ("drawn": when its text shows).
 
 init 100 python in dialogue_tts_harness:
 
@@ -154,9 +156,8 @@ init 100 python in dialogue_tts_harness:
 
         client.FrameReader.feed = traced_feed
         binding = store.dialogue_tts
-        original = binding._periodic
 
-        def traced(where):
+        def traced(original, where):
             def run():
                 before = renpy.music.get_playing("voice")
                 original()
@@ -165,9 +166,24 @@ init 100 python in dialogue_tts_harness:
                     trace.append((time.monotonic(), where, str(after)))
             return run
 
-        for callbacks, where in ((renpy.config.periodic_callbacks, "periodic"),
-                                 (renpy.config.start_interact_callbacks, "interact")):
-            callbacks[callbacks.index(original)] = traced(where)
+        for callbacks, original, where in (
+                (renpy.config.periodic_callbacks, binding._periodic, "periodic"),
+                (renpy.config.start_interact_callbacks, binding._start_interact, "interact")):
+            callbacks[callbacks.index(original)] = traced(original, where)
+
+    def _time_first_frames():
+        # Records when each line's first frame has been drawn: "drawn", the time its text
+        # shows (an interaction that waits for a voice draws later).
+        draw_screen = renpy.display.core.Interface.draw_screen
+
+        def timed(self, *args, **kwargs):
+            result = draw_screen(self, *args, **kwargs)
+            index = _current["index"]
+            if index >= 0 and "drawn" not in report["lines"][index]:
+                report["lines"][index]["drawn"] = time.monotonic()
+            return result
+
+        renpy.display.core.Interface.draw_screen = timed
 
     if report_path:
         if os.environ.get("DIALOGUE_TTS_AUTO_VOICE"):
@@ -178,12 +194,16 @@ init 100 python in dialogue_tts_harness:
             store.dialogue_tts.lookahead = int(os.environ["DIALOGUE_TTS_LOOKAHEAD"])
         if os.environ.get("DIALOGUE_TTS_VOICE_WAIT"):
             store.dialogue_tts.voice_wait = float(os.environ["DIALOGUE_TTS_VOICE_WAIT"])
+        if os.environ.get("DIALOGUE_TTS_VOICE_START_WAIT"):
+            store.dialogue_tts.voice_start_wait = float(
+                os.environ["DIALOGUE_TTS_VOICE_START_WAIT"])
         renpy.config.exception_handler = exception_handler
         renpy.config.all_character_callbacks.append(character_callback)
         renpy.config.periodic_callbacks.append(periodic)
         renpy.config.start_interact_callbacks.append(check_voice)
         renpy.config.label_callback = label_callback
         threading.Thread(target=watch, daemon=True).start()
+        _time_first_frames()
         if os.environ.get("DIALOGUE_TTS_HARNESS_TRACE"):
             _trace()
 

@@ -16,7 +16,9 @@
 # While a line is shown, the next lines on the script's path (2; set
 # dialogue_tts.lookahead) are prepared by the server and fetched, so that each
 # starts with its interaction as a voice file does; auto-forward waits for a
-# voice that is on its way.
+# voice that is on its way. A line said live (one the lookahead could not know)
+# holds its text back until its voice starts, a fraction of a second at most
+# (dialogue_tts.voice_start_wait), so that the two start together.
 #
 # Give characters their own voices with dialogue_tts.voices, keyed by the
 # character's voice_tag or variable name (settings are listed below):
@@ -116,6 +118,13 @@ init -100 python in dialogue_tts:
     # of an if) to prepare the first line of.
     lookahead = 2
     lookahead_choices = 3
+
+    # A line said live (not prepared: the first line, or one the lookahead could
+    # not know) is synthesized as it begins. Its interaction waits for its first
+    # audio, at most this many seconds, before drawing the line: the text then
+    # shows with its voice, as with a voice file, rather than the voice following
+    # it. 0 never waits (the voice follows the text). Prepared lines never wait.
+    voice_start_wait = 0.3
 
     # Auto-forward waits for a line's voice while it is on its way (sent, its
     # audio not yet playing), as it waits for a voice file that plays, when the
@@ -476,6 +485,14 @@ init -100 python in dialogue_tts:
             # Wake Ren'Py's audio thread now, rather than at its next tick (up to 50 ms).
             renpy.audio.audio.periodic()
 
+    def _start_interact():
+        # As an interaction starts, before its first frame is drawn (drawing holds the
+        # GIL: nothing else runs meanwhile): a line said live gets a moment for its first
+        # audio, so that it is queued before that frame, as a voice file is.
+        if _state.speech is not None and voice_start_wait > 0:
+            _state.speech.wait_for_voice(voice_start_wait)
+        _periodic()
+
     _voice_afm_callback = renpy.config.afm_callback  # Ren'Py's: waits while a voice plays
 
     def afm_callback():
@@ -495,8 +512,9 @@ init -100 python in dialogue_tts:
     renpy.config.all_character_callbacks.append(character_callback)
     renpy.config.periodic_callbacks.append(_periodic)
     # After Ren'Py's own voice_interact, which stops the voice channel for a line
-    # without a voice file: a line prepared ahead often has its first audio here
-    # already, and starts with the interaction, as a voice file does.
-    renpy.config.start_interact_callbacks.append(_periodic)
+    # without a voice file: a line prepared ahead has its audio here already, and a
+    # line said live gets its first audio here, so each starts with its interaction,
+    # as a voice file does.
+    renpy.config.start_interact_callbacks.append(_start_interact)
     renpy.config.afm_callback = afm_callback
 

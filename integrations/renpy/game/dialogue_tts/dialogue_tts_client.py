@@ -16,7 +16,9 @@ wrong token) is reported once and not asked again. A line said with ``reveal=Tru
 collects its word marks, and ``Speech.reveal`` tells how much of its text the voice has said
 (``revealed_length``), which ``hide_after`` turns into Ren'Py text that shows only that much.
 ``walk_ahead`` finds the next say statements on the script's path, and ``Speech.look_ahead``
-has the server prepare them and fetches their audio, so that they play at once.
+has the server prepare them and fetches their audio, so that they play at once; a line said
+live is waited for, briefly, as its interaction starts (``Speech.wait_for_voice``), so that it
+starts with its text.
 Nothing here imports Ren'Py, so the module runs (and is tested) outside it. The wire format
 is protocol/PROTOCOL.md: frames of a 4-byte big-endian length and one msgpack map; the
 msgpack codec below is a small one of our own, so that game developers install nothing.
@@ -400,6 +402,7 @@ class Connection:
         self._closing = False
         # The game's thread sends and reads too (see ``send`` and ``poll``): one at a time.
         self._lock = threading.Lock()
+        self._arrived = threading.Condition()  # notified as messages reach the inbox
         self._sock: socket.socket | None = None  # once the hello is sent
         self._reader = FrameReader()
         self._wake_reader, self._wake_writer = socket.socketpair()
@@ -436,6 +439,15 @@ class Connection:
             messages.append(self._inbox.popleft())
         return messages
 
+    def wait(self, timeout: float) -> bool:
+        """Wait until a message is there for ``poll``, or the connection has closed, at most
+        ``timeout`` seconds; True if one is there. The only call here that waits: for a
+        caller that chose to (``Speech.wait_for_voice``). Waiting releases the GIL, so the
+        background thread reads meanwhile."""
+        self._now(self._receive)
+        with self._arrived:
+            return self._arrived.wait_for(lambda: bool(self._inbox) or self.closed, timeout)
+
     def close(self) -> None:
         """Say bye and close (in the background)."""
         if not self.closed and not self._closing:
@@ -445,10 +457,12 @@ class Connection:
 
     def _now(self, work: object) -> bool:
         """Run ``work(sock)`` in this thread if the socket is free; True if it ran whole."""
-        sock = self._sock
-        if sock is None or self.closed or not self._lock.acquire(blocking=False):
+        if self.closed or not self._lock.acquire(blocking=False):
             return False
         try:
+            sock = self._sock  # None once the background thread has closed it
+            if sock is None:
+                return False
             work(sock)  # type: ignore[operator]
             return True
         except (OSError, ProtocolError):
@@ -475,7 +489,12 @@ class Connection:
                 if message["type"] == "welcome":
                     self.welcome = message
                 self._inbox.append(message)
+            self._notify()
         return True
+
+    def _notify(self) -> None:
+        with self._arrived:
+            self._arrived.notify_all()
 
     def _wake(self) -> None:
         # OSError: the wake-up pipe is full (the thread wakes anyway) or already closed.
@@ -497,10 +516,13 @@ class Connection:
         except (OSError, ProtocolError) as exc:
             why = f"{type(exc).__name__}: {exc}"
         finally:
-            if sock is not None:
-                sock.close()
+            with self._lock:  # the game's thread never meets a closed socket (see _now)
+                self._sock = None
+                if sock is not None:
+                    sock.close()
             self.closed = True
             self._inbox.append({"type": "closed", "message": why})
+            self._notify()
             self._wake_reader.close()
             self._wake_writer.close()
 
@@ -698,6 +720,7 @@ class _Line:
         self.heard = False  # the voice channel has played some of it
         self.cached = False  # replayed from the cache: no server needed
         self.sent_at: float | None = None  # when the say went out
+        self.waited = False  # wait_for_voice has waited for it (once per line)
 
 
 class Speech:
@@ -705,7 +728,8 @@ class Speech:
 
     One line is voiced at a time. ``say`` stops the previous line (skipping it on the server
     when it is still running) and voices the new one; ``skip`` stops the current line;
-    ``poll`` returns the audio that arrived as ``Chunk`` files. Lines heard to the end
+    ``poll`` returns the audio that arrived as ``Chunk`` files, and ``wait_for_voice`` waits
+    a moment for a new line's first audio. Lines heard to the end
     stay in a small cache, so saying one again (a rollback) plays it without the server.
 
     ``connect()`` must return a started ``Connection``; ``log(message)`` reports trouble,
@@ -873,11 +897,35 @@ class Speech:
             self._stopped = line
         return True
 
+    def wait_for_voice(self, timeout: float) -> float:
+        """Wait, at most ``timeout`` seconds, for the first audio of the line being said,
+        then return the seconds waited: the game calls it as the line's interaction starts,
+        so that a line said live starts playing with its text, as a voice file does, and
+        not a frame or more after it (the first frame of a line can take a few hundred
+        milliseconds to draw, and nothing else runs meanwhile).
+
+        Waits once per line, and only for a line that is on its way from a server that is
+        up: not for a line already playing or handed out (a cached or prepared one), a
+        stopped line, a closed connection, or a bundled server still loading its voice."""
+        line, connection = self._current, self.connection
+        server = getattr(connection, "server", None)
+        if (line is None or line.waited or line.cached or line.starts or line.stopped
+                or self._ready or connection is None or connection.closed
+                or (server is not None and server.starting)):  # fmt: skip
+            return 0.0
+        line.waited = True
+        started = time.monotonic()
+        deadline = started + timeout
+        while not (line.pending or line.finished or line.stopped or connection.closed):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not connection.wait(remaining):
+                break
+            self._receive_events()
+        return time.monotonic() - started
+
     def poll(self) -> list[Chunk]:
         """Handle what the server sent; return the audio chunks to play, in order."""
-        if self.connection is not None:
-            for event in self.connection.poll():
-                self._handle(event)
+        self._receive_events()
         current = self._current
         if current is not None and current.pending and current.sample_rate and not current.stopped:
             # Everything that arrived since the last poll becomes one file: fewer seams.
@@ -889,6 +937,11 @@ class Speech:
             current.chunks += 1
         ready, self._ready = self._ready, []
         return ready
+
+    def _receive_events(self) -> None:
+        if self.connection is not None:
+            for event in self.connection.poll():
+                self._handle(event)
 
     def reveal(self, text: str, playing: str | None = None, seconds: float | None = None
                ) -> int | None:  # fmt: skip
