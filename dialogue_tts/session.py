@@ -279,7 +279,15 @@ class Session:
     def _background(
         self, request: Synthesize | SynthesizeScene | Prepare, work: Coroutine[Any, Any, None]
     ) -> None:
-        task = self._spawn(self._answered(request, work), name=f"{request.TYPE}:{request.id}")
+        answered = self._answered(request, work)
+        try:
+            task = self._spawn(answered, name=f"{request.TYPE}:{request.id}")
+        except BaseException:
+            # The connection is closing (its task group takes no new task): the request
+            # goes with it, and its coroutines are closed rather than left never awaited.
+            answered.close()
+            work.close()
+            raise
         self._file_tasks.add(task)
         task.add_done_callback(self._file_tasks.discard)
 
