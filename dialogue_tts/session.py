@@ -290,6 +290,10 @@ class Session:
             raise
         self._file_tasks.add(task)
         task.add_done_callback(self._file_tasks.discard)
+        # A task cancelled before its first step (the connection closed at once) never
+        # awaited ``work``: closing it then is what awaiting would have done. Once the task
+        # is done, ``work`` has finished or never started, so this is always safe.
+        task.add_done_callback(lambda _task: work.close())
 
     async def _answered(
         self, request: Synthesize | SynthesizeScene | Prepare, work: Coroutine[Any, Any, None]

@@ -16,6 +16,7 @@ import gc
 import json
 import logging
 import socket
+import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -27,7 +28,7 @@ from peers import RawPeer
 from dialogue_tts import errors
 from dialogue_tts.client import Client, ServerError
 from dialogue_tts.engine import CancelToken, Engine, SynthesisError, VoiceCatalog
-from dialogue_tts.messages import Bye, Hello, Say, Synthesize
+from dialogue_tts.messages import Bye, Hello, Say, Synthesize, SynthesizeScene
 from dialogue_tts.protocol import CLOSED, encode_frame
 from dialogue_tts.server import ConnectionHandler, Server, ServerConfig
 
@@ -268,6 +269,26 @@ async def test_an_audio_file_larger_than_the_write_limit_reaches_a_reading_clien
     assert reply is not CLOSED, "the server dropped a client that was reading"
     assert reply.TYPE == "audio_file"
     assert len(reply.data) > fault_server.config.max_write_buffer
+
+
+async def test_file_requests_cut_off_by_a_closing_connection_leave_nothing_unawaited(
+    fault_server: ServerThread,
+) -> None:
+    """A scene or file request followed at once by garbage: the connection closes before
+    the request's task takes its first step. Its work is closed, not left never awaited
+    (which Python reports as a RuntimeWarning when the coroutine is collected)."""
+    await fault_server.wait_for_connections(at_most=0)
+    scene = SynthesizeScene(id="scene", lines=[{"speaker": "host", "text": "Come in."}])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for request in (scene, Synthesize(id="file", text="Come in.")) * 5:
+            peer = await RawPeer.open(fault_server.port)
+            peer.send(encode_frame(request) + b"\xff\xff\xff\xff")  # a frame too long
+            await peer.close()
+        await fault_server.wait_for_connections(at_most=0)
+        fault_server.call(gc.collect)
+    unawaited = [str(w.message) for w in caught if "never awaited" in str(w.message)]
+    assert unawaited == []
 
 
 async def test_many_connections_without_hello_time_out_and_others_are_served(
