@@ -158,8 +158,6 @@ def latencies(report: dict, key: str = "played") -> tuple[list[float], int]:
     """Milliseconds from each line's begin to its voice on the channel (``played``: what
     get_playing says) or started by the audio thread (``started``), and lines dropped."""
     times, dropped = [], 0
-    if key == "drawn":
-        return [1000 * (line["drawn"] - line["begin"]) for line in report["lines"]], 0
     for index, line in enumerate(report["lines"]):
         heard = [p["t"] for p in report[key] if p["line"] == index]
         if heard:
@@ -167,6 +165,11 @@ def latencies(report: dict, key: str = "played") -> tuple[list[float], int]:
         else:
             dropped += 1
     return times, dropped
+
+
+def first_frames(report: dict) -> list[float]:
+    """Milliseconds from each line's begin to its first frame drawn (its text showing)."""
+    return [1000 * (line["drawn"] - line["begin"]) for line in report["lines"]]
 
 
 async def server_first_audio(lines: list[str]) -> list[float]:
@@ -209,7 +212,7 @@ def main() -> None:
                 times, dropped = latencies(report)
                 results[way]["times"] += times
                 results[way]["started"] += latencies(report, "started")[0]
-                results[way]["drawn"] += latencies(report, "drawn")[0]
+                results[way]["drawn"] += first_frames(report)
                 results[way]["dropped"].append(dropped)
                 print(f"run {run + 1} {way}: median {statistics.median(times):.0f} ms, "
                       f"dropped {dropped} of {len(lines)}", flush=True)  # fmt: skip
